@@ -1,0 +1,96 @@
+use http::HeaderName;
+use serde::Deserialize;
+
+use crate::{Deny, Plugin, RequestView, Verdict};
+
+/// What a chain entry does when its plugin denies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Refuse the request.
+    #[default]
+    Block,
+    /// Record the match and let the request go on.
+    Count,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Block => "block",
+            Action::Count => "count",
+        }
+    }
+}
+
+pub struct ChainEntry {
+    pub plugin: Box<dyn Plugin>,
+    pub action: Action,
+}
+
+/// A match reported while a chain runs, for metrics and the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit<'a> {
+    pub plugin: &'static str,
+    pub deny: &'a Deny,
+    pub action: Action,
+}
+
+/// A listener's ordered plugins. The first blocking denial ends the evaluation.
+#[derive(Default)]
+pub struct Chain {
+    entries: Vec<ChainEntry>,
+    consumed_headers: Vec<HeaderName>,
+}
+
+impl Chain {
+    pub fn new(entries: Vec<ChainEntry>) -> Self {
+        let mut consumed_headers: Vec<HeaderName> = Vec::new();
+        for entry in &entries {
+            for h in entry.plugin.consumed_headers() {
+                if !consumed_headers.contains(h) {
+                    consumed_headers.push(h.clone());
+                }
+            }
+        }
+        Chain {
+            entries,
+            consumed_headers,
+        }
+    }
+
+    /// Runs every plugin in order; `on_hit` sees each match, counted or blocking.
+    /// Returns the blocking denial, if any.
+    pub fn evaluate(
+        &self,
+        req: &RequestView<'_>,
+        mut on_hit: impl FnMut(Hit<'_>),
+    ) -> Option<(&'static str, Deny)> {
+        for entry in &self.entries {
+            if let Verdict::Deny(deny) = entry.plugin.check(req) {
+                on_hit(Hit {
+                    plugin: entry.plugin.name(),
+                    deny: &deny,
+                    action: entry.action,
+                });
+                if entry.action == Action::Block {
+                    return Some((entry.plugin.name(), deny));
+                }
+            }
+        }
+        None
+    }
+
+    /// Headers that some plugin of this chain consumes and that must be removed before forwarding.
+    pub fn consumed_headers(&self) -> &[HeaderName] {
+        &self.consumed_headers
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

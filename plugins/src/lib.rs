@@ -1,0 +1,21 @@
+//! rampart's security plugins: pure decision logic over a [`RequestView`].
+//!
+//! Nothing here knows about sockets, Pingora or global state, so every plugin can be
+//! unit-tested, fuzzed and benchmarked on its own. The `rampart` proxy crate builds a
+//! [`RequestView`] once per request and runs a listener's [`Chain`] over it.
+
+pub mod chain;
+pub mod forwarded;
+pub mod net;
+pub mod path;
+pub mod plugins;
+pub mod registry;
+pub mod request;
+pub mod secret;
+pub mod verdict;
+
+pub use chain::{Action, Chain, ChainEntry, Hit};
+pub use registry::{BuildContext, BuildError, PluginSpec};
+pub use request::RequestView;
+pub use secret::{SecretValues, SharedSecret};
+pub use verdict::{Deny, Plugin, Verdict};

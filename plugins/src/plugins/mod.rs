@@ -1,0 +1,53 @@
+//! One module per plugin: its config type, its decision, its tests.
+
+pub mod admin_secret;
+pub mod origin_verify;
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::net::IpAddr;
+
+    use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+    use crate::RequestView;
+
+    /// An owned request, from which tests borrow a [`RequestView`].
+    pub struct TestRequest {
+        pub peer: IpAddr,
+        pub path: String,
+        pub headers: HeaderMap,
+        pub method: Method,
+    }
+
+    impl TestRequest {
+        pub fn new(peer: &str, path: &str) -> Self {
+            TestRequest {
+                peer: peer.parse().expect("test peer"),
+                path: path.to_string(),
+                headers: HeaderMap::new(),
+                method: Method::GET,
+            }
+        }
+
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("test header"),
+                HeaderValue::from_str(value).expect("test value"),
+            );
+            self
+        }
+
+        pub fn view(&self) -> RequestView<'_> {
+            RequestView {
+                listener: "test",
+                route: "test",
+                peer: self.peer,
+                client: self.peer,
+                method: &self.method,
+                path: &self.path,
+                query: None,
+                headers: &self.headers,
+            }
+        }
+    }
+}

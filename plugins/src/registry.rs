@@ -1,0 +1,152 @@
+//! Builds plugins from their config: the one place that knows plugins by name.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::net::NetSet;
+use crate::plugins::{admin_secret, origin_verify};
+use crate::{Action, ChainEntry, Plugin, SharedSecret};
+
+/// One entry of a listener's `plugins` list, as written in config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PluginSpec {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub action: Action,
+    /// The plugin's own settings; each plugin rejects fields it does not know.
+    #[serde(flatten)]
+    pub config: toml::Table,
+}
+
+/// What a plugin may ask of the proxy while it is built.
+pub trait BuildContext {
+    /// A secret declared under `[secrets]`.
+    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError>;
+    /// The networks whose socket peers count as internal.
+    fn internal_networks(&self) -> &NetSet;
+}
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("unknown plugin type {0:?}; known types: {known}", known = KNOWN.join(", "))]
+    UnknownPlugin(String),
+    #[error("plugin {plugin}: {source}")]
+    Config {
+        plugin: &'static str,
+        source: toml::de::Error,
+    },
+    #[error("plugin {plugin}: {reason}")]
+    Invalid { plugin: &'static str, reason: String },
+    #[error("secret {0:?} is not declared under [secrets]")]
+    UnknownSecret(String),
+    #[error("secret {0:?} has no usable value (unset, empty or a placeholder)")]
+    EmptySecret(String),
+}
+
+impl BuildError {
+    pub fn invalid(plugin: &'static str, reason: &str) -> Self {
+        BuildError::Invalid {
+            plugin,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+type Builder = fn(toml::Table, &dyn BuildContext) -> Result<Box<dyn Plugin>, BuildError>;
+
+const REGISTRY: &[(&str, Builder)] = &[
+    ("origin_verify", |t, ctx| {
+        let config = parse("origin_verify", t)?;
+        Ok(Box::new(origin_verify::OriginVerify::build(config, ctx)?))
+    }),
+    ("admin_secret", |t, ctx| {
+        let config = parse("admin_secret", t)?;
+        Ok(Box::new(admin_secret::AdminSecret::build(config, ctx)?))
+    }),
+];
+
+/// Plugin type names, in registry order.
+pub const KNOWN: &[&str] = &["origin_verify", "admin_secret"];
+
+fn parse<T: DeserializeOwned>(plugin: &'static str, table: toml::Table) -> Result<T, BuildError> {
+    toml::Value::Table(table)
+        .try_into()
+        .map_err(|source| BuildError::Config { plugin, source })
+}
+
+/// Builds one chain entry from its spec.
+pub fn build(spec: &PluginSpec, ctx: &dyn BuildContext) -> Result<ChainEntry, BuildError> {
+    let (_, builder) = REGISTRY
+        .iter()
+        .find(|(name, _)| *name == spec.kind)
+        .ok_or_else(|| BuildError::UnknownPlugin(spec.kind.clone()))?;
+    Ok(ChainEntry {
+        plugin: builder(spec.config.clone(), ctx)?,
+        action: spec.action,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::SecretValues;
+
+    pub struct TestContext {
+        internal: NetSet,
+    }
+
+    impl TestContext {
+        pub fn new() -> Self {
+            TestContext {
+                internal: NetSet::new(["10.20.0.0/16".parse().expect("cidr")]),
+            }
+        }
+    }
+
+    impl BuildContext for TestContext {
+        fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
+            let value = match name {
+                "origin" => "s3cret-origin",
+                "admin" => "s3cret-admin",
+                other => return Err(BuildError::UnknownSecret(other.to_string())),
+            };
+            Ok(SharedSecret::new(name, SecretValues::new([value.as_bytes().to_vec()])))
+        }
+
+        fn internal_networks(&self) -> &NetSet {
+            &self.internal
+        }
+    }
+
+    fn spec(src: &str) -> PluginSpec {
+        toml::from_str(src).expect("spec parses")
+    }
+
+    #[test]
+    fn registry_and_known_list_agree() {
+        let names: Vec<&str> = REGISTRY.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, KNOWN);
+    }
+
+    #[test]
+    fn builds_from_toml_with_action() {
+        let entry = build(&spec("type = \"admin_secret\"\nsecret = \"admin\"\naction = \"count\""), &TestContext::new())
+            .expect("builds");
+        assert_eq!(entry.plugin.name(), "admin_secret");
+        assert_eq!(entry.action, Action::Count);
+    }
+
+    #[test]
+    fn unknown_fields_and_types_are_refused() {
+        let ctx = TestContext::new();
+        let e = build(&spec("type = \"admin_secret\"\nsecret = \"admin\"\nsecrte = 1"), &ctx)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("secrte"), "{e}");
+        let e = build(&spec("type = \"nope\""), &ctx).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("nope") && e.contains("origin_verify"), "{e}");
+    }
+}

@@ -1,0 +1,45 @@
+use std::borrow::Cow;
+
+use http::HeaderName;
+
+use crate::RequestView;
+
+/// A security plugin: one decision over the request view.
+///
+/// Implementations are immutable once built; configuration changes build a new plugin.
+pub trait Plugin: Send + Sync {
+    /// The plugin's type name, as written in config and used as a metrics label.
+    fn name(&self) -> &'static str;
+
+    /// Judge the request.
+    fn check(&self, req: &RequestView<'_>) -> Verdict;
+
+    /// Request headers this plugin consumes that must never travel upstream
+    /// (shared secrets, for instance).
+    fn consumed_headers(&self) -> &[HeaderName] {
+        &[]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Deny(Deny),
+}
+
+/// Why and how a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deny {
+    pub status: u16,
+    /// Stable rule identifier: shown to the client, used as a metrics label. Never secret.
+    pub rule: Cow<'static, str>,
+}
+
+impl Deny {
+    pub fn new(status: u16, rule: impl Into<Cow<'static, str>>) -> Self {
+        Deny {
+            status,
+            rule: rule.into(),
+        }
+    }
+}
