@@ -73,7 +73,11 @@ mod tests {
             ["10.20.0.5, 198.51.100.7, 10.2.2.2"].into_iter(),
             &trusted(),
         );
-        assert_eq!(c, ip("198.51.100.7"), "the spoofed leftmost entry is ignored");
+        assert_eq!(
+            c,
+            ip("198.51.100.7"),
+            "the spoofed leftmost entry is ignored"
+        );
     }
 
     #[test]
@@ -96,9 +100,18 @@ mod tests {
     fn ports_and_brackets() {
         let t = trusted();
         let peer = ip("10.1.1.1");
-        assert_eq!(client_address(peer, ["198.51.100.7:443"].into_iter(), &t), ip("198.51.100.7"));
-        assert_eq!(client_address(peer, ["[2001:db8::1]:443"].into_iter(), &t), ip("2001:db8::1"));
-        assert_eq!(client_address(peer, ["2001:db8::2"].into_iter(), &t), ip("2001:db8::2"));
+        assert_eq!(
+            client_address(peer, ["198.51.100.7:443"].into_iter(), &t),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(peer, ["[2001:db8::1]:443"].into_iter(), &t),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_address(peer, ["2001:db8::2"].into_iter(), &t),
+            ip("2001:db8::2")
+        );
         assert_eq!(client_address(peer, std::iter::empty(), &t), peer);
     }
 }

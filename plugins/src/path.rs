@@ -75,7 +75,10 @@ fn is_canonical(p: &[u8]) -> bool {
             b'/' if prev == b'/' => return false,
             b'.' if prev == b'/' => {
                 let rest = &p[i..];
-                if rest == b"." || rest == b".." || rest.starts_with(b"./") || rest.starts_with(b"../")
+                if rest == b"."
+                    || rest == b".."
+                    || rest.starts_with(b"./")
+                    || rest.starts_with(b"../")
                 {
                     return false;
                 }
@@ -150,19 +153,36 @@ mod tests {
     use super::*;
 
     fn n(p: &str) -> String {
-        normalize(p).map(|c| c.into_owned()).unwrap_or_else(|e| format!("ERR {e}"))
+        normalize(p)
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|e| format!("ERR {e}"))
     }
 
     #[test]
     fn canonical_paths_are_borrowed() {
-        assert!(matches!(normalize("/v1/chat/completions"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize("/v1/chat/completions"),
+            Ok(Cow::Borrowed(_))
+        ));
         assert!(matches!(normalize("/"), Ok(Cow::Borrowed(_))));
-        assert!(matches!(normalize("/a/.well-known/x"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(
+            normalize("/a/.well-known/x"),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
     fn bypass_forms_meet_the_same_path() {
-        for p in ["//key/x", "/%6bey/x", "/v1/../key/x", "/./key/x", "/key//x", "/%256bey/x", "/\\key\\x", "/v1/%2e%2e/key/x"] {
+        for p in [
+            "//key/x",
+            "/%6bey/x",
+            "/v1/../key/x",
+            "/./key/x",
+            "/key//x",
+            "/%256bey/x",
+            "/\\key\\x",
+            "/v1/%2e%2e/key/x",
+        ] {
             assert_eq!(n(p), "/key/x", "{p}");
         }
         assert_eq!(n("/KEY/x"), "/KEY/x", "case is preserved");

@@ -38,11 +38,17 @@ pub enum BuildError {
         source: toml::de::Error,
     },
     #[error("plugin {plugin}: {reason}")]
-    Invalid { plugin: &'static str, reason: String },
+    Invalid {
+        plugin: &'static str,
+        reason: String,
+    },
     #[error("secret {0:?} is not declared under [secrets]")]
     UnknownSecret(String),
     #[error("secret {0:?} has no usable value (unset, empty or a placeholder)")]
     EmptySecret(String),
+    /// A secret whose source could not be read; the message names the source, never a value.
+    #[error("{0}")]
+    SecretUnavailable(String),
 }
 
 impl BuildError {
@@ -112,7 +118,10 @@ pub(crate) mod tests {
                 "admin" => "s3cret-admin",
                 other => return Err(BuildError::UnknownSecret(other.to_string())),
             };
-            Ok(SharedSecret::new(name, SecretValues::new([value.as_bytes().to_vec()])))
+            Ok(SharedSecret::new(
+                name,
+                SecretValues::new([value.as_bytes().to_vec()]),
+            ))
         }
 
         fn internal_networks(&self) -> &NetSet {
@@ -132,8 +141,11 @@ pub(crate) mod tests {
 
     #[test]
     fn builds_from_toml_with_action() {
-        let entry = build(&spec("type = \"admin_secret\"\nsecret = \"admin\"\naction = \"count\""), &TestContext::new())
-            .expect("builds");
+        let entry = build(
+            &spec("type = \"admin_secret\"\nsecret = \"admin\"\naction = \"count\""),
+            &TestContext::new(),
+        )
+        .expect("builds");
         assert_eq!(entry.plugin.name(), "admin_secret");
         assert_eq!(entry.action, Action::Count);
     }
@@ -141,12 +153,18 @@ pub(crate) mod tests {
     #[test]
     fn unknown_fields_and_types_are_refused() {
         let ctx = TestContext::new();
-        let e = build(&spec("type = \"admin_secret\"\nsecret = \"admin\"\nsecrte = 1"), &ctx)
+        let e = build(
+            &spec("type = \"admin_secret\"\nsecret = \"admin\"\nsecrte = 1"),
+            &ctx,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("secrte"), "{e}");
+        let e = build(&spec("type = \"nope\""), &ctx)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("secrte"), "{e}");
-        let e = build(&spec("type = \"nope\""), &ctx).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("nope") && e.contains("origin_verify"), "{e}");
     }
 }

@@ -1,0 +1,16 @@
+//! rampart: an edge proxy for an AI platform, on Pingora.
+//!
+//! This crate adapts Pingora to the pure plugins of `rampart-plugins`: it owns sockets,
+//! listeners, upstream pools, the rules snapshot and its reloads, secrets and metrics.
+
+pub mod access_log;
+pub mod admin;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod secrets;
+pub mod server;
+pub mod snapshot;
+pub mod upstream;

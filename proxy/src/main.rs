@@ -1,1 +1,99 @@
-fn main() {}
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rampart::server::{self, RunOptions};
+use rampart::snapshot::RuleSnapshot;
+
+#[derive(Parser)]
+#[command(
+    name = "rampart",
+    version,
+    about = "An edge proxy for an AI platform, on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run(RunArgs),
+    /// Validate a rules directory; exits non-zero with the error a reload would report.
+    Check {
+        #[arg(default_value = "rules")]
+        rules: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Rules directory (gateway.toml and rule files); watched for changes.
+    #[arg(long, default_value = "rules", env = "RAMPART_RULES")]
+    rules: PathBuf,
+    /// Override a listener's address: NAME=ADDR (repeatable), e.g. web=127.0.0.1:8000.
+    #[arg(long = "listen", value_parser = parse_override)]
+    listen: Vec<(String, String)>,
+    /// Override the admin listener's address.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Worker threads per listener (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Do not watch the rules directory (SIGHUP and POST /reload still reload).
+    #[arg(long)]
+    no_watch: bool,
+}
+
+fn parse_override(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .ok_or_else(|| format!("expected NAME=ADDR, got {s:?}"))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { rules }) => match RuleSnapshot::load(&rules, 0, None) {
+            Ok(snapshot) => {
+                println!(
+                    "{}: ok ({} listeners, {} upstreams)",
+                    rules.display(),
+                    snapshot.listeners.len(),
+                    snapshot.upstreams.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let opts = RunOptions {
+        rules_dir: args.rules,
+        listen_overrides: args.listen.into_iter().collect::<HashMap<_, _>>(),
+        admin_override: args.admin,
+        threads: args.threads,
+        watch: !args.no_watch,
+    };
+    match server::build(opts) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("rampart: cannot start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

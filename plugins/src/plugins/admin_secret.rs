@@ -41,8 +41,9 @@ pub struct AdminSecret {
 
 impl AdminSecret {
     pub fn build(config: AdminSecretConfig, ctx: &dyn BuildContext) -> Result<Self, BuildError> {
-        let header = HeaderName::from_bytes(config.header.as_bytes())
-            .map_err(|_| BuildError::invalid("admin_secret", "`header` is not a valid header name"))?;
+        let header = HeaderName::from_bytes(config.header.as_bytes()).map_err(|_| {
+            BuildError::invalid("admin_secret", "`header` is not a valid header name")
+        })?;
         if let Some(bad) = config.paths.iter().find(|p| !p.starts_with('/')) {
             return Err(BuildError::invalid(
                 "admin_secret",
@@ -112,7 +113,13 @@ mod tests {
 
     #[test]
     fn admin_paths_need_the_secret() {
-        for p in ["/key/generate", "/user/new", "/model/info", "/spend/logs", "/key"] {
+        for p in [
+            "/key/generate",
+            "/user/new",
+            "/model/info",
+            "/spend/logs",
+            "/key",
+        ] {
             assert!(denied(p, None), "{p} without secret");
             assert!(denied(p, Some("wrong")), "{p} with wrong secret");
             assert!(!denied(p, Some("s3cret-admin")), "{p} with secret");
@@ -121,14 +128,27 @@ mod tests {
 
     #[test]
     fn bypass_spellings_are_admin_paths() {
-        for p in ["/KEY/x", "//key/x", "/%6bey/x", "/v1/../key/x", "/Spend/../spend/x", "/%2575ser/new"] {
+        for p in [
+            "/KEY/x",
+            "//key/x",
+            "/%6bey/x",
+            "/v1/../key/x",
+            "/Spend/../spend/x",
+            "/%2575ser/new",
+        ] {
             assert!(denied(p, None), "{p}");
         }
     }
 
     #[test]
     fn other_paths_are_untouched() {
-        for p in ["/v1/chat/completions", "/health/liveliness", "/keyring", "/grafana/key/x", "/v1/models"] {
+        for p in [
+            "/v1/chat/completions",
+            "/health/liveliness",
+            "/keyring",
+            "/grafana/key/x",
+            "/v1/models",
+        ] {
             assert!(!denied(p, None), "{p}");
         }
     }

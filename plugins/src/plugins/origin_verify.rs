@@ -59,7 +59,9 @@ impl OriginVerify {
                 secret: ctx.secret(name)?,
             })
         } else if config.secret.is_some() {
-            return Err(invalid("`secret` is set but `accept` does not list `header`"));
+            return Err(invalid(
+                "`secret` is set but `accept` does not list `header`",
+            ));
         } else {
             None
         };
@@ -114,7 +116,9 @@ mod tests {
     fn plugin(accept: &[Accept]) -> OriginVerify {
         let config = OriginVerifyConfig {
             accept: accept.to_vec(),
-            secret: accept.contains(&Accept::Header).then(|| "origin".to_string()),
+            secret: accept
+                .contains(&Accept::Header)
+                .then(|| "origin".to_string()),
             header: default_header(),
         };
         OriginVerify::build(config, &TestContext::new()).expect("builds")
@@ -131,12 +135,24 @@ mod tests {
     fn header_only_listener() {
         let p = plugin(&[Accept::Header]);
         let ext = "203.0.113.5";
-        assert_eq!(status(&p, &TestRequest::new(ext, "/")), Some("403 origin_verify.missing".into()));
         assert_eq!(
-            status(&p, &TestRequest::new(ext, "/").header("X-Origin-Verify", "wrong")),
+            status(&p, &TestRequest::new(ext, "/")),
+            Some("403 origin_verify.missing".into())
+        );
+        assert_eq!(
+            status(
+                &p,
+                &TestRequest::new(ext, "/").header("X-Origin-Verify", "wrong")
+            ),
             Some("403 origin_verify.invalid".into())
         );
-        assert_eq!(status(&p, &TestRequest::new(ext, "/").header("X-Origin-Verify", "s3cret-origin")), None);
+        assert_eq!(
+            status(
+                &p,
+                &TestRequest::new(ext, "/").header("X-Origin-Verify", "s3cret-origin")
+            ),
+            None
+        );
         assert_eq!(
             status(&p, &TestRequest::new("10.20.1.1", "/")),
             Some("403 origin_verify.missing".into()),
@@ -149,10 +165,20 @@ mod tests {
         let p = plugin(&[Accept::Header, Accept::Internal]);
         assert_eq!(status(&p, &TestRequest::new("10.20.1.1", "/")), None);
         assert_eq!(status(&p, &TestRequest::new("::ffff:10.20.1.1", "/")), None);
-        assert_eq!(status(&p, &TestRequest::new("203.0.113.5", "/").header("X-Origin-Verify", "s3cret-origin")), None);
+        assert_eq!(
+            status(
+                &p,
+                &TestRequest::new("203.0.113.5", "/").header("X-Origin-Verify", "s3cret-origin")
+            ),
+            None
+        );
         assert!(status(&p, &TestRequest::new("203.0.113.5", "/")).is_some());
         assert!(
-            status(&p, &TestRequest::new("203.0.113.5", "/").header("X-Forwarded-For", "10.20.1.1")).is_some(),
+            status(
+                &p,
+                &TestRequest::new("203.0.113.5", "/").header("X-Forwarded-For", "10.20.1.1")
+            )
+            .is_some(),
             "XFF never makes a peer internal"
         );
     }
@@ -162,10 +188,16 @@ mod tests {
         let p = plugin(&[Accept::Internal]);
         assert_eq!(status(&p, &TestRequest::new("10.20.200.1", "/")), None);
         assert_eq!(
-            status(&p, &TestRequest::new("203.0.113.5", "/").header("X-Origin-Verify", "s3cret-origin")),
+            status(
+                &p,
+                &TestRequest::new("203.0.113.5", "/").header("X-Origin-Verify", "s3cret-origin")
+            ),
             Some("403 origin_verify.not_internal".into())
         );
-        assert_eq!(p.consumed_headers(), [HeaderName::from_static("x-origin-verify")]);
+        assert_eq!(
+            p.consumed_headers(),
+            [HeaderName::from_static("x-origin-verify")]
+        );
     }
 
     #[test]
@@ -182,7 +214,11 @@ mod tests {
         let ctx = TestContext::new();
         let err = |accept: Vec<Accept>, secret: Option<&str>| {
             OriginVerify::build(
-                OriginVerifyConfig { accept, secret: secret.map(str::to_string), header: default_header() },
+                OriginVerifyConfig {
+                    accept,
+                    secret: secret.map(str::to_string),
+                    header: default_header(),
+                },
                 &ctx,
             )
             .err()
@@ -191,6 +227,8 @@ mod tests {
         assert!(err(vec![], None).is_some());
         assert!(err(vec![Accept::Header], None).is_some());
         assert!(err(vec![Accept::Internal], Some("origin")).is_some());
-        assert!(err(vec![Accept::Header], Some("nope")).unwrap_or_default().contains("nope"));
+        assert!(err(vec![Accept::Header], Some("nope"))
+            .unwrap_or_default()
+            .contains("nope"));
     }
 }

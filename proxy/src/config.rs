@@ -1,0 +1,269 @@
+//! `rules/gateway.toml`: listeners, routes, upstreams, secrets and network settings.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use rampart_plugins::PluginSpec;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The file under the rules directory that describes the gateway.
+pub const GATEWAY_FILE: &str = "gateway.toml";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSpec>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<ListenerConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Socket peers in these networks are internal (the seed's VPC CIDR).
+    #[serde(default = "default_internal")]
+    pub internal_cidrs: Vec<IpNet>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+fn default_internal() -> Vec<IpNet> {
+    vec![IpNet::V4(
+        ipnet::Ipv4Net::new([10, 20, 0, 0].into(), 16).unwrap_or_default(),
+    )]
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            internal_cidrs: default_internal(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9901".to_string()
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Where a secret's values come from. Every source listed contributes values, so a
+/// rotation can run with the old and the new value valid at once.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    /// Environment variables, one value each.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// A file with one value a line (`#` comments and blank lines ignored).
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` of each replica; names are resolved when the rules load.
+    pub addrs: Vec<String>,
+    #[serde(default)]
+    pub tls: bool,
+    /// SNI and certificate name when `tls`; defaults to the first address's host.
+    pub sni: Option<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Longest silence allowed while reading the response; LLM streams pause between tokens.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_ms: u64,
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+}
+
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+
+fn default_read_timeout() -> u64 {
+    120_000
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// An HTTP path to GET (a 2xx answer is healthy); without it, a TCP connect is the check.
+    pub path: Option<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_health_interval() -> u64 {
+    5_000
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: None,
+            interval_ms: default_health_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: String,
+    pub tls: Option<TlsConfig>,
+    /// The plugin chain, in order.
+    #[serde(default)]
+    pub plugins: Vec<Spanned<PluginSpec>>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Metrics and log name; defaults to the upstream's name.
+    pub name: Option<String>,
+    /// Path prefix, matched segment-wise on the normalised path; the longest match wins.
+    pub prefix: String,
+    pub upstream: String,
+}
+
+/// A rules error that names the file and, where known, the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}: {}", self.file.display(), line, self.message),
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A file's text, kept to turn byte offsets into line numbers.
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Ok(SourceFile {
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    pub fn line_of(&self, offset: usize) -> usize {
+        let end = offset.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
+    }
+
+    /// An error at a byte offset of this file (or at no particular line).
+    pub fn error(&self, offset: Option<usize>, message: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line: offset.map(|o| self.line_of(o)),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::from_str(&self.text).map_err(|e| {
+            let message = e.message().to_string();
+            self.error(e.span().map(|s| s.start), message)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> SourceFile {
+        SourceFile {
+            path: PathBuf::from("rules/gateway.toml"),
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let err = source("[admin]\nlisten = \"x\"\n\n[[listeners]]\nname = \n")
+            .parse::<GatewayConfig>()
+            .expect_err("broken");
+        assert_eq!(err.line, Some(5), "{err}");
+        assert!(
+            err.to_string().starts_with("rules/gateway.toml:5: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_its_line() {
+        let err = source("[network]\ninternal_cidrs = []\ntrusted = []\n")
+            .parse::<GatewayConfig>()
+            .expect_err("unknown field");
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.message.contains("trusted"), "{err}");
+    }
+
+    #[test]
+    fn defaults_follow_the_seed() {
+        let cfg: GatewayConfig = source("").parse().expect("empty is valid");
+        assert_eq!(
+            cfg.network.internal_cidrs,
+            vec!["10.20.0.0/16".parse::<IpNet>().expect("cidr")]
+        );
+        assert_eq!(cfg.admin.listen, "127.0.0.1:9901");
+    }
+}

@@ -1,0 +1,129 @@
+//! The live rules: one [`RuleSnapshot`] behind an `ArcSwap`, replaced whole by a reload.
+//!
+//! Reloads come from a file watcher, SIGHUP and `POST /reload`. They are serialised, built
+//! off the request path, and a rules directory that fails to load changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+use crate::snapshot::RuleSnapshot;
+
+/// Editors write a file in several steps; changes closer together than this are one reload.
+const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
+
+pub struct Gateway {
+    rules_dir: PathBuf,
+    current: ArcSwap<RuleSnapshot>,
+    generation: AtomicU64,
+    reload_lock: Mutex<()>,
+    pub metrics: Metrics,
+}
+
+impl Gateway {
+    /// Loads the rules for the first time; an error here stops the start-up.
+    pub fn start(rules_dir: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
+        let snapshot = RuleSnapshot::load(rules_dir, 1, None)?;
+        let gateway = Gateway {
+            rules_dir: rules_dir.to_path_buf(),
+            current: ArcSwap::from_pointee(snapshot),
+            generation: AtomicU64::new(1),
+            reload_lock: Mutex::new(()),
+            metrics,
+        };
+        gateway.record_success(1);
+        Ok(gateway)
+    }
+
+    pub fn rules_dir(&self) -> &Path {
+        &self.rules_dir
+    }
+
+    /// The snapshot in force. A request holds it for its whole life, so it sees one
+    /// consistent set of rules even if a reload lands meanwhile.
+    pub fn snapshot(&self) -> Arc<RuleSnapshot> {
+        self.current.load_full()
+    }
+
+    /// Builds a new snapshot from the rules directory and swaps it in; on error the old
+    /// one keeps serving. Blocking (file reads, name resolution): call off the async runtime.
+    pub fn reload(&self) -> Result<u64, ConfigError> {
+        let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let next_generation = self.generation.load(Ordering::Relaxed) + 1;
+        match RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old)) {
+            Ok(snapshot) => {
+                if snapshot.listener_layout() != old.listener_layout() {
+                    log::warn!(
+                        "listener names, addresses or TLS changed in {}: they take effect on restart",
+                        self.rules_dir.display()
+                    );
+                }
+                self.current.store(Arc::new(snapshot));
+                self.generation.store(next_generation, Ordering::Relaxed);
+                self.record_success(next_generation);
+                log::info!("rules reloaded: generation {next_generation}");
+                Ok(next_generation)
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                log::error!("rules reload failed, previous rules stay in force: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    fn record_success(&self, generation: u64) {
+        self.metrics.reloads.with_label_values(&["success"]).inc();
+        self.metrics.config_generation.set(generation as i64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.metrics.config_last_reload_success.set(now);
+    }
+}
+
+/// Reloads whenever something under the rules directory changes. Runs on its own thread
+/// (notify's callback thread feeds it) so a slow load never blocks a request.
+pub fn spawn_watcher(gateway: Arc<Gateway>) -> notify::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res {
+            if !matches!(event.kind, EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    watcher.watch(gateway.rules_dir(), RecursiveMode::Recursive)?;
+    std::thread::Builder::new()
+        .name("rules-watcher".into())
+        .spawn(move || {
+            let _watcher = watcher;
+            while rx.recv().is_ok() {
+                while rx.recv_timeout(WATCH_DEBOUNCE).is_ok() {}
+                let _ = gateway.reload();
+            }
+        })
+        .map_err(notify::Error::io)?;
+    Ok(())
+}
+
+/// Reloads on SIGHUP.
+pub fn spawn_sighup_handler(gateway: Arc<Gateway>) -> std::io::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                log::info!("SIGHUP: reloading rules");
+                let _ = gateway.reload();
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Assembles the Pingora server: one proxy service per listener, the admin service, the
+//! health checker, the rules watcher and the SIGHUP handler.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::Server;
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use thiserror::Error;
+
+use crate::admin::AdminApp;
+use crate::config::ConfigError;
+use crate::health::HealthChecker;
+use crate::metrics::Metrics;
+use crate::proxy::RampartProxy;
+use crate::reload::{self, Gateway};
+
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("--listen names listener {0:?}, which the rules do not define")]
+    UnknownListener(String),
+    #[error("listener {listener:?}: TLS: {reason}")]
+    Tls { listener: String, reason: String },
+    #[error("watching the rules directory: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("installing the SIGHUP handler: {0}")]
+    Signal(#[from] std::io::Error),
+}
+
+pub struct RunOptions {
+    pub rules_dir: PathBuf,
+    /// Listener name to address, overriding the rules (for unprivileged runs).
+    pub listen_overrides: HashMap<String, String>,
+    pub admin_override: Option<String>,
+    pub threads: Option<usize>,
+    pub watch: bool,
+}
+
+pub fn build(opts: RunOptions) -> Result<Server, StartError> {
+    let gateway = Arc::new(Gateway::start(&opts.rules_dir, Metrics::new()?)?);
+    let snapshot = gateway.snapshot();
+
+    let conf = ServerConf {
+        threads: opts
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    for name in opts.listen_overrides.keys() {
+        if !snapshot.listeners.contains_key(name) {
+            return Err(StartError::UnknownListener(name.clone()));
+        }
+    }
+    for listener in &snapshot.config.listeners {
+        let listener = listener.get_ref();
+        let addr = opts
+            .listen_overrides
+            .get(&listener.name)
+            .unwrap_or(&listener.listen);
+        let proxy = RampartProxy::new(&listener.name, gateway.clone());
+        let mut service = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy,
+            &format!("listener {}", listener.name),
+        );
+        match &listener.tls {
+            Some(tls) => {
+                let tls_error = |reason: String| StartError::Tls {
+                    listener: listener.name.clone(),
+                    reason,
+                };
+                let path = |p: &PathBuf| {
+                    p.to_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| tls_error(format!("{} is not UTF-8", p.display())))
+                };
+                let (cert, key) = (path(&tls.cert)?, path(&tls.key)?);
+                for file in [&cert, &key] {
+                    std::fs::metadata(file).map_err(|e| tls_error(format!("{file}: {e}")))?;
+                }
+                let settings =
+                    TlsSettings::intermediate(&cert, &key).map_err(|e| tls_error(e.to_string()))?;
+                service.add_tls_with_settings(addr, None, settings);
+            }
+            None => service.add_tcp(addr),
+        }
+        log::info!("listener {} on {addr}", listener.name);
+        server.add_service(service);
+    }
+
+    let admin_addr = opts
+        .admin_override
+        .clone()
+        .unwrap_or_else(|| snapshot.config.admin.listen.clone());
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway.clone()));
+    admin.add_tcp(&admin_addr);
+    log::info!("admin on {admin_addr}");
+    server.add_service(admin);
+    server.add_service(background_service(
+        "health checks",
+        HealthChecker(gateway.clone()),
+    ));
+
+    if opts.watch {
+        reload::spawn_watcher(gateway.clone())?;
+    }
+    reload::spawn_sighup_handler(gateway)?;
+    Ok(server)
+}

@@ -1,0 +1,229 @@
+//! The rules snapshot: everything under `rules/`, parsed, validated and built into the
+//! structures requests use. Immutable once built; a reload builds a new one.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use rampart_plugins::net::NetSet;
+use rampart_plugins::path::has_segment_prefix;
+use rampart_plugins::registry::{self, BuildContext, BuildError};
+use rampart_plugins::{Chain, SharedSecret};
+
+use crate::config::{ConfigError, GatewayConfig, ListenerConfig, SourceFile, GATEWAY_FILE};
+use crate::secrets;
+use crate::upstream::UpstreamPool;
+
+pub struct RuleSnapshot {
+    pub generation: u64,
+    pub config: GatewayConfig,
+    pub internal: NetSet,
+    pub trusted_proxies: NetSet,
+    pub listeners: HashMap<String, ListenerRules>,
+    pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
+}
+
+pub struct ListenerRules {
+    pub chain: Chain,
+    pub tls: bool,
+    /// Longest prefix first, so the first match is the most specific.
+    routes: Vec<Route>,
+}
+
+pub struct Route {
+    pub name: String,
+    pub prefix: String,
+    pub upstream: Arc<UpstreamPool>,
+}
+
+impl ListenerRules {
+    /// The most specific route for a normalised path, and its index (kept in the request
+    /// context instead of a reference, which could not outlive the phase).
+    pub fn route(&self, path: &str) -> Option<(usize, &Route)> {
+        self.routes
+            .iter()
+            .enumerate()
+            .find(|(_, r)| has_segment_prefix(path, &r.prefix, false))
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+}
+
+impl RuleSnapshot {
+    /// Reads and validates the rules directory. Upstream pools whose definition did not
+    /// change are taken over from `previous`, keeping their health state.
+    pub fn load(
+        dir: &Path,
+        generation: u64,
+        previous: Option<&RuleSnapshot>,
+    ) -> Result<RuleSnapshot, ConfigError> {
+        let source = SourceFile::read(&dir.join(GATEWAY_FILE))?;
+        let config: GatewayConfig = source.parse()?;
+        Self::build(&source, config, generation, previous)
+    }
+
+    fn build(
+        source: &SourceFile,
+        config: GatewayConfig,
+        generation: u64,
+        previous: Option<&RuleSnapshot>,
+    ) -> Result<RuleSnapshot, ConfigError> {
+        if let Err(e) = config.admin.listen.parse::<SocketAddr>() {
+            return Err(source.error(None, format!("admin.listen: {e}")));
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, spanned) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|pool| pool.config == *spanned.get_ref());
+            let pool = match reused {
+                Some(pool) => pool.clone(),
+                None => Arc::new(
+                    UpstreamPool::new(name, spanned.get_ref())
+                        .map_err(|e| source.error(Some(spanned.span().start), e))?,
+                ),
+            };
+            upstreams.insert(name.clone(), pool);
+        }
+
+        let ctx = SnapshotContext {
+            config: &config,
+            internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
+            resolved: RefCell::new(HashMap::new()),
+        };
+        let mut listeners = HashMap::new();
+        let mut addresses = HashSet::new();
+        for spanned in &config.listeners {
+            let at = Some(spanned.span().start);
+            let listener = spanned.get_ref();
+            let addr: SocketAddr = listener.listen.parse().map_err(|e| {
+                source.error(
+                    at,
+                    format!(
+                        "listener {:?}: listen {:?}: {e}",
+                        listener.name, listener.listen
+                    ),
+                )
+            })?;
+            if !addresses.insert(addr) {
+                return Err(source.error(at, format!("listen address {addr} is used twice")));
+            }
+            let rules = build_listener(listener, &upstreams, &ctx)
+                .map_err(|(offset, msg)| source.error(offset.or(at), msg))?;
+            if listeners.insert(listener.name.clone(), rules).is_some() {
+                return Err(source.error(
+                    at,
+                    format!("listener name {:?} is used twice", listener.name),
+                ));
+            }
+        }
+        Ok(RuleSnapshot {
+            generation,
+            internal: ctx.internal.clone(),
+            trusted_proxies: NetSet::new(config.network.trusted_proxies.iter().copied()),
+            listeners,
+            upstreams,
+            config,
+        })
+    }
+
+    /// What a reload cannot change: listener names, addresses and TLS need a restart.
+    pub fn listener_layout(&self) -> Vec<(String, String, bool)> {
+        let mut layout: Vec<_> = self
+            .config
+            .listeners
+            .iter()
+            .map(|l| {
+                let l = l.get_ref();
+                (l.name.clone(), l.listen.clone(), l.tls.is_some())
+            })
+            .collect();
+        layout.sort();
+        layout
+    }
+}
+
+fn build_listener(
+    listener: &ListenerConfig,
+    upstreams: &BTreeMap<String, Arc<UpstreamPool>>,
+    ctx: &SnapshotContext<'_>,
+) -> Result<ListenerRules, (Option<usize>, String)> {
+    let name = &listener.name;
+    let mut entries = Vec::with_capacity(listener.plugins.len());
+    for spec in &listener.plugins {
+        let entry = registry::build(spec.get_ref(), ctx)
+            .map_err(|e| (Some(spec.span().start), format!("listener {name:?}: {e}")))?;
+        entries.push(entry);
+    }
+    let mut routes = Vec::with_capacity(listener.routes.len());
+    for r in &listener.routes {
+        if !r.prefix.starts_with('/') {
+            return Err((
+                None,
+                format!(
+                    "listener {name:?}: route prefix {:?} must start with '/'",
+                    r.prefix
+                ),
+            ));
+        }
+        let upstream = upstreams.get(&r.upstream).ok_or_else(|| {
+            (
+                None,
+                format!(
+                    "listener {name:?}: route {:?} names unknown upstream {:?}",
+                    r.prefix, r.upstream
+                ),
+            )
+        })?;
+        routes.push(Route {
+            name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
+            prefix: r.prefix.clone(),
+            upstream: upstream.clone(),
+        });
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
+    Ok(ListenerRules {
+        chain: Chain::new(entries),
+        tls: listener.tls.is_some(),
+        routes,
+    })
+}
+
+/// Resolves secrets on first use, once per snapshot, so every plugin naming a secret
+/// shares one handle and an unused secret is never read.
+struct SnapshotContext<'a> {
+    config: &'a GatewayConfig,
+    internal: NetSet,
+    resolved: RefCell<HashMap<String, SharedSecret>>,
+}
+
+impl BuildContext for SnapshotContext<'_> {
+    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
+        if let Some(s) = self.resolved.borrow().get(name) {
+            return Ok(s.clone());
+        }
+        let spec = self
+            .config
+            .secrets
+            .get(name)
+            .ok_or_else(|| BuildError::UnknownSecret(name.to_string()))?;
+        let values = secrets::resolve(name, spec)
+            .map_err(|e| BuildError::SecretUnavailable(e.to_string()))?;
+        if values.is_empty() {
+            return Err(BuildError::EmptySecret(name.to_string()));
+        }
+        let shared = SharedSecret::new(name, values);
+        self.resolved
+            .borrow_mut()
+            .insert(name.to_string(), shared.clone());
+        Ok(shared)
+    }
+
+    fn internal_networks(&self) -> &NetSet {
+        &self.internal
+    }
+}

@@ -1,0 +1,110 @@
+//! Upstream pools: several replicas, round-robin over the healthy ones, health-checked in
+//! the background, with connect and read timeouts.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+use pingora_load_balancing::selection::RoundRobin;
+use pingora_load_balancing::LoadBalancer;
+
+use crate::config::UpstreamConfig;
+
+/// How many backends `select` may try before giving up on finding a healthy one.
+const MAX_SELECT_ITERATIONS: usize = 256;
+
+pub struct UpstreamPool {
+    pub name: String,
+    pub config: UpstreamConfig,
+    lb: LoadBalancer<RoundRobin>,
+    sni: String,
+    next_check: Mutex<Instant>,
+}
+
+impl UpstreamPool {
+    pub fn new(name: &str, config: &UpstreamConfig) -> Result<Self, String> {
+        if config.addrs.is_empty() {
+            return Err(format!("upstream {name:?} has no addrs"));
+        }
+        let mut lb =
+            LoadBalancer::<RoundRobin>::try_from_iter(config.addrs.iter().map(String::as_str))
+                .map_err(|e| format!("upstream {name:?}: cannot resolve addrs: {e}"))?;
+        let sni = config.sni.clone().unwrap_or_else(|| {
+            let first = &config.addrs[0];
+            first
+                .rsplit_once(':')
+                .map_or(first.as_str(), |(h, _)| h)
+                .to_string()
+        });
+        match &config.health_check.path {
+            Some(path) => {
+                let mut check = HttpHealthCheck::new(&sni, config.tls);
+                let mut req = RequestHeader::build("GET", path.as_bytes(), None)
+                    .map_err(|e| format!("upstream {name:?}: bad health_check.path: {e}"))?;
+                req.insert_header("Host", &sni)
+                    .map_err(|e| format!("upstream {name:?}: bad host for health check: {e}"))?;
+                check.req = req;
+                check.peer_template.options.connection_timeout =
+                    Some(Duration::from_millis(config.connect_timeout_ms));
+                check.peer_template.options.read_timeout =
+                    Some(Duration::from_millis(config.connect_timeout_ms));
+                lb.set_health_check(Box::new(check));
+            }
+            None => {
+                let mut check = TcpHealthCheck::new();
+                check.peer_template.options.connection_timeout =
+                    Some(Duration::from_millis(config.connect_timeout_ms));
+                lb.set_health_check(check);
+            }
+        }
+        Ok(UpstreamPool {
+            name: name.to_string(),
+            config: config.clone(),
+            lb,
+            sni,
+            next_check: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// The next healthy replica, round-robin; `None` when every replica is down.
+    pub fn select(&self) -> Option<HttpPeer> {
+        let backend = self.lb.select(b"", MAX_SELECT_ITERATIONS)?;
+        let mut peer = HttpPeer::new(backend.addr, self.config.tls, self.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(Duration::from_millis(self.config.connect_timeout_ms));
+        o.read_timeout = Some(Duration::from_millis(self.config.read_timeout_ms));
+        o.write_timeout = Some(Duration::from_millis(self.config.read_timeout_ms));
+        Some(peer)
+    }
+
+    /// Runs the health check when its interval has passed since the last run.
+    pub async fn health_check_if_due(&self) {
+        let due = {
+            let Ok(mut next) = self.next_check.lock() else {
+                return;
+            };
+            let now = Instant::now();
+            if now < *next {
+                false
+            } else {
+                *next = now + Duration::from_millis(self.config.health_check.interval_ms);
+                true
+            }
+        };
+        if due {
+            self.lb.backends().run_health_check(true).await;
+        }
+    }
+
+    /// (healthy, total) replicas.
+    pub fn health(&self) -> (usize, usize) {
+        let backends = self.lb.backends().get_backend();
+        let healthy = backends
+            .iter()
+            .filter(|b| self.lb.backends().ready(b))
+            .count();
+        (healthy, backends.len())
+    }
+}
