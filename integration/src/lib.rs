@@ -1,1 +1,497 @@
+//! Test harness: the real `rampart` binary, recording upstreams and a raw HTTP client, all
+//! on loopback. Different 127.0.0.0/8 source addresses stand for internal and external peers.
 
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket};
+
+/// A peer inside the test's "internal" network (the test config's `internal_cidrs`).
+pub const INTERNAL_PEER: &str = "127.0.0.2";
+/// A peer outside it: the public internet, as far as rampart can tell.
+pub const EXTERNAL_PEER: &str = "127.0.0.3";
+/// A peer configured as a trusted proxy (its X-Forwarded-For is believed).
+pub const TRUSTED_PROXY_PEER: &str = "127.0.0.5";
+
+pub const ORIGIN_SECRET: &str = "origin-3f9a1c7e5b2d4a6f8e0c1b3d5f7a9c2e";
+pub const ADMIN_SECRET: &str = "admin-8b6d4f2a0c9e7b5d3f1a8c6e4b2d0f9a";
+
+/// A request as an upstream received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub uri: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP upstream on loopback that records every request and answers with its name.
+/// `/slow/...` waits 3 s before answering.
+#[derive(Clone)]
+pub struct RecordingUpstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Recorded>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl RecordingUpstream {
+    pub async fn start(name: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let (name_c, seen_c) = (name.to_string(), seen.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (name, seen) = (name_c.clone(), seen_c.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (name, seen) = (name.clone(), seen.clone());
+                        async move { Ok::<_, Infallible>(answer(&name, &seen, req).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        RecordingUpstream {
+            name: name.to_string(),
+            addr,
+            seen,
+            task: Arc::new(task),
+        }
+    }
+
+    /// Requests proxied by rampart (which always adds `X-Forwarded-For`; its own health
+    /// checks carry none), in arrival order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.seen
+            .lock()
+            .map(|v| v.iter().filter(|r| r.header("x-forwarded-for").is_some()).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Health checks received (requests not proxied by rampart).
+    pub fn health_checks(&self) -> usize {
+        self.seen
+            .lock()
+            .map(|v| v.iter().filter(|r| r.header("x-forwarded-for").is_none()).count())
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests().len()
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(name: &str, seen: &Mutex<Vec<Recorded>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let uri = parts.uri.to_string();
+    if let Ok(mut v) = seen.lock() {
+        v.push(Recorded {
+            method: parts.method.to_string(),
+            uri: uri.clone(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body,
+        });
+    }
+    if uri.starts_with("/slow/") {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let json = serde_json::json!({ "upstream": name, "uri": uri }).to_string();
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json)))
+        .unwrap_or_default()
+}
+
+/// A response as the client saw it.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `upstream` field of a recording upstream's answer.
+    pub fn upstream(&self) -> Option<String> {
+        self.json()["upstream"].as_str().map(str::to_string)
+    }
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request, sent as is) from `source`, and reads the answer
+/// until the server closes the connection.
+pub async fn send_raw(to: SocketAddr, source: &str, raw: &[u8]) -> std::io::Result<RawResponse> {
+    let socket = TcpSocket::new_v4()?;
+    let src: IpAddr = source.parse().map_err(std::io::Error::other)?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    let mut stream = socket.connect(to).await?;
+    stream.write_all(raw).await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("response timed out"))??;
+    parse_response(&buf)
+}
+
+fn parse_response(buf: &[u8]) -> std::io::Result<RawResponse> {
+    let bad = |m: &str| std::io::Error::other(format!("{m}: {:?}", String::from_utf8_lossy(buf)));
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("head not utf-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Ok(RawResponse { status, headers, body })
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&data[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || data.len() < eol + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[(eol + 4 + size).min(data.len())..];
+    }
+    out
+}
+
+/// A simple request: `headers` are added after Host; the connection closes after it.
+pub async fn request(
+    to: SocketAddr,
+    source: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" {
+        raw.push_str("Content-Length: 2\r\n\r\n{}");
+    } else {
+        raw.push_str("\r\n");
+    }
+    send_raw(to, source, raw.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} from {source}: {e}"))
+}
+
+/// A free TCP port on loopback (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+static BUILD: Once = Once::new();
+
+/// Path of the `rampart` binary, built first (once per test process) so tests never run a
+/// stale one.
+pub fn rampart_binary() -> PathBuf {
+    BUILD.call_once(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "rampart", "--bin", "rampart"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building rampart failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug").join("rampart")
+}
+
+/// A running rampart, killed on drop. Its stdout (access log) and stderr go to files.
+pub struct Rampart {
+    child: Child,
+    pub rules_dir: tempfile::TempDir,
+    pub ports: HashMap<String, u16>,
+    pub admin: SocketAddr,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Rampart {
+    /// Starts rampart on `gateway_toml` (written into a fresh rules directory), with every
+    /// listener in `listeners` moved to a free loopback port.
+    pub async fn start(gateway_toml: &str, listeners: &[&str]) -> Rampart {
+        Self::start_with_env(gateway_toml, listeners, &[]).await
+    }
+
+    pub async fn start_with_env(gateway_toml: &str, listeners: &[&str], env: &[(&str, &str)]) -> Rampart {
+        let rules_dir = tempfile::tempdir().expect("rules dir");
+        std::fs::write(rules_dir.path().join("gateway.toml"), gateway_toml).expect("write rules");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cmd = Command::new(rampart_binary());
+        cmd.arg("--rules").arg(rules_dir.path()).arg("--admin").arg(admin.to_string());
+        cmd.args(["--threads", "2"]);
+        let mut ports = HashMap::new();
+        for name in listeners {
+            let port = free_port();
+            cmd.arg("--listen").arg(format!("{name}=127.0.0.1:{port}"));
+            ports.insert(name.to_string(), port);
+        }
+        cmd.env("RAMPART_ORIGIN_VERIFY_SECRET", ORIGIN_SECRET)
+            .env("RAMPART_ADMIN_HEADER_SECRET", ADMIN_SECRET)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let stdout = rules_dir.path().with_extension("stdout");
+        let stderr = rules_dir.path().with_extension("stderr");
+        cmd.stdout(Stdio::from(std::fs::File::create(&stdout).expect("stdout file")));
+        cmd.stderr(Stdio::from(std::fs::File::create(&stderr).expect("stderr file")));
+        let child = cmd.spawn().expect("spawn rampart");
+        let r = Rampart { child, rules_dir, ports, admin, stdout, stderr };
+        r.wait_live().await;
+        r
+    }
+
+    async fn wait_live(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = send_raw(self.admin, "127.0.0.1", b"GET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("rampart did not come up; stderr:\n{}", self.stderr_text());
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[listener]))
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Replaces gateway.toml the way an editor that writes in place does.
+    pub fn write_rules(&self, gateway_toml: &str) {
+        let mut f = std::fs::File::create(self.rules_dir.path().join("gateway.toml")).expect("open rules");
+        f.write_all(gateway_toml.as_bytes()).expect("write rules");
+    }
+
+    pub async fn admin_get(&self, path: &str) -> RawResponse {
+        request(self.admin, "127.0.0.1", "GET", path, &[]).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        String::from_utf8_lossy(&self.admin_get("/metrics").await.body).into_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Rampart {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric sample (exact label set as printed), if present.
+pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The four upstreams of the seed's layout.
+pub struct SeedUpstreams {
+    pub litellm: Vec<RecordingUpstream>,
+    pub grafana: RecordingUpstream,
+    pub langfuse: RecordingUpstream,
+    pub victoriametrics: RecordingUpstream,
+}
+
+impl SeedUpstreams {
+    pub async fn start(litellm_replicas: usize) -> Self {
+        let mut litellm = Vec::new();
+        for i in 0..litellm_replicas {
+            litellm.push(RecordingUpstream::start(&format!("litellm-{i}")).await);
+        }
+        SeedUpstreams {
+            litellm,
+            grafana: RecordingUpstream::start("grafana").await,
+            langfuse: RecordingUpstream::start("langfuse").await,
+            victoriametrics: RecordingUpstream::start("victoriametrics").await,
+        }
+    }
+
+    pub fn all(&self) -> Vec<&RecordingUpstream> {
+        let mut v: Vec<&RecordingUpstream> = self.litellm.iter().collect();
+        v.extend([&self.grafana, &self.langfuse, &self.victoriametrics]);
+        v
+    }
+
+    pub fn total_requests(&self) -> usize {
+        self.all().iter().map(|u| u.count()).sum()
+    }
+}
+
+pub const SEED_LISTENERS: &[&str] = &["web", "langfuse", "victoriametrics"];
+
+/// The shipped rules' layout (`rules/gateway.toml`), pointed at the test's upstreams, with
+/// 127.0.0.2 as the internal network and 127.0.0.5 as a trusted proxy.
+pub fn seed_config(up: &SeedUpstreams, extra_upstream_settings: &str) -> String {
+    let addrs = |us: &[&RecordingUpstream]| {
+        us.iter().map(|u| format!("\"{}\"", u.addr)).collect::<Vec<_>>().join(", ")
+    };
+    let litellm: Vec<&RecordingUpstream> = up.litellm.iter().collect();
+    format!(
+        r#"
+[network]
+internal_cidrs = ["{INTERNAL_PEER}/32"]
+trusted_proxies = ["{TRUSTED_PROXY_PEER}/32"]
+
+[secrets.origin-verify]
+env = ["RAMPART_ORIGIN_VERIFY_SECRET", "RAMPART_ORIGIN_VERIFY_SECRET_PREVIOUS"]
+
+[secrets.admin-header]
+env = ["RAMPART_ADMIN_HEADER_SECRET"]
+
+[upstreams.litellm]
+addrs = [{litellm}]
+health_check = {{ path = "/health/liveliness", interval_ms = 200 }}
+{extra_upstream_settings}
+
+[upstreams.grafana]
+addrs = [{grafana}]
+
+[upstreams.langfuse]
+addrs = [{langfuse}]
+
+[upstreams.victoriametrics]
+addrs = [{vm}]
+
+[[listeners]]
+name = "web"
+listen = "0.0.0.0:80"
+
+[[listeners.plugins]]
+type = "origin_verify"
+accept = ["header", "internal"]
+secret = "origin-verify"
+
+[[listeners.plugins]]
+type = "admin_secret"
+secret = "admin-header"
+
+[[listeners.routes]]
+prefix = "/grafana/"
+upstream = "grafana"
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "litellm"
+
+[[listeners]]
+name = "langfuse"
+listen = "0.0.0.0:8080"
+
+[[listeners.plugins]]
+type = "origin_verify"
+accept = ["header", "internal"]
+secret = "origin-verify"
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "langfuse"
+
+[[listeners]]
+name = "victoriametrics"
+listen = "0.0.0.0:9090"
+
+[[listeners.plugins]]
+type = "origin_verify"
+accept = ["internal"]
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "victoriametrics"
+"#,
+        grafana = addrs(&[&up.grafana]),
+        langfuse = addrs(&[&up.langfuse]),
+        vm = addrs(&[&up.victoriametrics]),
+        litellm = addrs(&litellm),
+    )
+}
