@@ -100,11 +100,16 @@ async fn respond_json(session: &mut Session, status: u16, rule: &str) -> Result<
 }
 
 /// Ambiguous message framing is how requests are smuggled past a proxy: refuse it.
-fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
-    let te = req.headers.get_all(TRANSFER_ENCODING).iter().count();
+///
+/// Pingora drops `Content-Length` from the parsed header when `Transfer-Encoding` is also
+/// present (RFC 9112 lets a recipient do so), so `raw_header` is read to see what the client
+/// really sent.
+fn framing_problem(req: &RequestHeader, raw_header: impl FnOnce() -> Option<Bytes>) -> Option<&'static str> {
     let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
     let first = lengths.next();
-    if te > 0 && first.is_some() {
+    if req.headers.contains_key(TRANSFER_ENCODING)
+        && (first.is_some() || raw_header().is_some_and(|raw| has_header_line(&raw, b"content-length")))
+    {
         return Some("framing.content_length_and_transfer_encoding");
     }
     if let Some(first) = first {
@@ -118,6 +123,15 @@ fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether a raw HTTP/1 header block has a line for header `name` (lowercase).
+fn has_header_line(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()..].iter().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b':')
+    })
 }
 
 #[async_trait]
@@ -147,8 +161,9 @@ impl ProxyHttp for RampartProxy {
         let Some(rules) = snapshot.listeners.get(&*self.listener) else {
             return refuse(session, ctx, 503, "proxy", "listener.not_configured").await;
         };
+        let h1 = session.as_downstream().as_http1();
         let req = session.req_header();
-        if let Some(problem) = framing_problem(req) {
+        if let Some(problem) = framing_problem(req, || h1.map(|s| s.get_headers_raw_bytes())) {
             return refuse(session, ctx, 400, "proxy", problem).await;
         }
         let normalised = match path::normalize(req.uri.path()) {

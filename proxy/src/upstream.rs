@@ -68,9 +68,14 @@ impl UpstreamPool {
         })
     }
 
-    /// The next healthy replica, round-robin; `None` when every replica is down.
+    /// The next healthy replica, round-robin. When health checks fail every replica, all of
+    /// them are tried anyway ("panic mode"): a wrong health check must not turn into a
+    /// certain outage. `None` only for a pool with no replica at all.
     pub fn select(&self) -> Option<HttpPeer> {
-        let backend = self.lb.select(b"", MAX_SELECT_ITERATIONS)?;
+        let backend = self
+            .lb
+            .select(b"", MAX_SELECT_ITERATIONS)
+            .or_else(|| self.lb.select_with(b"", MAX_SELECT_ITERATIONS, |_, _| true))?;
         let mut peer = HttpPeer::new(backend.addr, self.config.tls, self.sni.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(Duration::from_millis(self.config.connect_timeout_ms));

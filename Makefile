@@ -1,0 +1,30 @@
+# rampart: the commands README.md promises, and the checks CI runs.
+.PHONY: demo run test lint check bench certs
+
+# Run rampart on the shipped rules in front of a real OpenAI-compatible server, and show
+# what it refuses and what it lets through.
+demo:
+	bash scripts/demo.sh
+
+# Serve the shipped rules on their real ports (80, 8080, 9090 need root or CAP_NET_BIND_SERVICE).
+run:
+	cargo run --release -p rampart -- --rules rules
+
+# The whole test suite: unit tests and the end-to-end tests against the real binary.
+test:
+	cargo build -p rampart --bin rampart
+	cargo test --workspace
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# Validate the rules directory as a reload would.
+check:
+	cargo run -q -p rampart -- check rules
+
+bench:
+	cargo bench -p rampart-benches
+
+certs:
+	bash certs/make-dev-cert.sh certs/dev
