@@ -287,6 +287,16 @@ impl Rampart {
     }
 
     pub async fn start_with_env(gateway_toml: &str, listeners: &[&str], env: &[(&str, &str)]) -> Rampart {
+        Self::start_opts(gateway_toml, listeners, env, &[]).await
+    }
+
+    /// Like [`Rampart::start`], with extra environment and command-line arguments.
+    pub async fn start_opts(
+        gateway_toml: &str,
+        listeners: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Rampart {
         let rules_dir = tempfile::tempdir().expect("rules dir");
         std::fs::write(rules_dir.path().join("gateway.toml"), gateway_toml).expect("write rules");
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -305,6 +315,7 @@ impl Rampart {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd.args(args);
         let stdout = rules_dir.path().with_extension("stdout");
         let stderr = rules_dir.path().with_extension("stderr");
         cmd.stdout(Stdio::from(std::fs::File::create(&stdout).expect("stdout file")));
@@ -344,6 +355,18 @@ impl Rampart {
     pub fn write_rules(&self, gateway_toml: &str) {
         let mut f = std::fs::File::create(self.rules_dir.path().join("gateway.toml")).expect("open rules");
         f.write_all(gateway_toml.as_bytes()).expect("write rules");
+    }
+
+    /// Replaces gateway.toml atomically, as editors that save through a temporary file and
+    /// configuration tools do.
+    pub fn write_rules_atomically(&self, gateway_toml: &str) {
+        let tmp = self.rules_dir.path().join(".gateway.toml.tmp");
+        std::fs::write(&tmp, gateway_toml).expect("write tmp rules");
+        std::fs::rename(&tmp, self.rules_dir.path().join("gateway.toml")).expect("rename rules");
+    }
+
+    pub async fn admin_post(&self, path: &str) -> RawResponse {
+        request(self.admin, "127.0.0.1", "POST", path, &[]).await
     }
 
     pub async fn admin_get(&self, path: &str) -> RawResponse {
