@@ -60,13 +60,17 @@ pub struct RecordingUpstream {
 
 impl RecordingUpstream {
     pub async fn start(name: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let (name_c, seen_c) = (name.to_string(), seen.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (name, seen) = (name_c.clone(), seen_c.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -93,7 +97,12 @@ impl RecordingUpstream {
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen
             .lock()
-            .map(|v| v.iter().filter(|r| r.header("x-forwarded-for").is_some()).cloned().collect())
+            .map(|v| {
+                v.iter()
+                    .filter(|r| r.header("x-forwarded-for").is_some())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -101,7 +110,11 @@ impl RecordingUpstream {
     pub fn health_checks(&self) -> usize {
         self.seen
             .lock()
-            .map(|v| v.iter().filter(|r| r.header("x-forwarded-for").is_none()).count())
+            .map(|v| {
+                v.iter()
+                    .filter(|r| r.header("x-forwarded-for").is_none())
+                    .count()
+            })
             .unwrap_or_default()
     }
 
@@ -114,9 +127,17 @@ impl RecordingUpstream {
     }
 }
 
-async fn answer(name: &str, seen: &Mutex<Vec<Recorded>>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn answer(
+    name: &str,
+    seen: &Mutex<Vec<Recorded>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let uri = parts.uri.to_string();
     if let Ok(mut v) = seen.lock() {
         v.push(Recorded {
@@ -125,7 +146,12 @@ async fn answer(name: &str, seen: &Mutex<Vec<Recorded>>, req: Request<Incoming>)
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body,
         });
@@ -183,7 +209,10 @@ pub async fn send_raw(to: SocketAddr, source: &str, raw: &[u8]) -> std::io::Resu
 
 fn parse_response(buf: &[u8]) -> std::io::Result<RawResponse> {
     let bad = |m: &str| std::io::Error::other(format!("{m}: {:?}", String::from_utf8_lossy(buf)));
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no header end"))?;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("head not utf-8"))?;
     let mut lines = head.split("\r\n");
     let status = lines
@@ -202,7 +231,11 @@ fn parse_response(buf: &[u8]) -> std::io::Result<RawResponse> {
     if chunked {
         body = dechunk(&body);
     }
-    Ok(RawResponse { status, headers, body })
+    Ok(RawResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
@@ -229,7 +262,8 @@ pub async fn request(
     path: &str,
     headers: &[(&str, &str)],
 ) -> RawResponse {
-    let mut raw = format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -286,7 +320,11 @@ impl Rampart {
         Self::start_with_env(gateway_toml, listeners, &[]).await
     }
 
-    pub async fn start_with_env(gateway_toml: &str, listeners: &[&str], env: &[(&str, &str)]) -> Rampart {
+    pub async fn start_with_env(
+        gateway_toml: &str,
+        listeners: &[&str],
+        env: &[(&str, &str)],
+    ) -> Rampart {
         Self::start_opts(gateway_toml, listeners, env, &[]).await
     }
 
@@ -301,7 +339,10 @@ impl Rampart {
         std::fs::write(rules_dir.path().join("gateway.toml"), gateway_toml).expect("write rules");
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(rampart_binary());
-        cmd.arg("--rules").arg(rules_dir.path()).arg("--admin").arg(admin.to_string());
+        cmd.arg("--rules")
+            .arg(rules_dir.path())
+            .arg("--admin")
+            .arg(admin.to_string());
         cmd.args(["--threads", "2"]);
         let mut ports = HashMap::new();
         for name in listeners {
@@ -318,10 +359,21 @@ impl Rampart {
         cmd.args(args);
         let stdout = rules_dir.path().with_extension("stdout");
         let stderr = rules_dir.path().with_extension("stderr");
-        cmd.stdout(Stdio::from(std::fs::File::create(&stdout).expect("stdout file")));
-        cmd.stderr(Stdio::from(std::fs::File::create(&stderr).expect("stderr file")));
+        cmd.stdout(Stdio::from(
+            std::fs::File::create(&stdout).expect("stdout file"),
+        ));
+        cmd.stderr(Stdio::from(
+            std::fs::File::create(&stderr).expect("stderr file"),
+        ));
         let child = cmd.spawn().expect("spawn rampart");
-        let r = Rampart { child, rules_dir, ports, admin, stdout, stderr };
+        let r = Rampart {
+            child,
+            rules_dir,
+            ports,
+            admin,
+            stdout,
+            stderr,
+        };
         r.wait_live().await;
         r
     }
@@ -329,7 +381,13 @@ impl Rampart {
     async fn wait_live(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Ok(r) = send_raw(self.admin, "127.0.0.1", b"GET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await {
+            if let Ok(r) = send_raw(
+                self.admin,
+                "127.0.0.1",
+                b"GET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            {
                 if r.status == 200 {
                     return;
                 }
@@ -353,7 +411,8 @@ impl Rampart {
 
     /// Replaces gateway.toml the way an editor that writes in place does.
     pub fn write_rules(&self, gateway_toml: &str) {
-        let mut f = std::fs::File::create(self.rules_dir.path().join("gateway.toml")).expect("open rules");
+        let mut f =
+            std::fs::File::create(self.rules_dir.path().join("gateway.toml")).expect("open rules");
         f.write_all(gateway_toml.as_bytes()).expect("write rules");
     }
 
@@ -386,6 +445,8 @@ impl Drop for Rampart {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stdout);
+        let _ = std::fs::remove_file(&self.stderr);
     }
 }
 
@@ -437,7 +498,10 @@ pub const SEED_LISTENERS: &[&str] = &["web", "langfuse", "victoriametrics"];
 /// 127.0.0.2 as the internal network and 127.0.0.5 as a trusted proxy.
 pub fn seed_config(up: &SeedUpstreams, extra_upstream_settings: &str) -> String {
     let addrs = |us: &[&RecordingUpstream]| {
-        us.iter().map(|u| format!("\"{}\"", u.addr)).collect::<Vec<_>>().join(", ")
+        us.iter()
+            .map(|u| format!("\"{}\"", u.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let litellm: Vec<&RecordingUpstream> = up.litellm.iter().collect();
     format!(

@@ -17,16 +17,96 @@ struct Row {
 }
 
 const MATRIX: &[Row] = &[
-    Row { listener: "web", method: "POST", path: "/v1/chat/completions", upstream: "litellm", public: true, admin_secret: false, app_auth: Some(("Authorization", "Bearer sk-user-key")) },
-    Row { listener: "web", method: "GET", path: "/v1/models", upstream: "litellm", public: true, admin_secret: false, app_auth: Some(("Authorization", "Bearer sk-user-key")) },
-    Row { listener: "web", method: "GET", path: "/health/readiness", upstream: "litellm", public: true, admin_secret: false, app_auth: None },
-    Row { listener: "web", method: "GET", path: "/grafana/d/overview", upstream: "grafana", public: true, admin_secret: false, app_auth: Some(("Cookie", "grafana_session=abc")) },
-    Row { listener: "langfuse", method: "GET", path: "/langfuse/api/public/traces", upstream: "langfuse", public: true, admin_secret: false, app_auth: Some(("Cookie", "next-auth.session-token=xyz")) },
-    Row { listener: "web", method: "POST", path: "/key/generate", upstream: "litellm", public: true, admin_secret: true, app_auth: Some(("Authorization", "Bearer sk-master-key")) },
-    Row { listener: "web", method: "POST", path: "/user/new", upstream: "litellm", public: true, admin_secret: true, app_auth: Some(("Authorization", "Bearer sk-master-key")) },
-    Row { listener: "web", method: "GET", path: "/model/info", upstream: "litellm", public: true, admin_secret: true, app_auth: Some(("Authorization", "Bearer sk-master-key")) },
-    Row { listener: "web", method: "GET", path: "/spend/logs", upstream: "litellm", public: true, admin_secret: true, app_auth: Some(("Authorization", "Bearer sk-master-key")) },
-    Row { listener: "victoriametrics", method: "GET", path: "/api/v1/query?query=up", upstream: "victoriametrics", public: false, admin_secret: false, app_auth: None },
+    Row {
+        listener: "web",
+        method: "POST",
+        path: "/v1/chat/completions",
+        upstream: "litellm",
+        public: true,
+        admin_secret: false,
+        app_auth: Some(("Authorization", "Bearer sk-user-key")),
+    },
+    Row {
+        listener: "web",
+        method: "GET",
+        path: "/v1/models",
+        upstream: "litellm",
+        public: true,
+        admin_secret: false,
+        app_auth: Some(("Authorization", "Bearer sk-user-key")),
+    },
+    Row {
+        listener: "web",
+        method: "GET",
+        path: "/health/readiness",
+        upstream: "litellm",
+        public: true,
+        admin_secret: false,
+        app_auth: None,
+    },
+    Row {
+        listener: "web",
+        method: "GET",
+        path: "/grafana/d/overview",
+        upstream: "grafana",
+        public: true,
+        admin_secret: false,
+        app_auth: Some(("Cookie", "grafana_session=abc")),
+    },
+    Row {
+        listener: "langfuse",
+        method: "GET",
+        path: "/langfuse/api/public/traces",
+        upstream: "langfuse",
+        public: true,
+        admin_secret: false,
+        app_auth: Some(("Cookie", "next-auth.session-token=xyz")),
+    },
+    Row {
+        listener: "web",
+        method: "POST",
+        path: "/key/generate",
+        upstream: "litellm",
+        public: true,
+        admin_secret: true,
+        app_auth: Some(("Authorization", "Bearer sk-master-key")),
+    },
+    Row {
+        listener: "web",
+        method: "POST",
+        path: "/user/new",
+        upstream: "litellm",
+        public: true,
+        admin_secret: true,
+        app_auth: Some(("Authorization", "Bearer sk-master-key")),
+    },
+    Row {
+        listener: "web",
+        method: "GET",
+        path: "/model/info",
+        upstream: "litellm",
+        public: true,
+        admin_secret: true,
+        app_auth: Some(("Authorization", "Bearer sk-master-key")),
+    },
+    Row {
+        listener: "web",
+        method: "GET",
+        path: "/spend/logs",
+        upstream: "litellm",
+        public: true,
+        admin_secret: true,
+        app_auth: Some(("Authorization", "Bearer sk-master-key")),
+    },
+    Row {
+        listener: "victoriametrics",
+        method: "GET",
+        path: "/api/v1/query?query=up",
+        upstream: "victoriametrics",
+        public: false,
+        admin_secret: false,
+        app_auth: None,
+    },
 ];
 
 struct Case<'a> {
@@ -61,47 +141,143 @@ async fn every_cell_of_the_endpoint_access_matrix() {
         let what = format!("{} {} on {}", row.method, row.path, row.listener);
 
         // Refused side: every way in that the matrix closes.
-        let mut refusals = vec![("external peer without X-Origin-Verify", Case { peer: EXTERNAL_PEER, origin: false, admin: admin_ok })];
+        let mut refusals = vec![(
+            "external peer without X-Origin-Verify",
+            Case {
+                peer: EXTERNAL_PEER,
+                origin: false,
+                admin: admin_ok,
+            },
+        )];
         refusals.push((
             "external peer with a wrong X-Origin-Verify",
-            Case { peer: EXTERNAL_PEER, origin: false, admin: admin_ok },
+            Case {
+                peer: EXTERNAL_PEER,
+                origin: false,
+                admin: admin_ok,
+            },
         ));
         if !row.public {
-            refusals.push(("external peer even with X-Origin-Verify", Case { peer: EXTERNAL_PEER, origin: true, admin: admin_ok }));
+            refusals.push((
+                "external peer even with X-Origin-Verify",
+                Case {
+                    peer: EXTERNAL_PEER,
+                    origin: true,
+                    admin: admin_ok,
+                },
+            ));
         }
         if row.admin_secret {
-            refusals.push(("without X-Admin-Secret", Case { peer: EXTERNAL_PEER, origin: true, admin: None }));
-            refusals.push(("with a wrong X-Admin-Secret", Case { peer: EXTERNAL_PEER, origin: true, admin: Some("admin-guess") }));
-            refusals.push(("internal peer without X-Admin-Secret", Case { peer: INTERNAL_PEER, origin: false, admin: None }));
+            refusals.push((
+                "without X-Admin-Secret",
+                Case {
+                    peer: EXTERNAL_PEER,
+                    origin: true,
+                    admin: None,
+                },
+            ));
+            refusals.push((
+                "with a wrong X-Admin-Secret",
+                Case {
+                    peer: EXTERNAL_PEER,
+                    origin: true,
+                    admin: Some("admin-guess"),
+                },
+            ));
+            refusals.push((
+                "internal peer without X-Admin-Secret",
+                Case {
+                    peer: INTERNAL_PEER,
+                    origin: false,
+                    admin: None,
+                },
+            ));
         }
         for (why, case) in refusals {
             let before = up.total_requests();
             let r = send(case).await;
-            assert_eq!(r.status, 403, "{what}: {why} must be refused, got {} {:?}", r.status, r.json());
-            assert!(r.json()["rule"].is_string(), "{what}: refusal names its rule");
-            assert_eq!(up.total_requests(), before, "{what}: {why} reached an upstream");
+            assert_eq!(
+                r.status,
+                403,
+                "{what}: {why} must be refused, got {} {:?}",
+                r.status,
+                r.json()
+            );
+            assert!(
+                r.json()["rule"].is_string(),
+                "{what}: refusal names its rule"
+            );
+            assert_eq!(
+                up.total_requests(),
+                before,
+                "{what}: {why} reached an upstream"
+            );
             checked += 1;
         }
 
         // Allowed side.
-        let mut allowed = vec![("internal peer, no X-Origin-Verify", Case { peer: INTERNAL_PEER, origin: false, admin: admin_ok })];
+        let mut allowed = vec![(
+            "internal peer, no X-Origin-Verify",
+            Case {
+                peer: INTERNAL_PEER,
+                origin: false,
+                admin: admin_ok,
+            },
+        )];
         if row.public {
-            allowed.push(("external peer with X-Origin-Verify", Case { peer: EXTERNAL_PEER, origin: true, admin: admin_ok }));
+            allowed.push((
+                "external peer with X-Origin-Verify",
+                Case {
+                    peer: EXTERNAL_PEER,
+                    origin: true,
+                    admin: admin_ok,
+                },
+            ));
         }
         for (why, case) in allowed {
-            let target = up.all().into_iter().find(|u| u.name.starts_with(row.upstream)).cloned();
+            let target = up
+                .all()
+                .into_iter()
+                .find(|u| u.name.starts_with(row.upstream))
+                .cloned();
             let target = target.unwrap_or_else(|| panic!("no upstream {}", row.upstream));
             let before = target.count();
             let r = send(case).await;
-            assert_eq!(r.status, 200, "{what}: {why} must pass, got {} {:?}", r.status, String::from_utf8_lossy(&r.body));
-            assert!(r.upstream().is_some_and(|u| u.starts_with(row.upstream)), "{what}: routed to {:?}", r.upstream());
-            assert_eq!(target.count(), before + 1, "{what}: exactly one request upstream");
+            assert_eq!(
+                r.status,
+                200,
+                "{what}: {why} must pass, got {} {:?}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+            assert!(
+                r.upstream().is_some_and(|u| u.starts_with(row.upstream)),
+                "{what}: routed to {:?}",
+                r.upstream()
+            );
+            assert_eq!(
+                target.count(),
+                before + 1,
+                "{what}: exactly one request upstream"
+            );
             let got = target.requests().pop().expect("recorded");
             assert_eq!(got.uri, row.path, "{what}: path forwarded unchanged");
-            assert_eq!(got.header("x-origin-verify"), None, "{what}: origin secret stripped");
-            assert_eq!(got.header("x-admin-secret"), None, "{what}: admin secret stripped");
+            assert_eq!(
+                got.header("x-origin-verify"),
+                None,
+                "{what}: origin secret stripped"
+            );
+            assert_eq!(
+                got.header("x-admin-secret"),
+                None,
+                "{what}: admin secret stripped"
+            );
             if let Some((name, value)) = row.app_auth {
-                assert_eq!(got.header(name), Some(value), "{what}: app credential passed through");
+                assert_eq!(
+                    got.header(name),
+                    Some(value),
+                    "{what}: app credential passed through"
+                );
             }
             checked += 1;
         }
@@ -114,17 +290,37 @@ async fn wrong_origin_value_and_repeated_header_are_refused() {
     let up = SeedUpstreams::start(1).await;
     let rampart = Rampart::start(&seed_config(&up, ""), SEED_LISTENERS).await;
     let web = rampart.addr("web");
-    let r = request(web, EXTERNAL_PEER, "GET", "/v1/models", &[("X-Origin-Verify", "not-the-secret")]).await;
-    assert_eq!((r.status, r.json()["rule"].as_str()), (403, Some("origin_verify.invalid")));
+    let r = request(
+        web,
+        EXTERNAL_PEER,
+        "GET",
+        "/v1/models",
+        &[("X-Origin-Verify", "not-the-secret")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["rule"].as_str()),
+        (403, Some("origin_verify.invalid"))
+    );
     let prefix = &ORIGIN_SECRET[..ORIGIN_SECRET.len() - 1];
-    let r = request(web, EXTERNAL_PEER, "GET", "/v1/models", &[("X-Origin-Verify", prefix)]).await;
+    let r = request(
+        web,
+        EXTERNAL_PEER,
+        "GET",
+        "/v1/models",
+        &[("X-Origin-Verify", prefix)],
+    )
+    .await;
     assert_eq!(r.status, 403, "a prefix of the secret is not the secret");
     let r = request(
         web,
         EXTERNAL_PEER,
         "GET",
         "/v1/models",
-        &[("X-Origin-Verify", "junk"), ("X-Origin-Verify", ORIGIN_SECRET)],
+        &[
+            ("X-Origin-Verify", "junk"),
+            ("X-Origin-Verify", ORIGIN_SECRET),
+        ],
     )
     .await;
     assert_eq!(r.status, 403, "a repeated header is ambiguous");

@@ -18,11 +18,38 @@ fn config_with_probe(up: &SeedUpstreams, probe_upstream: &str) -> String {
 fn broken(up: &SeedUpstreams, i: usize) -> (String, &'static str) {
     let good = config_with_probe(up, "grafana");
     match i % 5 {
-        0 => (good.replace("[[listeners]]\nname = \"langfuse\"", "[[listeners]]\nname = "), "gateway.toml:"),
-        1 => (good.replace("upstream = \"grafana\"\n\n[[listeners.routes]]\nprefix = \"/grafana/\"", "upstream = \"nowhere\"\n\n[[listeners.routes]]\nprefix = \"/grafana/\""), "nowhere"),
-        2 => (good.replace("accept = [\"internal\"]", "accept = [\"internal\"]\nacept = 1"), "acept"),
-        3 => (good.replace("secret = \"admin-header\"", "secret = \"no-such-secret\""), "no-such-secret"),
-        _ => (good.replace("internal_cidrs = [\"127.0.0.2/32\"]", "internal_cidrs = [\"127.0.0.300/32\"]"), "gateway.toml:"),
+        0 => (
+            good.replace(
+                "[[listeners]]\nname = \"langfuse\"",
+                "[[listeners]]\nname = ",
+            ),
+            "gateway.toml:",
+        ),
+        1 => (
+            good.replace(
+                "upstream = \"grafana\"\n\n[[listeners.routes]]\nprefix = \"/grafana/\"",
+                "upstream = \"nowhere\"\n\n[[listeners.routes]]\nprefix = \"/grafana/\"",
+            ),
+            "nowhere",
+        ),
+        2 => (
+            good.replace(
+                "accept = [\"internal\"]",
+                "accept = [\"internal\"]\nacept = 1",
+            ),
+            "acept",
+        ),
+        3 => (
+            good.replace("secret = \"admin-header\"", "secret = \"no-such-secret\""),
+            "no-such-secret",
+        ),
+        _ => (
+            good.replace(
+                "internal_cidrs = [\"127.0.0.2/32\"]",
+                "internal_cidrs = [\"127.0.0.300/32\"]",
+            ),
+            "gateway.toml:",
+        ),
     }
 }
 
@@ -32,7 +59,11 @@ async fn probe(rampart: &Rampart) -> Option<String> {
 }
 
 async fn failures(rampart: &Rampart) -> f64 {
-    metric_value(&rampart.metrics().await, "rampart_config_reloads_total{result=\"failure\"}").unwrap_or(-1.0)
+    metric_value(
+        &rampart.metrics().await,
+        "rampart_config_reloads_total{result=\"failure\"}",
+    )
+    .unwrap_or(-1.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,11 +79,22 @@ async fn fifty_changes_under_load_lose_no_request_and_apply_within_a_second() {
         let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let r = request(web, peer, "POST", "/v1/chat/completions", &[("X-Origin-Verify", ORIGIN_SECRET)]).await;
+                let r = request(
+                    web,
+                    peer,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[("X-Origin-Verify", ORIGIN_SECRET)],
+                )
+                .await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if r.status != 200 {
                     failed.fetch_add(1, Ordering::Relaxed);
-                    eprintln!("legitimate request failed during reloads: {} {:?}", r.status, r.json());
+                    eprintln!(
+                        "legitimate request failed during reloads: {} {:?}",
+                        r.status,
+                        r.json()
+                    );
                 }
             }
         }));
@@ -68,15 +110,29 @@ async fn fifty_changes_under_load_lose_no_request_and_apply_within_a_second() {
             rampart.write_rules(&text);
             let deadline = Instant::now() + Duration::from_secs(2);
             while failures(&rampart).await <= before {
-                assert!(Instant::now() < deadline, "change {i}: the invalid file was not reported");
+                assert!(
+                    Instant::now() < deadline,
+                    "change {i}: the invalid file was not reported"
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            assert_eq!(probe(&rampart).await.as_deref(), Some(current), "change {i}: old rules must keep serving");
+            assert_eq!(
+                probe(&rampart).await.as_deref(),
+                Some(current),
+                "change {i}: old rules must keep serving"
+            );
             let log = rampart.stderr_text();
-            assert!(log.contains(must_mention), "change {i}: error should mention {must_mention:?}");
+            assert!(
+                log.contains(must_mention),
+                "change {i}: error should mention {must_mention:?}"
+            );
             invalid += 1;
         } else {
-            let next = if current == "grafana" { "langfuse" } else { "grafana" };
+            let next = if current == "grafana" {
+                "langfuse"
+            } else {
+                "grafana"
+            };
             let started = Instant::now();
             if i % 2 == 0 {
                 rampart.write_rules(&config_with_probe(&up, next));
@@ -87,7 +143,10 @@ async fn fifty_changes_under_load_lose_no_request_and_apply_within_a_second() {
                 if probe(&rampart).await.as_deref() == Some(next) {
                     break;
                 }
-                assert!(started.elapsed() < Duration::from_secs(1), "change {i}: new rules not in force after 1 s");
+                assert!(
+                    started.elapsed() < Duration::from_secs(1),
+                    "change {i}: new rules not in force after 1 s"
+                );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             slowest = slowest.max(started.elapsed());
@@ -109,13 +168,23 @@ async fn fifty_changes_under_load_lose_no_request_and_apply_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_and_post_reload_without_the_watcher() {
     let up = SeedUpstreams::start(1).await;
-    let rampart = Rampart::start_opts(&config_with_probe(&up, "grafana"), SEED_LISTENERS, &[], &["--no-watch"]).await;
+    let rampart = Rampart::start_opts(
+        &config_with_probe(&up, "grafana"),
+        SEED_LISTENERS,
+        &[],
+        &["--no-watch"],
+    )
+    .await;
     let gen = |m: &str| metric_value(m, "rampart_config_generation");
     assert_eq!(gen(&rampart.metrics().await), Some(1.0));
 
     rampart.write_rules(&config_with_probe(&up, "langfuse"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(probe(&rampart).await.as_deref(), Some("grafana"), "no watcher: nothing changes by itself");
+    assert_eq!(
+        probe(&rampart).await.as_deref(),
+        Some("grafana"),
+        "no watcher: nothing changes by itself"
+    );
 
     let r = rampart.admin_post("/reload").await;
     assert_eq!(r.status, 200, "{:?}", r.json());
@@ -140,9 +209,16 @@ async fn sighup_and_post_reload_without_the_watcher() {
     let r = rampart.admin_post("/reload").await;
     assert_eq!(r.status, 422);
     let err = r.json()["error"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("gateway.toml:") && err.chars().filter(|c| *c == ':').count() >= 2, "{err}");
+    assert!(
+        err.contains("gateway.toml:") && err.chars().filter(|c| *c == ':').count() >= 2,
+        "{err}"
+    );
     assert_eq!(r.json()["generation"], 3);
     assert_eq!(probe(&rampart).await.as_deref(), Some("grafana"));
     let m = rampart.metrics().await;
-    assert_eq!(metric_value(&m, "rampart_config_reloads_total{result=\"failure\"}"), Some(1.0), "{m}");
+    assert_eq!(
+        metric_value(&m, "rampart_config_reloads_total{result=\"failure\"}"),
+        Some(1.0),
+        "{m}"
+    );
 }

@@ -24,11 +24,18 @@ async fn routes_by_listener_and_path_prefix() {
         ("victoriametrics", "/api/v1/query", "victoriametrics"),
     ];
     for (listener, path, want) in cases {
-        let peer = if listener == "victoriametrics" { INTERNAL_PEER } else { EXTERNAL_PEER };
+        let peer = if listener == "victoriametrics" {
+            INTERNAL_PEER
+        } else {
+            EXTERNAL_PEER
+        };
         let r = request(rampart.addr(listener), peer, "GET", path, &[OV]).await;
         assert_eq!(r.status, 200, "{listener} {path}");
         let got = r.upstream().unwrap_or_default();
-        assert!(got.starts_with(want), "{listener} {path}: went to {got}, want {want}");
+        assert!(
+            got.starts_with(want),
+            "{listener} {path}: went to {got}, want {want}"
+        );
     }
 }
 
@@ -38,9 +45,21 @@ async fn path_normalisation_bypasses_meet_the_admin_rule() {
     let rampart = Rampart::start(&seed_config(&up, ""), SEED_LISTENERS).await;
     let web = rampart.addr("web");
     let spellings = [
-        "/key/generate", "/KEY/generate", "//key/generate", "/%6bey/generate", "/%6Bey/generate",
-        "/v1/../key/generate", "/./key/generate", "/%2e%2e/key/generate", "/v1/%2e%2e/key/generate",
-        "/%256bey/generate", "/\\key\\generate", "/user//new", "/Model/info", "/%73pend/logs", "/key",
+        "/key/generate",
+        "/KEY/generate",
+        "//key/generate",
+        "/%6bey/generate",
+        "/%6Bey/generate",
+        "/v1/../key/generate",
+        "/./key/generate",
+        "/%2e%2e/key/generate",
+        "/v1/%2e%2e/key/generate",
+        "/%256bey/generate",
+        "/\\key\\generate",
+        "/user//new",
+        "/Model/info",
+        "/%73pend/logs",
+        "/key",
     ];
     for path in spellings {
         let before = up.total_requests();
@@ -49,10 +68,22 @@ async fn path_normalisation_bypasses_meet_the_admin_rule() {
         assert_eq!(r.json()["rule"], "admin_secret.missing", "{path}");
         assert_eq!(up.total_requests(), before, "{path} reached an upstream");
 
-        let r = request(web, EXTERNAL_PEER, "POST", path, &[OV, ("X-Admin-Secret", ADMIN_SECRET)]).await;
+        let r = request(
+            web,
+            EXTERNAL_PEER,
+            "POST",
+            path,
+            &[OV, ("X-Admin-Secret", ADMIN_SECRET)],
+        )
+        .await;
         assert_eq!(r.status, 200, "{path} with admin secret");
     }
-    for path in ["/a%00b", "/v1/%0d%0aX-Injected:%20yes", "/%ff%fe", "/%252525252e"] {
+    for path in [
+        "/a%00b",
+        "/v1/%0d%0aX-Injected:%20yes",
+        "/%ff%fe",
+        "/%252525252e",
+    ] {
         let before = up.total_requests();
         let r = request(web, EXTERNAL_PEER, "GET", path, &[OV]).await;
         assert_eq!(r.status, 400, "{path}");
@@ -66,29 +97,80 @@ async fn xff_never_makes_a_peer_internal_and_is_rewritten_upstream() {
     let rampart = Rampart::start(&seed_config(&up, ""), SEED_LISTENERS).await;
 
     // An external peer claiming to be internal, in every spelling.
-    for xff in [INTERNAL_PEER, "127.0.0.2, 127.0.0.2", "10.20.0.1", "127.0.0.2:80"] {
+    for xff in [
+        INTERNAL_PEER,
+        "127.0.0.2, 127.0.0.2",
+        "10.20.0.1",
+        "127.0.0.2:80",
+    ] {
         for listener in ["victoriametrics", "langfuse", "web"] {
-            let r = request(rampart.addr(listener), EXTERNAL_PEER, "GET", "/x", &[("X-Forwarded-For", xff), ("X-Real-IP", INTERNAL_PEER)]).await;
+            let r = request(
+                rampart.addr(listener),
+                EXTERNAL_PEER,
+                "GET",
+                "/x",
+                &[("X-Forwarded-For", xff), ("X-Real-IP", INTERNAL_PEER)],
+            )
+            .await;
             assert_eq!(r.status, 403, "{listener} with XFF {xff}");
         }
     }
     // Even a trusted proxy cannot vouch for internal: the internal test is the socket peer.
-    let r = request(rampart.addr("victoriametrics"), TRUSTED_PROXY_PEER, "GET", "/x", &[("X-Forwarded-For", INTERNAL_PEER)]).await;
-    assert_eq!(r.status, 403, "trusted proxy forwarding an internal address");
-    assert_eq!(up.total_requests(), 0, "no refused request reached an upstream");
+    let r = request(
+        rampart.addr("victoriametrics"),
+        TRUSTED_PROXY_PEER,
+        "GET",
+        "/x",
+        &[("X-Forwarded-For", INTERNAL_PEER)],
+    )
+    .await;
+    assert_eq!(
+        r.status, 403,
+        "trusted proxy forwarding an internal address"
+    );
+    assert_eq!(
+        up.total_requests(),
+        0,
+        "no refused request reached an upstream"
+    );
 
     // Untrusted peer: its XFF is replaced by its own address.
-    let r = request(rampart.addr("web"), EXTERNAL_PEER, "GET", "/v1/models", &[OV, ("X-Forwarded-For", "198.51.100.1"), ("X-Forwarded-Proto", "https")]).await;
+    let r = request(
+        rampart.addr("web"),
+        EXTERNAL_PEER,
+        "GET",
+        "/v1/models",
+        &[
+            OV,
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let got = up.litellm[0].requests().pop().expect("recorded");
     assert_eq!(got.header("x-forwarded-for"), Some(EXTERNAL_PEER));
     assert_eq!(got.header("x-forwarded-proto"), Some("http"));
 
     // Trusted proxy: its chain is extended with its own address.
-    let r = request(rampart.addr("web"), TRUSTED_PROXY_PEER, "GET", "/v1/models", &[OV, ("X-Forwarded-For", "198.51.100.1"), ("X-Forwarded-Proto", "https")]).await;
+    let r = request(
+        rampart.addr("web"),
+        TRUSTED_PROXY_PEER,
+        "GET",
+        "/v1/models",
+        &[
+            OV,
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-Proto", "https"),
+        ],
+    )
+    .await;
     assert_eq!(r.status, 200);
     let got = up.litellm[0].requests().pop().expect("recorded");
-    assert_eq!(got.header("x-forwarded-for"), Some(format!("198.51.100.1, {TRUSTED_PROXY_PEER}").as_str()));
+    assert_eq!(
+        got.header("x-forwarded-for"),
+        Some(format!("198.51.100.1, {TRUSTED_PROXY_PEER}").as_str())
+    );
     assert_eq!(got.header("x-forwarded-proto"), Some("https"));
 }
 
@@ -101,12 +183,23 @@ async fn hop_by_hop_and_secret_headers_do_not_travel() {
         INTERNAL_PEER,
         "GET",
         "/key/list",
-        &[OV, ("X-Admin-Secret", ADMIN_SECRET), ("Proxy-Authorization", "Basic Zm9vOmJhcg=="), ("Keep-Alive", "timeout=5"), ("Authorization", "Bearer sk-master")],
+        &[
+            OV,
+            ("X-Admin-Secret", ADMIN_SECRET),
+            ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+            ("Keep-Alive", "timeout=5"),
+            ("Authorization", "Bearer sk-master"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200);
     let got = up.litellm[0].requests().pop().expect("recorded");
-    for h in ["x-origin-verify", "x-admin-secret", "proxy-authorization", "keep-alive"] {
+    for h in [
+        "x-origin-verify",
+        "x-admin-secret",
+        "proxy-authorization",
+        "keep-alive",
+    ] {
         assert_eq!(got.header(h), None, "{h} was forwarded");
     }
     assert_eq!(got.header("authorization"), Some("Bearer sk-master"));
@@ -124,10 +217,16 @@ async fn ambiguous_framing_is_refused_before_any_upstream() {
     ];
     for raw in smuggles {
         let raw = String::from_utf8_lossy(raw).replace("ORIGIN", ORIGIN_SECRET);
-        let r = send_raw(web, EXTERNAL_PEER, raw.as_bytes()).await.expect("answer");
+        let r = send_raw(web, EXTERNAL_PEER, raw.as_bytes())
+            .await
+            .expect("answer");
         assert_eq!(r.status, 400, "{raw:?}");
     }
-    assert_eq!(up.total_requests(), 0, "a smuggling attempt reached an upstream");
+    assert_eq!(
+        up.total_requests(),
+        0,
+        "a smuggling attempt reached an upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +252,14 @@ async fn round_robin_over_healthy_replicas_and_dead_ones_are_skipped() {
     }
     assert_eq!(up.litellm[0].count() + up.litellm[2].count(), 40);
     let m = rampart.metrics().await;
-    assert_eq!(metric_value(&m, "rampart_upstream_healthy_backends{upstream=\"litellm\"}"), Some(2.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "rampart_upstream_healthy_backends{upstream=\"litellm\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,6 +278,12 @@ async fn upstream_failures_are_502_and_504_with_json() {
     assert_eq!(r.status, 502, "{:?}", r.json());
     assert_eq!(r.json()["status"], 502);
     let m = rampart.metrics().await;
-    assert!(m.contains("rampart_upstream_errors_total{kind=\"timeout\",upstream=\"litellm\"} 1"), "{m}");
-    assert!(m.contains("rampart_upstream_errors_total{kind=\"connect\",upstream=\"grafana\"} 1"), "{m}");
+    assert!(
+        m.contains("rampart_upstream_errors_total{kind=\"timeout\",upstream=\"litellm\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("rampart_upstream_errors_total{kind=\"connect\",upstream=\"grafana\"} 1"),
+        "{m}"
+    );
 }

@@ -57,6 +57,9 @@ fn parse_override(s: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        // Pingora's debug and trace logs print whole request headers (bearer tokens,
+        // cookies, shared secrets): never below info, whatever RUST_LOG says.
+        .filter_module("pingora", log::LevelFilter::Info)
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();

@@ -1,0 +1,263 @@
+//! TLS termination, the `check` subcommand, start-up refusals, and secrets kept out of
+//! every log.
+
+use std::process::Command;
+
+use rampart_integration::*;
+
+fn dev_cert(dir: &std::path::Path) -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../certs/make-dev-cert.sh");
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .status()
+        .expect("run cert script");
+    assert!(status.success(), "certs/make-dev-cert.sh failed");
+    (
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string(),
+    )
+}
+
+fn curl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-S"])
+        .args(args)
+        .output()
+        .expect("curl must be installed");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_terminates_tls_1_2_and_up() {
+    let certs = tempfile::tempdir().expect("tmp");
+    let (cert, key) = dev_cert(certs.path());
+    let up = SeedUpstreams::start(1).await;
+    let config = seed_config(&up, "").replace(
+        "name = \"web\"\nlisten = \"0.0.0.0:80\"",
+        &format!("name = \"web\"\nlisten = \"0.0.0.0:443\"\ntls = {{ cert = \"{cert}\", key = \"{key}\" }}"),
+    );
+    let rampart = Rampart::start(&config, SEED_LISTENERS).await;
+    let port = rampart.ports["web"];
+    let url = format!("https://localhost:{port}/v1/models");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let origin = format!("X-Origin-Verify: {ORIGIN_SECRET}");
+
+    let (ok, out) = curl(&[
+        "--cacert",
+        &cert,
+        "--resolve",
+        &resolve,
+        "-H",
+        &origin,
+        &url,
+    ]);
+    assert!(ok && out.contains("litellm"), "TLS request failed: {out}");
+    let got = up.litellm[0].requests().pop().expect("recorded");
+    assert_eq!(got.header("x-forwarded-proto"), Some("https"));
+
+    let (ok, out) = curl(&[
+        "--cacert",
+        &cert,
+        "--resolve",
+        &resolve,
+        "--tlsv1.2",
+        "--tls-max",
+        "1.2",
+        "-H",
+        &origin,
+        &url,
+    ]);
+    assert!(ok && out.contains("litellm"), "TLS 1.2 must work: {out}");
+    let (ok, _) = curl(&[
+        "--cacert",
+        &cert,
+        "--resolve",
+        &resolve,
+        "--tlsv1.0",
+        "--tls-max",
+        "1.1",
+        "-H",
+        &origin,
+        &url,
+    ]);
+    assert!(!ok, "TLS 1.1 must be refused");
+    let (ok, _) = curl(&["--resolve", &resolve, "-H", &origin, &url]);
+    assert!(
+        !ok,
+        "an untrusted certificate must fail verification (sanity check of the client)"
+    );
+    let (ok, out) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://127.0.0.1:{port}/v1/models"),
+    ]);
+    assert!(
+        !ok || out != "200",
+        "plain HTTP on the TLS port must not be served: {out}"
+    );
+}
+
+fn rampart_cmd() -> Command {
+    let mut cmd = Command::new(rampart_binary());
+    cmd.env("RAMPART_ORIGIN_VERIFY_SECRET", ORIGIN_SECRET)
+        .env("RAMPART_ADMIN_HEADER_SECRET", ADMIN_SECRET);
+    cmd
+}
+
+#[tokio::test]
+async fn check_validates_the_shipped_rules_and_names_file_and_line() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules");
+    let out = rampart_cmd()
+        .args(["check", shipped])
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "shipped rules must validate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let up = SeedUpstreams::start(1).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let good = seed_config(&up, "");
+    std::fs::write(dir.path().join("gateway.toml"), &good).expect("write");
+    let out = rampart_cmd()
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    assert!(out.status.success());
+
+    // Break line N and expect "gateway.toml:N:".
+    let bad = good.replace(
+        "accept = [\"internal\"]",
+        "accept = [\"internal\"]\nacept = true",
+    );
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("acept"))
+        .expect("line")
+        + 1;
+    std::fs::write(dir.path().join("gateway.toml"), &bad).expect("write");
+    let out = rampart_cmd()
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        err.contains(&format!("gateway.toml:{line}:")) || err.contains("acept"),
+        "{err}"
+    );
+    assert!(err.contains("gateway.toml:"), "{err}");
+
+    let out = rampart_cmd()
+        .arg("check")
+        .arg("/nonexistent-rules-dir")
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent-rules-dir/gateway.toml"));
+}
+
+#[tokio::test]
+async fn a_placeholder_secret_stops_the_start_and_is_named_not_printed() {
+    let up = SeedUpstreams::start(1).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("gateway.toml"), seed_config(&up, "")).expect("write");
+    for value in ["REPLACE_ME", ""] {
+        let out = rampart_cmd()
+            .env("RAMPART_ADMIN_HEADER_SECRET", value)
+            .arg("--rules")
+            .arg(dir.path())
+            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+            .output()
+            .expect("run rampart");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("admin-header") && err.contains("no usable value"),
+            "{err}"
+        );
+        assert!(
+            !err.contains(ORIGIN_SECRET),
+            "a secret value was printed: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs_or_metrics() {
+    let up = SeedUpstreams::start(1).await;
+    let rampart = Rampart::start_with_env(
+        &seed_config(&up, ""),
+        SEED_LISTENERS,
+        &[("RUST_LOG", "debug")],
+    )
+    .await;
+    let web = rampart.addr("web");
+    for (path, headers) in [
+        ("/v1/models", vec![("X-Origin-Verify", ORIGIN_SECRET)]),
+        (
+            "/key/x?token=abc",
+            vec![
+                ("X-Origin-Verify", ORIGIN_SECRET),
+                ("X-Admin-Secret", ADMIN_SECRET),
+            ],
+        ),
+        (
+            "/key/x",
+            vec![
+                ("X-Origin-Verify", ORIGIN_SECRET),
+                ("X-Admin-Secret", "wrong-admin-guess"),
+            ],
+        ),
+        (
+            "/v1/models",
+            vec![("X-Origin-Verify", "wrong-origin-guess")],
+        ),
+    ] {
+        request(web, EXTERNAL_PEER, "GET", path, &headers).await;
+    }
+    let _ = rampart.metrics().await;
+    let logs = format!(
+        "{}{}{}",
+        rampart.stdout_text(),
+        rampart.stderr_text(),
+        rampart.metrics().await
+    );
+    for secret in [
+        ORIGIN_SECRET,
+        ADMIN_SECRET,
+        "wrong-admin-guess",
+        "wrong-origin-guess",
+        "token=abc",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} appears in logs or metrics"
+        );
+    }
+    // The access log has one JSON line per request, with the refusals named.
+    let lines: Vec<serde_json::Value> = rampart
+        .stdout_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(lines[2]["refused_by"][1], "admin_secret.invalid");
+    assert_eq!(lines[3]["refused_by"][1], "origin_verify.invalid");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["client"], EXTERNAL_PEER);
+}
