@@ -4,6 +4,7 @@
 # Run rampart on the shipped rules in front of a real OpenAI-compatible server, and show
 # what it refuses and what it lets through.
 demo:
+	bash scripts/deps.sh
 	bash scripts/demo.sh
 
 # Serve the shipped rules on their real ports (80, 8080, 9090 need root or CAP_NET_BIND_SERVICE).
@@ -12,6 +13,7 @@ run:
 
 # The whole test suite: unit tests and the end-to-end tests against the real binary.
 test:
+	bash scripts/deps.sh test
 	cargo build -p rampart --bin rampart
 	cargo test --workspace
 

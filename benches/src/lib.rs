@@ -1,1 +1,1 @@
-
+//! Benchmarks live in `benches/`: `cargo bench -p rampart-benches`.

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that building rampart (and, with `test`, its test suite)
+# needs, when they are missing. Used by `make demo`, `make test` and CI.
+set -euo pipefail
+want=(cmake pkg-config curl)   # cmake: libz-ng-sys, a C dependency of Pingora
+if [ "${1:-}" = test ]; then
+  want+=(openssl prometheus)   # dev certificates; promtool and a real Prometheus server
+fi
+python3 -c 'import ensurepip, venv' 2>/dev/null || want+=(python3-venv)
+
+if ! command -v dpkg-query >/dev/null; then
+  echo "deps: not a Debian system; make sure these are installed: ${want[*]}" >&2
+  exit 0
+fi
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]})) || exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+echo "deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
