@@ -13,7 +13,10 @@ struct Ctx(NetSet);
 
 impl BuildContext for Ctx {
     fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
-        Ok(SharedSecret::new(name, SecretValues::new([format!("{name}-0123456789abcdef0123456789abcdef").into_bytes()])))
+        Ok(SharedSecret::new(
+            name,
+            SecretValues::new([format!("{name}-0123456789abcdef0123456789abcdef").into_bytes()]),
+        ))
     }
     fn internal_networks(&self) -> &NetSet {
         &self.0
@@ -47,7 +50,10 @@ fn headers() -> HeaderMap {
     ] {
         h.insert(k, HeaderValue::from_static(v));
     }
-    h.insert("x-origin-verify", HeaderValue::from_static("origin-0123456789abcdef0123456789abcdef"));
+    h.insert(
+        "x-origin-verify",
+        HeaderValue::from_static("origin-0123456789abcdef0123456789abcdef"),
+    );
     h
 }
 
@@ -78,7 +84,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(path::normalize(black_box("/v1/chat/completions")).map(|p| p.len())))
     });
     c.bench_function("path/normalize/encoded_traversal", |b| {
-        b.iter(|| black_box(path::normalize(black_box("/v1/%2e%2e//%6bey/generate")).map(|p| p.len())))
+        b.iter(|| {
+            black_box(path::normalize(black_box("/v1/%2e%2e//%6bey/generate")).map(|p| p.len()))
+        })
     });
 }
 
