@@ -18,7 +18,7 @@ use rampart_plugins::{forwarded, path, RequestView};
 use crate::access_log;
 use crate::metrics::status_class;
 use crate::reload::Gateway;
-use crate::snapshot::RuleSnapshot;
+use crate::snapshot::{Route, RuleSnapshot};
 
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
 
@@ -50,7 +50,7 @@ impl RampartProxy {
 pub struct RequestCtx {
     start: Instant,
     snapshot: Option<Arc<RuleSnapshot>>,
-    route: Option<usize>,
+    route: Option<Arc<Route>>,
     peer: IpAddr,
     client: IpAddr,
     /// `plugin` and rule id of the denial, or the proxy's own reason for refusing.
@@ -59,23 +59,12 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn route_name(&self, listener: &str) -> &str {
-        let route = self
-            .snapshot
-            .as_ref()
-            .zip(self.route)
-            .and_then(|(s, i)| s.listeners.get(listener).and_then(|l| l.routes().get(i)));
-        route.map_or("none", |r| r.name.as_str())
+    fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("none", |r| r.name.as_str())
     }
 
-    fn upstream_name(&self, listener: &str) -> Option<&str> {
-        let snapshot = self.snapshot.as_ref()?;
-        let route = snapshot
-            .listeners
-            .get(listener)?
-            .routes()
-            .get(self.route?)?;
-        Some(route.upstream.name.as_str())
+    fn upstream_name(&self) -> Option<&str> {
+        self.route.as_ref().map(|r| r.upstream.name.as_str())
     }
 }
 
@@ -187,10 +176,10 @@ impl ProxyHttp for RampartProxy {
             .map(|v| v.to_str().unwrap_or(""));
         ctx.client = forwarded::client_address(ctx.peer, xff, &snapshot.trusted_proxies);
 
-        let Some((route_index, route)) = rules.route(&normalised) else {
+        let Some(route) = rules.route(&normalised) else {
             return refuse(session, ctx, 404, "proxy", "route.none").await;
         };
-        ctx.route = Some(route_index);
+        ctx.route = Some(route.clone());
 
         let view = RequestView {
             listener: &self.listener,
@@ -220,13 +209,11 @@ impl ProxyHttp for RampartProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let pool = ctx
-            .snapshot
+        let pool = &ctx
+            .route
             .as_ref()
-            .zip(ctx.route)
-            .and_then(|(s, i)| s.listeners.get(&*self.listener)?.routes().get(i))
-            .map(|r| r.upstream.clone())
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?;
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?
+            .upstream;
         match pool.select() {
             Some(peer) => Ok(Box::new(peer)),
             None => Err(Error::explain(
@@ -316,7 +303,7 @@ impl ProxyHttp for RampartProxy {
             },
         };
         if code >= 500 {
-            let upstream = ctx.upstream_name(&self.listener).unwrap_or("none");
+            let upstream = ctx.upstream_name().unwrap_or("none");
             self.gateway
                 .metrics
                 .upstream_errors
@@ -345,7 +332,7 @@ impl ProxyHttp for RampartProxy {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let route = ctx.route_name(&self.listener);
+        let route = ctx.route_name();
         let m = &self.gateway.metrics;
         m.requests
             .with_label_values(&[&self.listener, route, status_class(status)])
@@ -357,7 +344,7 @@ impl ProxyHttp for RampartProxy {
         access_log::write(&access_log::Entry {
             listener: &self.listener,
             route,
-            upstream: ctx.upstream_name(&self.listener),
+            upstream: ctx.upstream_name(),
             method: session.req_header().method.as_str(),
             path: session.req_header().uri.path(),
             status,

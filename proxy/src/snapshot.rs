@@ -29,7 +29,7 @@ pub struct ListenerRules {
     pub chain: Chain,
     pub tls: bool,
     /// Longest prefix first, so the first match is the most specific.
-    routes: Vec<Route>,
+    routes: Vec<Arc<Route>>,
 }
 
 pub struct Route {
@@ -39,17 +39,11 @@ pub struct Route {
 }
 
 impl ListenerRules {
-    /// The most specific route for a normalised path, and its index (kept in the request
-    /// context instead of a reference, which could not outlive the phase).
-    pub fn route(&self, path: &str) -> Option<(usize, &Route)> {
+    /// The most specific route for a normalised path.
+    pub fn route(&self, path: &str) -> Option<&Arc<Route>> {
         self.routes
             .iter()
-            .enumerate()
-            .find(|(_, r)| has_segment_prefix(path, &r.prefix, false))
-    }
-
-    pub fn routes(&self) -> &[Route] {
-        &self.routes
+            .find(|r| has_segment_prefix(path, &r.prefix, false))
     }
 }
 
@@ -179,11 +173,11 @@ fn build_listener(
                 ),
             )
         })?;
-        routes.push(Route {
+        routes.push(Arc::new(Route {
             name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
             prefix: r.prefix.clone(),
             upstream: upstream.clone(),
-        });
+        }));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
     Ok(ListenerRules {
