@@ -21,6 +21,12 @@ impl BuildContext for Ctx {
     fn internal_networks(&self) -> &NetSet {
         &self.0
     }
+    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
+        Err(BuildError::invalid(
+            "bench",
+            &format!("no rule files ({path})"),
+        ))
+    }
 }
 
 fn web_chain() -> Chain {
@@ -71,6 +77,7 @@ fn bench(c: &mut Criterion) {
         path,
         query: None,
         headers: &headers,
+        body: None,
     };
     let chat = view("/v1/chat/completions");
     c.bench_function("chain/web/chat_completion_allowed", |b| {

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod request;
 pub mod secret;
 pub mod verdict;
+pub mod waf;
 
 pub use chain::{Action, Chain, ChainEntry, Hit};
 pub use registry::{BuildContext, BuildError, PluginSpec};

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::net::NetSet;
-use crate::plugins::{admin_secret, origin_verify};
+use crate::plugins::{admin_secret, origin_verify, owasp};
 use crate::{Action, ChainEntry, Plugin, SharedSecret};
 
 /// One entry of a listener's `plugins` list, as written in config.
@@ -26,6 +26,9 @@ pub trait BuildContext {
     fn secret(&self, name: &str) -> Result<SharedSecret, BuildError>;
     /// The networks whose socket peers count as internal.
     fn internal_networks(&self) -> &NetSet;
+    /// The rule files at `path` (a file, or a directory's `*.toml` in name order), relative
+    /// to the rules directory, as `(file name, text)`.
+    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError>;
 }
 
 #[derive(Debug, Error)]
@@ -49,6 +52,13 @@ pub enum BuildError {
     /// A secret whose source could not be read; the message names the source, never a value.
     #[error("{0}")]
     SecretUnavailable(String),
+    /// A rule file that does not parse or validate; reported with its own file and line.
+    #[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    RuleFile {
+        file: String,
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 impl BuildError {
@@ -71,10 +81,18 @@ const REGISTRY: &[(&str, Builder)] = &[
         let config = parse("admin_secret", t)?;
         Ok(Box::new(admin_secret::AdminSecret::build(config, ctx)?))
     }),
+    ("owasp", |t, ctx| {
+        let config = parse("owasp", t)?;
+        Ok(Box::new(owasp::Waf::build("owasp", config, ctx)?))
+    }),
+    ("bad_inputs", |t, ctx| {
+        let config = parse("bad_inputs", t)?;
+        Ok(Box::new(owasp::Waf::build("bad_inputs", config, ctx)?))
+    }),
 ];
 
 /// Plugin type names, in registry order.
-pub const KNOWN: &[&str] = &["origin_verify", "admin_secret"];
+pub const KNOWN: &[&str] = &["origin_verify", "admin_secret", "owasp", "bad_inputs"];
 
 fn parse<T: DeserializeOwned>(plugin: &'static str, table: toml::Table) -> Result<T, BuildError> {
     toml::Value::Table(table)
@@ -126,6 +144,13 @@ pub(crate) mod tests {
 
         fn internal_networks(&self) -> &NetSet {
             &self.internal
+        }
+
+        fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
+            Err(BuildError::invalid(
+                "test",
+                &format!("no rule files here ({path})"),
+            ))
         }
     }
 

@@ -21,4 +21,6 @@ pub struct RequestView<'a> {
     /// The raw query string, without the `?`.
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The request body when it was read for inspection (see the proxy's body handling).
+    pub body: Option<&'a [u8]>,
 }

@@ -190,6 +190,7 @@ impl ProxyHttp for RampartProxy {
             path: &normalised,
             query: req.uri.query(),
             headers: &req.headers,
+            body: None,
         };
         let metrics = &self.gateway.metrics;
         let denied = rules.chain.evaluate(&view, |hit| {

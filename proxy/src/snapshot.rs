@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rampart_plugins::net::NetSet;
@@ -85,6 +85,11 @@ impl RuleSnapshot {
         }
 
         let ctx = SnapshotContext {
+            rules_dir: source
+                .path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
             config: &config,
             internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
             resolved: RefCell::new(HashMap::new()),
@@ -106,8 +111,10 @@ impl RuleSnapshot {
             if !addresses.insert(addr) {
                 return Err(source.error(at, format!("listen address {addr} is used twice")));
             }
-            let rules = build_listener(listener, &upstreams, &ctx)
-                .map_err(|(offset, msg)| source.error(offset.or(at), msg))?;
+            let rules = build_listener(listener, &upstreams, &ctx).map_err(|e| match e {
+                ListenerError::RuleFile(e) => e,
+                ListenerError::At(offset, msg) => source.error(offset.or(at), msg),
+            })?;
             if listeners.insert(listener.name.clone(), rules).is_some() {
                 return Err(source.error(
                     at,
@@ -141,22 +148,38 @@ impl RuleSnapshot {
     }
 }
 
+/// Where a listener's error is: in gateway.toml (at an offset, if known) or in a rule file.
+enum ListenerError {
+    At(Option<usize>, String),
+    RuleFile(ConfigError),
+}
+
 fn build_listener(
     listener: &ListenerConfig,
     upstreams: &BTreeMap<String, Arc<UpstreamPool>>,
     ctx: &SnapshotContext<'_>,
-) -> Result<ListenerRules, (Option<usize>, String)> {
+) -> Result<ListenerRules, ListenerError> {
     let name = &listener.name;
     let mut entries = Vec::with_capacity(listener.plugins.len());
     for spec in &listener.plugins {
-        let entry = registry::build(spec.get_ref(), ctx)
-            .map_err(|e| (Some(spec.span().start), format!("listener {name:?}: {e}")))?;
+        let entry = registry::build(spec.get_ref(), ctx).map_err(|e| match e {
+            BuildError::RuleFile {
+                file,
+                line,
+                message,
+            } => ListenerError::RuleFile(ConfigError {
+                file: file.into(),
+                line,
+                message,
+            }),
+            e => ListenerError::At(Some(spec.span().start), format!("listener {name:?}: {e}")),
+        })?;
         entries.push(entry);
     }
     let mut routes = Vec::with_capacity(listener.routes.len());
     for r in &listener.routes {
         if !r.prefix.starts_with('/') {
-            return Err((
+            return Err(ListenerError::At(
                 None,
                 format!(
                     "listener {name:?}: route prefix {:?} must start with '/'",
@@ -165,7 +188,7 @@ fn build_listener(
             ));
         }
         let upstream = upstreams.get(&r.upstream).ok_or_else(|| {
-            (
+            ListenerError::At(
                 None,
                 format!(
                     "listener {name:?}: route {:?} names unknown upstream {:?}",
@@ -190,6 +213,7 @@ fn build_listener(
 /// Resolves secrets on first use, once per snapshot, so every plugin naming a secret
 /// shares one handle and an unused secret is never read.
 struct SnapshotContext<'a> {
+    rules_dir: PathBuf,
     config: &'a GatewayConfig,
     internal: NetSet,
     resolved: RefCell<HashMap<String, SharedSecret>>,
@@ -219,5 +243,32 @@ impl BuildContext for SnapshotContext<'_> {
 
     fn internal_networks(&self) -> &NetSet {
         &self.internal
+    }
+
+    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
+        let unreadable = |p: &Path, e: std::io::Error| BuildError::RuleFile {
+            file: p.display().to_string(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        };
+        let target = self.rules_dir.join(path);
+        let files = if target.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
+                .map_err(|e| unreadable(&target, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![target]
+        };
+        files
+            .into_iter()
+            .map(|f| {
+                let text = std::fs::read_to_string(&f).map_err(|e| unreadable(&f, e))?;
+                Ok((f.display().to_string(), text))
+            })
+            .collect()
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin_secret;
 pub mod origin_verify;
+pub mod owasp;
 
 #[cfg(test)]
 pub(crate) mod testing {
@@ -47,6 +48,7 @@ pub(crate) mod testing {
                 path: &self.path,
                 query: None,
                 headers: &self.headers,
+                body: None,
             }
         }
     }

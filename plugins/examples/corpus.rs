@@ -1,0 +1,189 @@
+//! Offline detection figures on the CRS regression corpus, straight through the WAF engine
+//! (no proxy): `cargo run --release -p rampart-plugins --example corpus [-- --misses FAMILY]`.
+//! The proxy-level figure comes from the integration test `waf_corpus`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rampart_plugins::net::NetSet;
+use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::registry::{BuildContext, BuildError};
+use rampart_plugins::{path, RequestView, SharedSecret};
+
+struct Dir(PathBuf, NetSet);
+
+impl BuildContext for Dir {
+    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
+        Err(BuildError::UnknownSecret(name.into()))
+    }
+    fn internal_networks(&self) -> &NetSet {
+        &self.1
+    }
+    fn rule_files(&self, p: &str) -> Result<Vec<(String, String)>, BuildError> {
+        let dir = self.0.join(p);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::invalid("corpus", &format!("{}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
+            .collect())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let misses_for = args
+        .iter()
+        .position(|a| a == "--misses")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let ctx = Dir(root.join("rules"), NetSet::default());
+    let config: WafConfig =
+        toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));
+    let waf = Waf::build("owasp", config, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let corpus = root.join("../shared/waf-corpus/crs-dev.jsonl");
+    let text =
+        std::fs::read_to_string(&corpus).unwrap_or_else(|e| panic!("{}: {e}", corpus.display()));
+
+    let mut per_family: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut allow = (0, 0);
+    for line in text.lines() {
+        let case: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let expect_block = case["expect"] == "block";
+        let selected =
+            expect_block && case["rule_pl"] == 1 && case["blocks_alone_at_threshold5"] == true;
+        if !selected && expect_block {
+            continue;
+        }
+        let (blocked, why) = judge(&waf, &case);
+        let family = case["rule_family"].as_str().unwrap_or("?").to_string();
+        if selected {
+            let e = per_family.entry(family.clone()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(blocked);
+            if !blocked && misses_for.as_deref().is_some_and(|f| family.starts_with(f)) {
+                println!("MISS {} {} {}", case["id"], case["method"], short(&case));
+            }
+        } else {
+            allow.0 += 1;
+            allow.1 += usize::from(blocked);
+            if blocked && misses_for.as_deref() == Some("allow") {
+                println!("BLOCKED-ALLOW {} {why} {}", case["id"], short(&case));
+            }
+        }
+    }
+    let (mut total, mut caught) = (0, 0);
+    for (family, (n, c)) in &per_family {
+        println!("{family}: {c}/{n} = {:.1}%", 100.0 * *c as f64 / *n as f64);
+        total += n;
+        caught += c;
+    }
+    println!(
+        "overall: {caught}/{total} = {:.1}%",
+        100.0 * caught as f64 / total as f64
+    );
+    println!("allow cases blocked: {}/{}", allow.1, allow.0);
+}
+
+/// The parts of a case that differ from an ordinary request.
+fn short(case: &serde_json::Value) -> String {
+    const USUAL: &[&str] = &[
+        "host",
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "keep-alive",
+        "proxy-connection",
+        "connection",
+        "content-type",
+        "content-length",
+    ];
+    let mut s = case["uri"].as_str().unwrap_or("").to_string();
+    if let Some(h) = case["headers"].as_object() {
+        for (k, v) in h {
+            let v = v.as_str().unwrap_or("");
+            if !USUAL.contains(&k.to_ascii_lowercase().as_str()) && v != "OWASP CRS test agent" {
+                s.push_str(&format!(" H[{k}]={v}"));
+            }
+        }
+    }
+    if let Some(b) = case["body"].as_str() {
+        s.push_str(&format!(" B={b}"));
+    }
+    s.chars().take(220).collect()
+}
+
+/// Whether the request would be refused (by the WAF, or as malformed by the proxy).
+fn judge(waf: &Waf, case: &serde_json::Value) -> (bool, String) {
+    let uri = case["uri"].as_str().unwrap_or("/");
+    let (raw_path, query) = match uri.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (uri, None),
+    };
+    let Ok(normalised) = path::normalize(if raw_path.is_empty() { "/" } else { raw_path }) else {
+        return (true, "path".into());
+    };
+    let Ok(method) = Method::from_bytes(case["method"].as_str().unwrap_or("GET").as_bytes()) else {
+        return (true, "method".into());
+    };
+    let mut headers = HeaderMap::new();
+    if let Some(h) = case["headers"].as_object() {
+        for (k, v) in h {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_bytes(v.as_str().unwrap_or("").as_bytes()),
+            ) else {
+                return (true, "header".into());
+            };
+            headers.append(name, value);
+        }
+    }
+    headers.insert("host", HeaderValue::from_static("gateway.test"));
+    // The CRS test runner completes headers the way a client would.
+    if case["autocomplete_headers"] == true
+        && !headers.contains_key("content-type")
+        && (case["body"].is_string() || case["body_b64"].is_string())
+    {
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+    }
+    let body: Option<Vec<u8>> = match (&case["body"], &case["body_b64"]) {
+        (serde_json::Value::String(s), _) => Some(s.as_bytes().to_vec()),
+        (_, serde_json::Value::String(b)) => {
+            base64::engine::general_purpose::STANDARD.decode(b).ok()
+        }
+        _ => None,
+    };
+    let view = RequestView {
+        listener: "web",
+        route: "default",
+        peer: "203.0.113.7"
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        client: "203.0.113.7"
+            .parse()
+            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        method: &method,
+        path: &normalised,
+        query,
+        headers: &headers,
+        body: body.as_deref(),
+    };
+    let a = waf.assess(&view);
+    let why = a
+        .matches
+        .iter()
+        .map(|(m, _)| waf.rules().rules[m.rule].id.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    (a.score >= 5, why)
+}

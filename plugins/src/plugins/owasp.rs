@@ -1,0 +1,220 @@
+//! `owasp` (and `bad_inputs`): signature rules from `rules/waf/`, anomaly-scored.
+//!
+//! Every matching rule adds its severity's score (critical 5, error 4, warning 3, notice 2);
+//! the request is refused when the total reaches the threshold (5: any critical rule alone).
+//! Rules above the configured paranoia level do not run. Per route, a profile says which JSON
+//! fields are prose (an LLM prompt) and which fields or rules are excluded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::registry::{BuildContext, BuildError};
+use crate::waf::{Inspection, Profile, RuleMatch, RuleSet};
+use crate::{Deny, Plugin, RequestView, Verdict};
+
+/// What to do with a rule, group or label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Block,
+    /// Match and record, but add nothing to the score.
+    Count,
+    Off,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WafConfig {
+    /// Rule files or directories, relative to the rules directory.
+    #[serde(default = "default_rules")]
+    pub rules: Vec<String>,
+    #[serde(default = "default_paranoia")]
+    pub paranoia: u8,
+    #[serde(default = "default_threshold")]
+    pub threshold: u32,
+    /// Rule id, group id or label -> action. A rule id beats a label, a label beats a group.
+    #[serde(default)]
+    pub overrides: HashMap<String, RuleAction>,
+    /// Named profiles; `llm` is built in.
+    #[serde(default)]
+    pub profiles: HashMap<String, Profile>,
+    /// Route name -> profile name.
+    #[serde(default)]
+    pub routes: HashMap<String, String>,
+}
+
+fn default_rules() -> Vec<String> {
+    vec!["waf".to_string()]
+}
+fn default_paranoia() -> u8 {
+    1
+}
+fn default_threshold() -> u32 {
+    5
+}
+
+/// The built-in profile for OpenAI-style chat, completion and embedding routes: prompts are
+/// prose, so only the URLs in them are inspected; the body size limit does not apply.
+pub fn llm_profile() -> Profile {
+    Profile {
+        prose_fields: [
+            "messages[].content",
+            "messages[].content[].text",
+            "messages[].tool_calls[].function.arguments",
+            "messages[].function_call.arguments",
+            "prompt",
+            "prompt[]",
+            "input",
+            "input[]",
+            "input[].content",
+            "input[].content[].text",
+            "system",
+            "system[].text",
+            "instructions",
+        ]
+        .map(String::from)
+        .to_vec(),
+        exclude_fields: Vec::new(),
+        exclude_rules: vec!["SizeRestrictions_BODY".to_string()],
+    }
+}
+
+pub struct Waf {
+    name: &'static str,
+    rules: Arc<RuleSet>,
+    paranoia: u8,
+    threshold: u32,
+    overrides: HashMap<String, RuleAction>,
+    default_profile: Profile,
+    route_profiles: HashMap<String, Profile>,
+}
+
+/// The outcome of inspecting one request.
+pub struct Assessment {
+    pub score: u32,
+    pub matches: Vec<(RuleMatch, RuleAction)>,
+}
+
+impl Waf {
+    pub fn build(
+        name: &'static str,
+        config: WafConfig,
+        ctx: &dyn BuildContext,
+    ) -> Result<Self, BuildError> {
+        if !(1..=4).contains(&config.paranoia) {
+            return Err(BuildError::invalid(name, "paranoia must be 1 to 4"));
+        }
+        if config.threshold == 0 {
+            return Err(BuildError::invalid(name, "threshold must be at least 1"));
+        }
+        let mut files = Vec::new();
+        for path in &config.rules {
+            files.extend(ctx.rule_files(path)?);
+        }
+        let rules = RuleSet::compile(&files).map_err(|e| BuildError::RuleFile {
+            file: e.file,
+            line: e.line,
+            message: e.message,
+        })?;
+        let mut profiles = config.profiles;
+        profiles
+            .entry("llm".to_string())
+            .or_insert_with(llm_profile);
+        let mut route_profiles = HashMap::new();
+        for (route, profile) in &config.routes {
+            let p = profiles.get(profile).ok_or_else(|| {
+                BuildError::invalid(
+                    name,
+                    &format!("route {route:?}: unknown profile {profile:?}"),
+                )
+            })?;
+            route_profiles.insert(route.clone(), p.clone());
+        }
+        Ok(Waf {
+            name,
+            rules: Arc::new(rules),
+            paranoia: config.paranoia,
+            threshold: config.threshold,
+            overrides: config.overrides,
+            default_profile: Profile::default(),
+            route_profiles,
+        })
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    fn action(&self, m: &RuleMatch, profile: &Profile) -> RuleAction {
+        let rule = &self.rules.rules[m.rule];
+        let label = rule.label(m.source);
+        let excluded = |k: &str| profile.exclude_rules.iter().any(|e| e == k);
+        if excluded(&rule.id) || excluded(&label) || excluded(&rule.group) {
+            return RuleAction::Off;
+        }
+        self.overrides
+            .get(&rule.id)
+            .or_else(|| self.overrides.get(&label))
+            .or_else(|| self.overrides.get(&rule.group))
+            .copied()
+            .unwrap_or(RuleAction::Block)
+    }
+
+    /// Inspects a request: every matching rule with the action it gets, and the score.
+    pub fn assess(&self, req: &RequestView<'_>) -> Assessment {
+        let profile = self
+            .route_profiles
+            .get(req.route)
+            .unwrap_or(&self.default_profile);
+        let inspection = Inspection::new(req, profile);
+        let off_everywhere = |r: &crate::waf::rules::Rule| {
+            matches!(
+                self.overrides
+                    .get(&r.id)
+                    .or_else(|| self.overrides.get(&r.group)),
+                Some(RuleAction::Off)
+            )
+        };
+        let mut score = 0;
+        let mut matches = Vec::new();
+        for m in self
+            .rules
+            .evaluate(&inspection, self.paranoia, &off_everywhere)
+        {
+            let action = self.action(&m, profile);
+            if action == RuleAction::Block {
+                score += self.rules.rules[m.rule].severity.score();
+            }
+            if action != RuleAction::Off {
+                matches.push((m, action));
+            }
+        }
+        Assessment { score, matches }
+    }
+}
+
+impl Plugin for Waf {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn check(&self, req: &RequestView<'_>) -> Verdict {
+        let a = self.assess(req);
+        if a.score < self.threshold {
+            return Verdict::Continue;
+        }
+        // Name the most severe blocking rule; the score says the rest.
+        let worst = a
+            .matches
+            .iter()
+            .filter(|(_, action)| *action == RuleAction::Block)
+            .max_by_key(|(m, _)| self.rules.rules[m.rule].severity)
+            .map(|(m, _)| self.rules.rules[m.rule].label(m.source));
+        Verdict::Deny(Deny::new(
+            403,
+            worst.unwrap_or_else(|| format!("{}.anomaly_score", self.name)),
+        ))
+    }
+}

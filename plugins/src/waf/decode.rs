@@ -1,0 +1,298 @@
+//! Transformations, applied once per inspected field (never once per rule).
+//!
+//! Three forms of each value are matched against:
+//! - `decoded`: percent-decoding (repeated, with `%uXXXX`), HTML entities, NUL bytes removed;
+//! - `norm`: `decoded`, lowercased, runs of white space folded to one space;
+//! - `cmdline`: `norm` with the characters shells ignore removed (`\ " ' ^`) and `,` `;`
+//!   read as separators, so that `c"a"t /etc/pa\sswd` reads `cat /etc/passwd`.
+
+use std::borrow::Cow;
+
+/// Decoding rounds for nested percent-encoding (`%2527` -> `%27` -> `'`).
+const PERCENT_ROUNDS: usize = 3;
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One round of percent-decoding; `plus_as_space` for form encoding. Invalid escapes stay.
+pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Cow<'_, [u8]> {
+    if !input
+        .iter()
+        .any(|&b| b == b'%' || (plus_as_space && b == b'+'))
+    {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'%' {
+            if let (Some(h), Some(l)) = (
+                input.get(i + 1).and_then(|&c| hex(c)),
+                input.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+            // %uXXXX (IIS-style Unicode escapes), kept only when it is ASCII.
+            if matches!(input.get(i + 1), Some(b'u' | b'U')) && i + 5 < input.len() {
+                let digits: Option<Vec<u8>> = input[i + 2..i + 6].iter().map(|&c| hex(c)).collect();
+                if let Some(d) = digits {
+                    let code = (u32::from(d[0]) << 12)
+                        | (u32::from(d[1]) << 8)
+                        | (u32::from(d[2]) << 4)
+                        | u32::from(d[3]);
+                    match char::from_u32(code) {
+                        Some(_) if (0xff00..=0xff5e).contains(&code) => {
+                            // Full-width forms map onto ASCII, as IIS does.
+                            out.push((code - 0xff00 + 0x20) as u8);
+                        }
+                        Some(c) => {
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        }
+                        None => out.extend_from_slice(&input[i..i + 6]),
+                    }
+                    i += 6;
+                    continue;
+                }
+            }
+        } else if b == b'+' && plus_as_space {
+            out.push(b' ');
+            i += 1;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+fn has_escape(v: &[u8]) -> bool {
+    v.windows(3)
+        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
+        || v.windows(2)
+            .any(|w| w[0] == b'%' && matches!(w[1], b'u' | b'U'))
+}
+
+const NAMED_ENTITIES: &[(&str, &str)] = &[
+    ("lt", "<"),
+    ("gt", ">"),
+    ("amp", "&"),
+    ("quot", "\""),
+    ("apos", "'"),
+    ("nbsp", " "),
+    ("colon", ":"),
+    ("tab", "\t"),
+    ("newline", "\n"),
+    ("lpar", "("),
+    ("rpar", ")"),
+    ("sol", "/"),
+    ("bsol", "\\"),
+    ("semi", ";"),
+    ("comma", ","),
+    ("period", "."),
+    ("excl", "!"),
+    ("num", "#"),
+    ("dollar", "$"),
+    ("percnt", "%"),
+    ("equals", "="),
+    ("lsqb", "["),
+    ("rsqb", "]"),
+    ("lcub", "{"),
+    ("rcub", "}"),
+    ("grave", "`"),
+    ("quest", "?"),
+    ("plus", "+"),
+    ("ast", "*"),
+    ("vert", "|"),
+    ("hyphen", "-"),
+    ("lowbar", "_"),
+];
+
+/// HTML/XML character references: `&lt;`, `&#60;`, `&#x3c;`, with or without the `;` for
+/// numeric ones (browsers accept both).
+pub fn html_entity_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.contains(&b'&') {
+        return Cow::Borrowed(input);
+    }
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    'outer: while i < input.len() {
+        if input[i] == b'&' {
+            let rest = &input[i + 1..];
+            if rest.first() == Some(&b'#') {
+                let (radix, start) = if matches!(rest.get(1), Some(b'x' | b'X')) {
+                    (16, 2)
+                } else {
+                    (10, 1)
+                };
+                let digits = rest[start..]
+                    .iter()
+                    .take_while(|c| {
+                        if radix == 16 {
+                            c.is_ascii_hexdigit()
+                        } else {
+                            c.is_ascii_digit()
+                        }
+                    })
+                    .count();
+                if digits > 0 && digits <= 8 {
+                    let text = std::str::from_utf8(&rest[start..start + digits]).unwrap_or("");
+                    if let Some(c) = u32::from_str_radix(text, radix)
+                        .ok()
+                        .and_then(char::from_u32)
+                    {
+                        let mut buf = [0u8; 4];
+                        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        let mut used = 1 + start + digits;
+                        if rest.get(start + digits) == Some(&b';') {
+                            used += 1;
+                        }
+                        i += used;
+                        continue;
+                    }
+                }
+            } else {
+                for (name, value) in NAMED_ENTITIES {
+                    let n = name.len();
+                    if rest.len() > n
+                        && rest[..n].eq_ignore_ascii_case(name.as_bytes())
+                        && rest[n] == b';'
+                    {
+                        out.extend_from_slice(value.as_bytes());
+                        i += n + 2;
+                        continue 'outer;
+                    }
+                }
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// Percent-decoding until stable (bounded), then entities, then NUL bytes removed.
+pub fn decoded(input: &[u8]) -> Vec<u8> {
+    let mut v: Cow<'_, [u8]> = Cow::Borrowed(input);
+    for _ in 0..PERCENT_ROUNDS {
+        if !has_escape(&v) {
+            break;
+        }
+        v = Cow::Owned(percent_decode(&v, false).into_owned());
+    }
+    let mut v = html_entity_decode(&v).into_owned();
+    // Entities can hide escapes and the reverse; one more round of each catches both.
+    if has_escape(&v) {
+        v = percent_decode(&v, false).into_owned();
+    }
+    v.retain(|&b| b != 0);
+    v
+}
+
+/// Lowercase and fold white space (including vertical tab and form feed) into one space.
+pub fn norm(decoded: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(decoded.len());
+    let mut in_space = false;
+    for &b in decoded {
+        if b.is_ascii_whitespace() || b == 0x0b {
+            if !in_space {
+                out.push(b' ');
+            }
+            in_space = true;
+        } else {
+            out.push(b.to_ascii_lowercase());
+            in_space = false;
+        }
+    }
+    out
+}
+
+/// The command line as a shell would read the words: quoting and escapes removed.
+pub fn cmdline(norm: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(norm.len());
+    for &b in norm {
+        match b {
+            b'\\' | b'"' | b'\'' | b'^' => {}
+            b',' | b';' => {
+                if out.last() != Some(&b' ') {
+                    out.push(b' ');
+                }
+            }
+            b' ' => {
+                if out.last() != Some(&b' ') {
+                    out.push(b' ');
+                }
+            }
+            b'/' | b'(' => {
+                // `ls /etc` and `ls/etc` meet; `system (` and `system(` meet.
+                if out.last() == Some(&b' ') {
+                    out.pop();
+                }
+                out.push(b);
+            }
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[u8]) -> String {
+        String::from_utf8_lossy(v).into_owned()
+    }
+
+    #[test]
+    fn nested_percent_and_unicode_escapes() {
+        assert_eq!(s(&decoded(b"%2527%20or%201")), "' or 1");
+        assert_eq!(s(&decoded(b"%u003cscript%u003e")), "<script>");
+        assert_eq!(s(&decoded(b"%uff1cscript%uff1e")), "<script>");
+        assert_eq!(s(&decoded(b"100%")), "100%");
+    }
+
+    #[test]
+    fn entities_with_and_without_semicolons() {
+        assert_eq!(s(&decoded(b"&lt;img src=x&gt;")), "<img src=x>");
+        assert_eq!(s(&decoded(b"ja&#x09;vascript&colon;")), "ja\tvascript:");
+        assert_eq!(s(&decoded(b"&#60&#62")), "<>");
+        assert_eq!(s(&decoded(b"ja%26tab%3Bvascript")), "ja\tvascript");
+        assert_eq!(s(&decoded(b"fish & chips")), "fish & chips");
+    }
+
+    #[test]
+    fn nul_bytes_are_removed() {
+        assert_eq!(s(&decoded(b"a%00b\0c")), "abc");
+    }
+
+    #[test]
+    fn norm_folds_case_and_space() {
+        assert_eq!(s(&norm(b"UNION\t\n  SELECT")), "union select");
+    }
+
+    #[test]
+    fn cmdline_reads_like_a_shell() {
+        assert_eq!(
+            s(&cmdline(&norm(b"c\"a\"t /etc/pa\\sswd"))),
+            "cat/etc/passwd"
+        );
+        assert_eq!(s(&cmdline(&norm(b"w'h'o^ami;id"))), "whoami id");
+        assert_eq!(s(&cmdline(&norm(b"system ('id')"))), "system(id)");
+    }
+
+    #[test]
+    fn form_plus_is_space_only_when_asked() {
+        assert_eq!(&*percent_decode(b"a+b%21", true), b"a b!");
+        assert_eq!(&*percent_decode(b"a+b", false), b"a+b");
+    }
+}

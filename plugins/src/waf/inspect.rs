@@ -1,0 +1,359 @@
+//! What the WAF looks at: every part of a request as named fields, each decoded once into
+//! the forms rules match against.
+
+use std::sync::OnceLock;
+
+use regex::bytes::Regex;
+use serde::Deserialize;
+
+use super::decode;
+use super::parse;
+use crate::RequestView;
+
+/// Which parts of a request a rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Method,
+    /// The normalised path.
+    Path,
+    /// The raw query string.
+    QueryString,
+    ArgNames,
+    /// Query and body argument values (form, JSON, multipart, XML).
+    Args,
+    CookieNames,
+    Cookies,
+    HeaderNames,
+    /// Header values, except `Cookie` (parsed into cookies).
+    Headers,
+    /// The raw body, when its type is not parsed into arguments.
+    Body,
+    /// Multipart file names and `X-Filename`-style headers.
+    Filenames,
+    /// URLs found in prose fields (LLM prompts), inspected on their own.
+    Urls,
+}
+
+/// Where a field came from, for AWS-style labels (`SQLi_QUERYARGUMENTS`, `SQLi_BODY`...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    UriPath,
+    Query,
+    Body,
+    Cookie,
+    Header,
+    Method,
+}
+
+impl Source {
+    pub fn aws_suffix(self) -> &'static str {
+        match self {
+            Source::UriPath => "URIPATH",
+            Source::Query => "QUERYARGUMENTS",
+            Source::Body => "BODY",
+            Source::Cookie => "COOKIE",
+            Source::Header => "HEADER",
+            Source::Method => "METHOD",
+        }
+    }
+}
+
+/// The transformation a rule matches against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    Raw,
+    Decoded,
+    #[default]
+    Norm,
+    Cmdline,
+}
+
+pub const TRANSFORMS: [Transform; 4] = [
+    Transform::Raw,
+    Transform::Decoded,
+    Transform::Norm,
+    Transform::Cmdline,
+];
+
+pub struct Field {
+    pub target: Target,
+    pub source: Source,
+    /// Argument or header name, or JSON path; lowercase for headers.
+    pub name: String,
+    raw: Vec<u8>,
+    decoded: Vec<u8>,
+    norm: Vec<u8>,
+    cmdline: Vec<u8>,
+}
+
+impl Field {
+    pub fn new(target: Target, source: Source, name: impl Into<String>, raw: Vec<u8>) -> Self {
+        let decoded = decode::decoded(&raw);
+        let norm = decode::norm(&decoded);
+        let cmdline = decode::cmdline(&norm);
+        Field {
+            target,
+            source,
+            name: name.into(),
+            raw,
+            decoded,
+            norm,
+            cmdline,
+        }
+    }
+
+    pub fn form(&self, t: Transform) -> &[u8] {
+        match t {
+            Transform::Raw => &self.raw,
+            Transform::Decoded => &self.decoded,
+            Transform::Norm => &self.norm,
+            Transform::Cmdline => &self.cmdline,
+        }
+    }
+
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+/// How a route's requests are read: which JSON fields are prose (an LLM prompt: text, not
+/// code to run) and which are not inspected at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// JSON paths (`messages[].content`) whose strings are prose: only the URLs in them are inspected.
+    #[serde(default)]
+    pub prose_fields: Vec<String>,
+    /// Field names or JSON paths never inspected on this route.
+    #[serde(default)]
+    pub exclude_fields: Vec<String>,
+    /// Rule ids, groups or labels switched off on this route.
+    #[serde(default)]
+    pub exclude_rules: Vec<String>,
+}
+
+/// URLs (any scheme) and `data:` URIs inside prose.
+fn url_pattern() -> Option<&'static Regex> {
+    static URL: OnceLock<Option<Regex>> = OnceLock::new();
+    URL.get_or_init(|| {
+        Regex::new(r#"(?i)\b(?:[a-z][a-z0-9+.-]{1,15}://|data:[a-z/]*[;,])[^\s"'<>`]*"#).ok()
+    })
+    .as_ref()
+}
+
+/// Every field of a request, built once.
+pub struct Inspection {
+    pub fields: Vec<Field>,
+    pub query_len: usize,
+    pub cookie_len: usize,
+    pub body_len: usize,
+    pub path_len: usize,
+}
+
+impl Inspection {
+    pub fn new(req: &RequestView<'_>, profile: &Profile) -> Self {
+        let mut fields = Vec::new();
+        let excluded = |name: &str| profile.exclude_fields.iter().any(|f| f == name);
+        fields.push(Field::new(
+            Target::Method,
+            Source::Method,
+            "",
+            req.method.as_str().as_bytes().to_vec(),
+        ));
+        fields.push(Field::new(
+            Target::Path,
+            Source::UriPath,
+            "",
+            req.path.as_bytes().to_vec(),
+        ));
+        let mut query_len = 0;
+        if let Some(q) = req.query {
+            query_len = q.len();
+            fields.push(Field::new(
+                Target::QueryString,
+                Source::Query,
+                "",
+                q.as_bytes().to_vec(),
+            ));
+            for (name, value) in parse::form_pairs(q.as_bytes()) {
+                let name_s = String::from_utf8_lossy(&name).into_owned();
+                if excluded(&name_s) {
+                    continue;
+                }
+                fields.push(Field::new(
+                    Target::ArgNames,
+                    Source::Query,
+                    name_s.clone(),
+                    name,
+                ));
+                fields.push(Field::new(Target::Args, Source::Query, name_s, value));
+            }
+        }
+        let mut cookie_len = 0;
+        let mut content_type: &[u8] = b"";
+        for (name, value) in req.headers {
+            let hname = name.as_str();
+            if hname == "cookie" {
+                cookie_len += value.len();
+                for (cname, cvalue) in parse::cookie_pairs(value.as_bytes()) {
+                    let cname_s = String::from_utf8_lossy(&cname).into_owned();
+                    if excluded(&cname_s) {
+                        continue;
+                    }
+                    fields.push(Field::new(
+                        Target::CookieNames,
+                        Source::Cookie,
+                        cname_s.clone(),
+                        cname,
+                    ));
+                    fields.push(Field::new(Target::Cookies, Source::Cookie, cname_s, cvalue));
+                }
+                continue;
+            }
+            if hname == "content-type" {
+                content_type = value.as_bytes();
+            }
+            if excluded(hname) {
+                continue;
+            }
+            fields.push(Field::new(
+                Target::HeaderNames,
+                Source::Header,
+                hname,
+                hname.as_bytes().to_vec(),
+            ));
+            fields.push(Field::new(
+                Target::Headers,
+                Source::Header,
+                hname,
+                value.as_bytes().to_vec(),
+            ));
+            if matches!(hname, "x-filename" | "x_filename" | "x-file-name") {
+                fields.push(Field::new(
+                    Target::Filenames,
+                    Source::Header,
+                    hname,
+                    value.as_bytes().to_vec(),
+                ));
+            }
+        }
+        let body_len = req.body.map_or(0, <[u8]>::len);
+        if let Some(body) = req.body.filter(|b| !b.is_empty()) {
+            body_fields(body, content_type, profile, &mut fields);
+        }
+        Inspection {
+            fields,
+            query_len,
+            cookie_len,
+            body_len,
+            path_len: req.path.len(),
+        }
+    }
+}
+
+fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut Vec<Field>) {
+    let ct = content_type.to_ascii_lowercase();
+    let excluded = |name: &str| profile.exclude_fields.iter().any(|f| f == name);
+    let arg = |fields: &mut Vec<Field>, name: String, raw_name: Option<Vec<u8>>, value: Vec<u8>| {
+        if excluded(&name) {
+            return;
+        }
+        if let Some(raw_name) = raw_name {
+            fields.push(Field::new(
+                Target::ArgNames,
+                Source::Body,
+                name.clone(),
+                raw_name,
+            ));
+        }
+        fields.push(Field::new(Target::Args, Source::Body, name, value));
+    };
+    // A body without a type is read as a form too: that is what most servers would do.
+    if ct.starts_with(b"application/x-www-form-urlencoded")
+        || ct.is_empty() && body.first() != Some(&b'{') && body.contains(&b'=')
+    {
+        for (name, value) in parse::form_pairs(body) {
+            arg(
+                fields,
+                String::from_utf8_lossy(&name).into_owned(),
+                Some(name),
+                value,
+            );
+        }
+        return;
+    }
+    if ct.starts_with(b"multipart/") {
+        if let Some(boundary) = parse::multipart_boundary(content_type) {
+            for part in parse::multipart_parts(body, boundary) {
+                let name =
+                    String::from_utf8_lossy(part.name.as_deref().unwrap_or_default()).into_owned();
+                if let Some(filename) = part.filename {
+                    fields.push(Field::new(
+                        Target::Filenames,
+                        Source::Body,
+                        name.clone(),
+                        filename,
+                    ));
+                }
+                for (hname, hvalue) in &part.headers {
+                    fields.push(Field::new(
+                        Target::Headers,
+                        Source::Body,
+                        String::from_utf8_lossy(hname).to_lowercase(),
+                        hvalue.to_vec(),
+                    ));
+                }
+                arg(fields, name, part.name.clone(), part.content.to_vec());
+            }
+            return;
+        }
+    }
+    if ct.contains(&b'j') && parse::find(&ct, b"json").is_some()
+        || (ct.is_empty() && body.first() == Some(&b'{'))
+    {
+        if let Some(json) = parse::json_fields(body) {
+            for f in json {
+                if let Some(key) = f.key {
+                    if !excluded(&f.path) {
+                        fields.push(Field::new(
+                            Target::ArgNames,
+                            Source::Body,
+                            f.path,
+                            key.into_bytes(),
+                        ));
+                    }
+                } else if let Some(value) = f.value {
+                    if profile.prose_fields.iter().any(|p| p == &f.path) {
+                        let urls = url_pattern()
+                            .into_iter()
+                            .flat_map(|re| re.find_iter(value.as_bytes()));
+                        for url in urls {
+                            fields.push(Field::new(
+                                Target::Urls,
+                                Source::Body,
+                                f.path.clone(),
+                                url.as_bytes().to_vec(),
+                            ));
+                        }
+                    } else {
+                        arg(fields, f.path, None, value.into_bytes());
+                    }
+                }
+            }
+            return;
+        }
+    }
+    if parse::find(&ct, b"xml").is_some() || body.starts_with(b"<?xml") {
+        for (name, value) in parse::xml_values(body) {
+            arg(
+                fields,
+                String::from_utf8_lossy(&name).into_owned(),
+                None,
+                value,
+            );
+        }
+    }
+    fields.push(Field::new(Target::Body, Source::Body, "", body.to_vec()));
+}

@@ -1,0 +1,309 @@
+//! Parsers that turn a request's parts into named fields. They never fail on bad input:
+//! what does not parse is inspected as it is.
+
+use super::decode::percent_decode;
+
+/// `a=1&b=2` (query strings and `application/x-www-form-urlencoded`), decoded once.
+pub fn form_pairs(input: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    input
+        .split(|&b| b == b'&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            (
+                percent_decode(name, true).into_owned(),
+                percent_decode(value, true).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `Cookie: a=1; b=2`.
+pub fn cookie_pairs(header: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    header
+        .split(|&b| b == b';')
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty())
+        .map(|c| match c.iter().position(|&b| b == b'=') {
+            Some(i) => (c[..i].to_vec(), c[i + 1..].to_vec()),
+            None => (c.to_vec(), Vec::new()),
+        })
+        .collect()
+}
+
+/// A JSON document flattened into `(path, key, value)`: every object key is a name
+/// (`key`), every scalar a value at its path (`messages[].content`; array indices dropped so
+/// that a path names a field whatever its position).
+pub struct JsonField {
+    pub path: String,
+    pub key: Option<String>,
+    pub value: Option<String>,
+}
+
+/// Nesting deeper than this is not followed (and is itself suspicious).
+const MAX_JSON_DEPTH: usize = 64;
+
+pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::new();
+    walk_json(&value, String::new(), 0, &mut out);
+    Some(out)
+}
+
+fn walk_json(v: &serde_json::Value, path: String, depth: usize, out: &mut Vec<JsonField>) {
+    use serde_json::Value;
+    if depth > MAX_JSON_DEPTH {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                let child_path = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                out.push(JsonField {
+                    path: child_path.clone(),
+                    key: Some(k.clone()),
+                    value: None,
+                });
+                walk_json(child, child_path, depth + 1, out);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                walk_json(item, format!("{path}[]"), depth + 1, out);
+            }
+        }
+        Value::String(s) => out.push(JsonField {
+            path,
+            key: None,
+            value: Some(s.clone()),
+        }),
+        Value::Number(n) => out.push(JsonField {
+            path,
+            key: None,
+            value: Some(n.to_string()),
+        }),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// One part of a `multipart/form-data` body.
+pub struct MultipartPart<'a> {
+    pub name: Option<Vec<u8>>,
+    pub filename: Option<Vec<u8>>,
+    pub headers: Vec<(&'a [u8], &'a [u8])>,
+    pub content: &'a [u8],
+}
+
+/// The boundary parameter of a multipart content type.
+pub fn multipart_boundary(content_type: &[u8]) -> Option<&[u8]> {
+    let lower = content_type.to_ascii_lowercase();
+    let at = find(&lower, b"boundary=")?;
+    let raw = &content_type[at + 9..];
+    let raw = raw.split(|&b| b == b';').next()?.trim_ascii();
+    let raw = raw
+        .strip_prefix(b"\"")
+        .and_then(|r| r.strip_suffix(b"\""))
+        .unwrap_or(raw);
+    (!raw.is_empty()).then_some(raw)
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<MultipartPart<'a>> {
+    let mut delim = b"--".to_vec();
+    delim.extend_from_slice(boundary);
+    let mut parts = Vec::new();
+    let mut rest = body;
+    let Some(first) = find(rest, &delim) else {
+        return parts;
+    };
+    rest = &rest[first + delim.len()..];
+    while !rest.starts_with(b"--") {
+        let rest_after_crlf = rest
+            .strip_prefix(b"\r\n")
+            .or_else(|| rest.strip_prefix(b"\n"))
+            .unwrap_or(rest);
+        let end = find(rest_after_crlf, &delim).unwrap_or(rest_after_crlf.len());
+        let chunk = &rest_after_crlf[..end];
+        let (head, content) = match find(chunk, b"\r\n\r\n") {
+            Some(i) => (&chunk[..i], &chunk[i + 4..]),
+            None => match find(chunk, b"\n\n") {
+                Some(i) => (&chunk[..i], &chunk[i + 2..]),
+                None => (chunk, &b""[..]),
+            },
+        };
+        let content = content
+            .strip_suffix(b"\r\n")
+            .or_else(|| content.strip_suffix(b"\n"))
+            .unwrap_or(content);
+        let mut part = MultipartPart {
+            name: None,
+            filename: None,
+            headers: Vec::new(),
+            content,
+        };
+        for line in head.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (hname, hvalue) = (line[..colon].trim_ascii(), line[colon + 1..].trim_ascii());
+            if hname.eq_ignore_ascii_case(b"content-disposition") {
+                part.name = disposition_param(hvalue, b"name");
+                part.filename = disposition_param(hvalue, b"filename");
+            }
+            part.headers.push((hname, hvalue));
+        }
+        parts.push(part);
+        if end >= rest_after_crlf.len() {
+            break;
+        }
+        rest = &rest_after_crlf[end + delim.len()..];
+    }
+    parts
+}
+
+fn disposition_param(value: &[u8], key: &[u8]) -> Option<Vec<u8>> {
+    for param in value.split(|&b| b == b';').skip(1) {
+        let param = param.trim_ascii();
+        let Some(eq) = param.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        if param[..eq].trim_ascii().eq_ignore_ascii_case(key) {
+            let v = param[eq + 1..].trim_ascii();
+            let v = v
+                .strip_prefix(b"\"")
+                .map(|v| v.strip_suffix(b"\"").unwrap_or(v))
+                .unwrap_or(v);
+            return Some(v.to_vec());
+        }
+    }
+    None
+}
+
+/// Text content and attribute values of an XML document, with the name of the element or
+/// attribute each came from. A tolerant scanner: it never fails, it only finds less.
+pub fn xml_values(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut element: Vec<u8> = Vec::new();
+    while i < body.len() {
+        if body[i] == b'<' {
+            let end = body[i..]
+                .iter()
+                .position(|&b| b == b'>')
+                .map_or(body.len(), |e| i + e);
+            let tag = &body[i + 1..end];
+            if !tag.starts_with(b"/") && !tag.starts_with(b"?") && !tag.starts_with(b"!") {
+                let name_len = tag
+                    .iter()
+                    .position(|b| b.is_ascii_whitespace() || *b == b'/')
+                    .unwrap_or(tag.len());
+                element = tag[..name_len].to_vec();
+                // attr="value" / attr='value'
+                let mut rest = &tag[name_len..];
+                while let Some(eq) = rest.iter().position(|&b| b == b'=') {
+                    let attr = rest[..eq].trim_ascii().to_vec();
+                    let after = rest[eq + 1..].trim_ascii_start();
+                    let Some(&quote) = after.first().filter(|q| **q == b'"' || **q == b'\'') else {
+                        break;
+                    };
+                    let close = after[1..]
+                        .iter()
+                        .position(|&b| b == quote)
+                        .map_or(after.len() - 1, |c| c + 1);
+                    out.push((attr, after[1..close].to_vec()));
+                    rest = &after[(close + 1).min(after.len())..];
+                }
+            }
+            i = end + 1;
+        } else {
+            let end = body[i..]
+                .iter()
+                .position(|&b| b == b'<')
+                .map_or(body.len(), |e| i + e);
+            let text = body[i..end].trim_ascii();
+            if !text.is_empty() {
+                out.push((element.clone(), text.to_vec()));
+            }
+            i = end;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[u8]) -> &str {
+        std::str::from_utf8(v).unwrap_or("<bin>")
+    }
+
+    #[test]
+    fn forms_decode_once_with_plus() {
+        let p = form_pairs(b"a=1+2&b=%2527&flag&=x");
+        let shown: Vec<(&str, &str)> = p.iter().map(|(n, v)| (s(n), s(v))).collect();
+        assert_eq!(
+            shown,
+            vec![("a", "1 2"), ("b", "%27"), ("flag", ""), ("", "x")]
+        );
+    }
+
+    #[test]
+    fn cookies() {
+        let p = cookie_pairs(b"a=1; b = x=y ;c");
+        let shown: Vec<(&str, &str)> = p.iter().map(|(n, v)| (s(n), s(v))).collect();
+        assert_eq!(shown, vec![("a", "1"), ("b ", " x=y"), ("c", "")]);
+    }
+
+    #[test]
+    fn json_is_flattened_with_paths() {
+        let f =
+            json_fields(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"n":2}"#)
+                .expect("json");
+        let values: Vec<(String, String)> = f
+            .iter()
+            .filter_map(|f| Some((f.path.clone(), f.value.clone()?)))
+            .collect();
+        assert!(values.contains(&("messages[].content".into(), "hi".into())));
+        assert!(values.contains(&("n".into(), "2".into())));
+        assert!(f.iter().any(|f| f.key.as_deref() == Some("role")));
+        assert!(json_fields(b"{not json").is_none());
+    }
+
+    #[test]
+    fn multipart_parts_and_filenames() {
+        let body = b"--XyZ\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue a\r\n--XyZ\r\nContent-Disposition: form-data; name=\"f\"; filename=\"../x.php\"\r\nContent-Type: text/plain\r\n\r\n<?php ?>\r\n--XyZ--\r\n";
+        let b = multipart_boundary(b"multipart/form-data; boundary=XyZ").expect("boundary");
+        let parts = multipart_parts(body, b);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].name.as_deref(), Some(&b"a"[..]));
+        assert_eq!(s(parts[0].content), "value a");
+        assert_eq!(parts[1].filename.as_deref(), Some(&b"../x.php"[..]));
+        assert_eq!(s(parts[1].content), "<?php ?>");
+    }
+
+    #[test]
+    fn xml_text_and_attributes() {
+        let v =
+            xml_values(br#"<?xml version="1.0"?><r><a probe="x y">text here</a><b k='v'/></r>"#);
+        let shown: Vec<(&str, &str)> = v.iter().map(|(n, v)| (s(n), s(v))).collect();
+        assert_eq!(
+            shown,
+            vec![("probe", "x y"), ("a", "text here"), ("k", "v")]
+        );
+    }
+}

@@ -1,0 +1,469 @@
+//! Signature rules: the TOML format operators edit, and its compiled form.
+//!
+//! One file holds one group:
+//!
+//! ```toml
+//! [group]
+//! id = "sqli"
+//! aws = "SQLi"            # labels become SQLi_QUERYARGUMENTS, SQLi_BODY, SQLi_COOKIE...
+//!
+//! [[rule]]
+//! id = "sqli-tautology"
+//! description = "boolean tautology"
+//! paranoia = 1
+//! severity = "critical"
+//! targets = ["args", "arg_names", "cookies"]
+//! transform = "norm"
+//! regex = '''\bor\s+\d+\s*=\s*\d+'''
+//! ```
+//!
+//! A rule has exactly one matcher: `regex`, `phrases` (with `boundary`), `detector`
+//! (`sqli`, `xss`), `max_bytes` (a size limit), `missing` (the targets' headers are absent) or
+//! `methods`.
+
+use std::collections::HashMap;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::{RegexSet, RegexSetBuilder};
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::inspect::{Field, Inspection, Source, Target, Transform, TRANSFORMS};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Notice,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl Severity {
+    /// CRS anomaly scores.
+    pub fn score(self) -> u32 {
+        match self {
+            Severity::Critical => 5,
+            Severity::Error => 4,
+            Severity::Warning => 3,
+            Severity::Notice => 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    group: GroupSpec,
+    #[serde(default, rename = "rule")]
+    rules: Vec<toml::Spanned<RuleSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupSpec {
+    id: String,
+    /// Prefix of the AWS-style label; the matched part is appended.
+    aws: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSpec {
+    id: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default = "one")]
+    paranoia: u8,
+    severity: Severity,
+    targets: Vec<Target>,
+    /// Limits `headers` and `header_names` targets to these headers (lowercase).
+    #[serde(default)]
+    header_names: Vec<String>,
+    #[serde(default)]
+    transform: Transform,
+    /// A fixed label instead of `<group aws>_<PART>`.
+    label: Option<String>,
+    regex: Option<String>,
+    phrases: Option<Vec<String>>,
+    /// With `phrases`: the phrase must not touch a letter, digit or `_` on either side.
+    #[serde(default)]
+    boundary: bool,
+    detector: Option<Detector>,
+    max_bytes: Option<usize>,
+    #[serde(default)]
+    missing: bool,
+    methods: Option<Vec<String>>,
+}
+
+fn one() -> u8 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Detector {
+    Sqli,
+    Xss,
+}
+
+#[derive(Debug, Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct RuleError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+enum Matcher {
+    Pattern,
+    Detector(Detector),
+    MaxBytes(usize),
+    Missing,
+    Methods(Vec<String>),
+}
+
+pub struct Rule {
+    pub id: String,
+    pub group: String,
+    pub description: String,
+    pub paranoia: u8,
+    pub severity: Severity,
+    targets: Vec<Target>,
+    header_names: Vec<String>,
+    transform: Transform,
+    label: Option<String>,
+    aws: Option<String>,
+    matcher: Matcher,
+}
+
+impl Rule {
+    fn reads(&self, field: &Field) -> bool {
+        self.targets.contains(&field.target)
+            && (self.header_names.is_empty()
+                || !matches!(field.target, Target::Headers | Target::HeaderNames)
+                || self.header_names.contains(&field.name))
+    }
+
+    /// The AWS-style label for a match in `source`.
+    pub fn label(&self, source: Source) -> String {
+        match (&self.label, &self.aws) {
+            (Some(l), _) => l.clone(),
+            (None, Some(prefix)) => format!("{prefix}_{}", source.aws_suffix()),
+            (None, None) => self.id.clone(),
+        }
+    }
+}
+
+/// A phrase's owner: the rule, and whether the phrase must stand on word boundaries.
+type PhraseOwner = (usize, bool);
+
+/// Rules compiled so that one pass over a field tests all of them.
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    /// Per transform: a regex set and the rule each of its patterns belongs to.
+    regexes: Vec<(Transform, RegexSet, Vec<usize>)>,
+    /// Per transform: a phrase automaton, and for each phrase its rule and boundary flag.
+    phrases: Vec<(Transform, AhoCorasick, Vec<PhraseOwner>)>,
+    detectors: Vec<usize>,
+    others: Vec<usize>,
+}
+
+/// One rule that matched, with where.
+#[derive(Debug, Clone)]
+pub struct RuleMatch {
+    pub rule: usize,
+    pub source: Source,
+    pub target: Target,
+    pub field: String,
+    /// A short excerpt of what matched (decoded form), for the explain output and logs.
+    pub excerpt: String,
+}
+
+const EXCERPT: usize = 80;
+
+fn excerpt(bytes: &[u8], at: usize, len: usize) -> String {
+    let start = at.saturating_sub(10);
+    let end = (at + len + 10).min(bytes.len()).min(start + EXCERPT);
+    String::from_utf8_lossy(&bytes[start..end]).into_owned()
+}
+
+impl RuleSet {
+    /// Parses and compiles rule files (`(file name, text)`), in order.
+    pub fn compile(files: &[(String, String)]) -> Result<RuleSet, RuleError> {
+        let mut rules = Vec::new();
+        let mut patterns: HashMap<Transform, (Vec<String>, Vec<usize>)> = HashMap::new();
+        let mut phrase_lists: HashMap<Transform, (Vec<String>, Vec<PhraseOwner>)> = HashMap::new();
+        let (mut detectors, mut others) = (Vec::new(), Vec::new());
+        let mut ids = HashMap::new();
+        for (file, text) in files {
+            let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+            let err = |offset: Option<usize>, message: String| RuleError {
+                file: file.clone(),
+                line: offset.map(line_of),
+                message,
+            };
+            let parsed: RuleFile = toml::from_str(text)
+                .map_err(|e| err(e.span().map(|s| s.start), e.message().to_string()))?;
+            for spanned in parsed.rules {
+                let at = Some(spanned.span().start);
+                let spec = spanned.into_inner();
+                let index = rules.len();
+                if let Some(previous) = ids.insert(spec.id.clone(), file.clone()) {
+                    return Err(err(
+                        at,
+                        format!("rule id {:?} is also defined in {previous}", spec.id),
+                    ));
+                }
+                if !(1..=4).contains(&spec.paranoia) {
+                    return Err(err(
+                        at,
+                        format!("rule {}: paranoia must be 1 to 4", spec.id),
+                    ));
+                }
+                if spec.targets.is_empty() {
+                    return Err(err(at, format!("rule {}: no targets", spec.id)));
+                }
+                let kinds = [
+                    spec.regex.is_some(),
+                    spec.phrases.is_some(),
+                    spec.detector.is_some(),
+                    spec.max_bytes.is_some(),
+                    spec.missing,
+                    spec.methods.is_some(),
+                ];
+                if kinds.iter().filter(|k| **k).count() != 1 {
+                    return Err(err(at, format!("rule {}: needs exactly one of regex, phrases, detector, max_bytes, missing, methods", spec.id)));
+                }
+                let matcher = if let Some(re) = &spec.regex {
+                    regex::bytes::Regex::new(re)
+                        .map_err(|e| err(at, format!("rule {}: bad regex: {e}", spec.id)))?;
+                    let entry = patterns.entry(spec.transform).or_default();
+                    entry.0.push(re.clone());
+                    entry.1.push(index);
+                    Matcher::Pattern
+                } else if let Some(list) = &spec.phrases {
+                    if list.iter().any(String::is_empty) {
+                        return Err(err(at, format!("rule {}: empty phrase", spec.id)));
+                    }
+                    let entry = phrase_lists.entry(spec.transform).or_default();
+                    for p in list {
+                        // The normalised forms are lowercase: so are their phrases.
+                        let p = if matches!(spec.transform, Transform::Norm | Transform::Cmdline) {
+                            p.to_lowercase()
+                        } else {
+                            p.clone()
+                        };
+                        entry.0.push(p);
+                        entry.1.push((index, spec.boundary));
+                    }
+                    Matcher::Pattern
+                } else if let Some(d) = spec.detector {
+                    detectors.push(index);
+                    Matcher::Detector(d)
+                } else if let Some(n) = spec.max_bytes {
+                    others.push(index);
+                    Matcher::MaxBytes(n)
+                } else if spec.missing {
+                    others.push(index);
+                    Matcher::Missing
+                } else {
+                    others.push(index);
+                    Matcher::Methods(
+                        spec.methods
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|m| m.to_ascii_uppercase())
+                            .collect(),
+                    )
+                };
+                rules.push(Rule {
+                    id: spec.id,
+                    group: parsed.group.id.clone(),
+                    description: spec.description,
+                    paranoia: spec.paranoia,
+                    severity: spec.severity,
+                    targets: spec.targets,
+                    header_names: spec
+                        .header_names
+                        .iter()
+                        .map(|h| h.to_ascii_lowercase())
+                        .collect(),
+                    transform: spec.transform,
+                    label: spec.label,
+                    aws: parsed.group.aws.clone(),
+                    matcher,
+                });
+            }
+        }
+        let mut regexes = Vec::new();
+        for t in TRANSFORMS {
+            if let Some((pats, owners)) = patterns.remove(&t) {
+                let set = RegexSetBuilder::new(&pats)
+                    .size_limit(256 << 20)
+                    .dfa_size_limit(64 << 20)
+                    .build()
+                    .map_err(|e| RuleError {
+                        file: "rules".into(),
+                        line: None,
+                        message: format!("compiling regexes: {e}"),
+                    })?;
+                regexes.push((t, set, owners));
+            }
+        }
+        let mut phrases = Vec::new();
+        for t in TRANSFORMS {
+            if let Some((list, owners)) = phrase_lists.remove(&t) {
+                let ac = AhoCorasickBuilder::new()
+                    .match_kind(MatchKind::Standard)
+                    .ascii_case_insensitive(matches!(t, Transform::Raw | Transform::Decoded))
+                    .build(&list)
+                    .map_err(|e| RuleError {
+                        file: "rules".into(),
+                        line: None,
+                        message: format!("compiling phrases: {e}"),
+                    })?;
+                phrases.push((t, ac, owners));
+            }
+        }
+        Ok(RuleSet {
+            rules,
+            regexes,
+            phrases,
+            detectors,
+            others,
+        })
+    }
+
+    /// Every rule (at or below `paranoia`, not `disabled`) that matches, once each.
+    pub fn evaluate(
+        &self,
+        insp: &Inspection,
+        paranoia: u8,
+        disabled: &dyn Fn(&Rule) -> bool,
+    ) -> Vec<RuleMatch> {
+        let mut hit = vec![false; self.rules.len()];
+        let mut out = Vec::new();
+        let active = |i: usize| self.rules[i].paranoia <= paranoia && !disabled(&self.rules[i]);
+        let record = |i: usize,
+                      field: &Field,
+                      at: usize,
+                      len: usize,
+                      hit: &mut Vec<bool>,
+                      out: &mut Vec<RuleMatch>| {
+            if !hit[i] {
+                hit[i] = true;
+                let form = field.form(self.rules[i].transform);
+                out.push(RuleMatch {
+                    rule: i,
+                    source: field.source,
+                    target: field.target,
+                    field: field.name.clone(),
+                    excerpt: excerpt(form, at, len),
+                });
+            }
+        };
+        for field in &insp.fields {
+            for (t, set, owners) in &self.regexes {
+                let input = field.form(*t);
+                for m in set.matches(input).iter() {
+                    let i = owners[m];
+                    if !hit[i] && active(i) && self.rules[i].reads(field) {
+                        record(i, field, 0, input.len().min(EXCERPT), &mut hit, &mut out);
+                    }
+                }
+            }
+            for (t, ac, owners) in &self.phrases {
+                let input = field.form(*t);
+                for m in ac.find_overlapping_iter(input) {
+                    let (i, boundary) = owners[m.pattern().as_usize()];
+                    if hit[i] || !active(i) || !self.rules[i].reads(field) {
+                        continue;
+                    }
+                    if boundary && !at_boundary(input, m.start(), m.end()) {
+                        continue;
+                    }
+                    record(i, field, m.start(), m.end() - m.start(), &mut hit, &mut out);
+                }
+            }
+            for &i in &self.detectors {
+                if hit[i] || !active(i) || !self.rules[i].reads(field) {
+                    continue;
+                }
+                let input = field.form(self.rules[i].transform);
+                let found = match self.rules[i].matcher {
+                    Matcher::Detector(Detector::Sqli) => {
+                        libinjectionrs::detect_sqli(input).is_injection()
+                    }
+                    Matcher::Detector(Detector::Xss) => {
+                        libinjectionrs::detect_xss(input).is_injection()
+                    }
+                    _ => false,
+                };
+                if found {
+                    record(i, field, 0, input.len().min(EXCERPT), &mut hit, &mut out);
+                }
+            }
+        }
+        for &i in &self.others {
+            if hit[i] || !active(i) {
+                continue;
+            }
+            let rule = &self.rules[i];
+            let matched: Option<(Source, Target, String)> = match &rule.matcher {
+                Matcher::MaxBytes(limit) => rule.targets.iter().find_map(|t| {
+                    let (len, source) = match t {
+                        Target::QueryString => (insp.query_len, Source::Query),
+                        Target::Cookies => (insp.cookie_len, Source::Cookie),
+                        Target::Body => (insp.body_len, Source::Body),
+                        Target::Path => (insp.path_len, Source::UriPath),
+                        _ => (0, Source::Body),
+                    };
+                    (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}")))
+                }),
+                Matcher::Missing => rule
+                    .header_names
+                    .iter()
+                    .find(|h| {
+                        !insp
+                            .fields
+                            .iter()
+                            .any(|f| f.target == Target::Headers && f.name == **h)
+                    })
+                    .map(|h| (Source::Header, Target::Headers, format!("no {h} header"))),
+                Matcher::Methods(methods) => insp
+                    .fields
+                    .iter()
+                    .find(|f| {
+                        f.target == Target::Method
+                            && methods.iter().any(|m| m.as_bytes() == f.raw())
+                    })
+                    .map(|f| {
+                        (
+                            Source::Method,
+                            Target::Method,
+                            String::from_utf8_lossy(f.raw()).into_owned(),
+                        )
+                    }),
+                _ => None,
+            };
+            if let Some((source, target, excerpt)) = matched {
+                hit[i] = true;
+                out.push(RuleMatch {
+                    rule: i,
+                    source,
+                    target,
+                    field: String::new(),
+                    excerpt,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn at_boundary(input: &[u8], start: usize, end: usize) -> bool {
+    let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_');
+    let before = start.checked_sub(1).and_then(|i| input.get(i));
+    !word(before) && !word(input.get(end))
+}
