@@ -45,9 +45,12 @@ fn main() {
         .cloned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let ctx = Dir(root.join("rules"), NetSet::default());
-    let config: WafConfig =
-        toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));
-    let waf = Waf::build("owasp", config, &ctx).unwrap_or_else(|e| panic!("{e}"));
+    let build = |name: &'static str| {
+        let config: WafConfig =
+            toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));
+        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let wafs = [build("owasp"), build("bad_inputs")];
     let corpus = root.join("../shared/waf-corpus/crs-dev.jsonl");
     let text =
         std::fs::read_to_string(&corpus).unwrap_or_else(|e| panic!("{}: {e}", corpus.display()));
@@ -62,7 +65,7 @@ fn main() {
         if !selected && expect_block {
             continue;
         }
-        let (blocked, why) = judge(&waf, &case);
+        let (blocked, why) = judge(&wafs, &case);
         let family = case["rule_family"].as_str().unwrap_or("?").to_string();
         if selected {
             let e = per_family.entry(family.clone()).or_default();
@@ -121,7 +124,7 @@ fn short(case: &serde_json::Value) -> String {
 }
 
 /// Whether the request would be refused (by the WAF, or as malformed by the proxy).
-fn judge(waf: &Waf, case: &serde_json::Value) -> (bool, String) {
+fn judge(wafs: &[Waf], case: &serde_json::Value) -> (bool, String) {
     let uri = case["uri"].as_str().unwrap_or("/");
     let (raw_path, query) = match uri.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -178,12 +181,12 @@ fn judge(waf: &Waf, case: &serde_json::Value) -> (bool, String) {
         headers: &headers,
         body: body.as_deref(),
     };
-    let a = waf.assess(&view);
-    let why = a
-        .matches
-        .iter()
-        .map(|(m, _)| waf.rules().rules[m.rule].id.clone())
-        .collect::<Vec<_>>()
-        .join(",");
-    (a.score >= 5, why)
+    let mut why = Vec::new();
+    let mut blocked = false;
+    for waf in wafs {
+        let a = waf.assess(&view);
+        why.extend(a.matches.iter().map(|(m, _)| waf.rules().rules[m.rule].id.clone()));
+        blocked |= a.score >= 5;
+    }
+    (blocked, why.join(","))
 }

@@ -27,8 +27,9 @@ pub enum RuleAction {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WafConfig {
-    /// Rule files or directories, relative to the rules directory.
-    #[serde(default = "default_rules")]
+    /// Rule files or directories, relative to the rules directory (default: `waf/<plugin>`,
+    /// that is `waf/owasp` or `waf/bad-inputs`).
+    #[serde(default)]
     pub rules: Vec<String>,
     #[serde(default = "default_paranoia")]
     pub paranoia: u8,
@@ -45,9 +46,6 @@ pub struct WafConfig {
     pub routes: HashMap<String, String>,
 }
 
-fn default_rules() -> Vec<String> {
-    vec!["waf".to_string()]
-}
 fn default_paranoia() -> u8 {
     1
 }
@@ -109,8 +107,10 @@ impl Waf {
         if config.threshold == 0 {
             return Err(BuildError::invalid(name, "threshold must be at least 1"));
         }
+        let default_dir = format!("waf/{}", name.replace('_', "-"));
+        let dirs = if config.rules.is_empty() { vec![default_dir] } else { config.rules.clone() };
         let mut files = Vec::new();
-        for path in &config.rules {
+        for path in &dirs {
             files.extend(ctx.rule_files(path)?);
         }
         let rules = RuleSet::compile(&files).map_err(|e| BuildError::RuleFile {

@@ -3,8 +3,8 @@
 //! Three forms of each value are matched against:
 //! - `decoded`: percent-decoding (repeated, with `%uXXXX`), HTML entities, NUL bytes removed;
 //! - `norm`: `decoded`, lowercased, runs of white space folded to one space;
-//! - `cmdline`: `norm` with the characters shells ignore removed (`\ " ' ^`) and `,` `;`
-//!   read as separators, so that `c"a"t /etc/pa\sswd` reads `cat /etc/passwd`.
+//! - `cmdline`: `norm` with the characters shells ignore removed (`\ " ' ^`) and `,` read
+//!   as a word separator, so that `c"a"t /etc/pa\sswd` reads `cat /etc/passwd`.
 
 use std::borrow::Cow;
 
@@ -115,6 +115,8 @@ const NAMED_ENTITIES: &[(&str, &str)] = &[
     ("vert", "|"),
     ("hyphen", "-"),
     ("lowbar", "_"),
+    ("lbrace", "{"),
+    ("rbrace", "}"),
 ];
 
 /// HTML/XML character references: `&lt;`, `&#60;`, `&#x3c;`, with or without the `;` for
@@ -144,8 +146,11 @@ pub fn html_entity_decode(input: &[u8]) -> Cow<'_, [u8]> {
                         }
                     })
                     .count();
-                if digits > 0 && digits <= 8 {
+                if digits > 0 {
+                    // Leading zeros are padding (`&#0000060;`), never part of the value.
                     let text = std::str::from_utf8(&rest[start..start + digits]).unwrap_or("");
+                    let text = text.trim_start_matches('0');
+                    let text = if text.is_empty() { "0" } else { text };
                     if let Some(c) = u32::from_str_radix(text, radix)
                         .ok()
                         .and_then(char::from_u32)
@@ -216,13 +221,30 @@ pub fn norm(decoded: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The command line as a shell would read the words: quoting and escapes removed.
+/// The command line as a shell would read the words: quoting and escapes removed, and
+/// variable expansions inside a word (`c${x}url`, `sh$XX`) dropped, as an unset variable is.
 pub fn cmdline(norm: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(norm.len());
-    for &b in norm {
+    let mut i = 0;
+    while i < norm.len() {
+        let b = norm[i];
+        i += 1;
+        if b == b'$' && i < norm.len() {
+            let inside_word = out.last().is_some_and(|c: &u8| c.is_ascii_alphanumeric());
+            let var_len = if norm[i] == b'{' {
+                norm[i..].iter().position(|&c| c == b'}').filter(|&e| norm[i + 1..i + e].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')).map(|e| e + 1)
+            } else {
+                let n = norm[i..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count();
+                (n > 0 && !norm[i].is_ascii_digit()).then_some(n)
+            };
+            if let (true, Some(n)) = (inside_word, var_len) {
+                i += n;
+                continue;
+            }
+        }
         match b {
             b'\\' | b'"' | b'\'' | b'^' => {}
-            b',' | b';' => {
+            b',' => {
                 if out.last() != Some(&b' ') {
                     out.push(b' ');
                 }
@@ -232,8 +254,8 @@ pub fn cmdline(norm: &[u8]) -> Vec<u8> {
                     out.push(b' ');
                 }
             }
-            b'/' | b'(' => {
-                // `ls /etc` and `ls/etc` meet; `system (` and `system(` meet.
+            b'(' => {
+                // `system (` and `system(` meet.
                 if out.last() == Some(&b' ') {
                     out.pop();
                 }
@@ -243,6 +265,18 @@ pub fn cmdline(norm: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod cmdline_tests {
+    use super::*;
+
+    #[test]
+    fn empty_variables_inside_words_are_dropped() {
+        assert_eq!(cmdline(&norm(b"c${KK}url x")), b"curl x");
+        assert_eq!(cmdline(&norm(b"sh$XX -c id")), b"sh -c id");
+        assert_eq!(cmdline(&norm(b"echo $HOME")), b"echo $home");
+    }
 }
 
 #[cfg(test)]
@@ -284,10 +318,11 @@ mod tests {
     fn cmdline_reads_like_a_shell() {
         assert_eq!(
             s(&cmdline(&norm(b"c\"a\"t /etc/pa\\sswd"))),
-            "cat/etc/passwd"
+            "cat /etc/passwd"
         );
-        assert_eq!(s(&cmdline(&norm(b"w'h'o^ami;id"))), "whoami id");
+        assert_eq!(s(&cmdline(&norm(b"w'h'o^ami;id"))), "whoami;id");
         assert_eq!(s(&cmdline(&norm(b"system ('id')"))), "system(id)");
+        assert_eq!(s(&cmdline(&norm(b";'rmt' --version"))), ";rmt --version");
     }
 
     #[test]

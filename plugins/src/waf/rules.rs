@@ -55,6 +55,9 @@ impl Severity {
 #[serde(deny_unknown_fields)]
 struct RuleFile {
     group: GroupSpec,
+    /// Word lists a regex can use as `{{name}}` (an alternation of the escaped words).
+    #[serde(default)]
+    lists: HashMap<String, Vec<String>>,
     #[serde(default, rename = "rule")]
     rules: Vec<toml::Spanned<RuleSpec>>,
 }
@@ -236,6 +239,8 @@ impl RuleSet {
                     return Err(err(at, format!("rule {}: needs exactly one of regex, phrases, detector, max_bytes, missing, methods", spec.id)));
                 }
                 let matcher = if let Some(re) = &spec.regex {
+                    let re = &expand_lists(re, &parsed.lists)
+                        .map_err(|m| err(at, format!("rule {}: {m}", spec.id)))?;
                     regex::bytes::Regex::new(re)
                         .map_err(|e| err(at, format!("rule {}: bad regex: {e}", spec.id)))?;
                     let entry = patterns.entry(spec.transform).or_default();
@@ -460,6 +465,28 @@ impl RuleSet {
         }
         out
     }
+}
+
+/// Replaces each `{{name}}` with `(?:w1|w2|...)`, the list's words escaped, longest first
+/// (so that `python3` is tried before `python`).
+fn expand_lists(re: &str, lists: &HashMap<String, Vec<String>>) -> Result<String, String> {
+    let mut out = String::with_capacity(re.len());
+    let mut rest = re;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("unclosed {{ in regex")?;
+        let name = &after[..end];
+        let words = lists.get(name).ok_or_else(|| format!("unknown list {name:?}"))?;
+        let mut words: Vec<&String> = words.iter().collect();
+        words.sort_by_key(|w| std::cmp::Reverse(w.len()));
+        out.push_str("(?:");
+        out.push_str(&words.iter().map(|w| regex::escape(w)).collect::<Vec<_>>().join("|"));
+        out.push(')');
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn at_boundary(input: &[u8], start: usize, end: usize) -> bool {
