@@ -230,7 +230,7 @@ impl Inspection {
                 hname,
                 value.as_bytes().to_vec(),
             ));
-            if matches!(hname, "x-filename" | "x_filename" | "x-file-name") {
+            if matches!(hname, "x-filename" | "x_filename" | "x.filename" | "x-file-name") {
                 fields.push(Field::new(
                     Target::Filenames,
                     Source::Header,
