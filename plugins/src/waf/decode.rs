@@ -200,7 +200,33 @@ pub fn decoded(input: &[u8]) -> Vec<u8> {
         v = percent_decode(&v, false).into_owned();
     }
     v.retain(|&b| b != 0);
-    v
+    fold_fullwidth(v)
+}
+
+/// Full-width forms (U+FF01..U+FF5E, `＜script＞`) read as the ASCII they imitate.
+fn fold_fullwidth(v: Vec<u8>) -> Vec<u8> {
+    if !v.windows(2).any(|w| w[0] == 0xef && (w[1] == 0xbc || w[1] == 0xbd)) {
+        return v;
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == 0xef && i + 2 < v.len() {
+            let code = match (v[i + 1], v[i + 2]) {
+                (0xbc, c @ 0x81..=0xbf) => Some(c - 0x81 + 0x21),
+                (0xbd, c @ 0x80..=0x9e) => Some(c - 0x80 + 0x60),
+                _ => None,
+            };
+            if let Some(ascii) = code {
+                out.push(ascii);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Lowercase and fold white space (including vertical tab and form feed) into one space.
@@ -302,6 +328,12 @@ mod tests {
         assert_eq!(s(&decoded(b"&#60&#62")), "<>");
         assert_eq!(s(&decoded(b"ja%26tab%3Bvascript")), "ja\tvascript");
         assert_eq!(s(&decoded(b"fish & chips")), "fish & chips");
+    }
+
+    #[test]
+    fn fullwidth_forms_fold_to_ascii() {
+        assert_eq!(s(&decoded("＜script＞".as_bytes())), "<script>");
+        assert_eq!(s(&decoded(b"%ef%bc%9cscript%ef%bc%9e")), "<script>");
     }
 
     #[test]
