@@ -200,7 +200,40 @@ pub fn decoded(input: &[u8]) -> Vec<u8> {
         v = percent_decode(&v, false).into_owned();
     }
     v.retain(|&b| b != 0);
-    fold_fullwidth(v)
+    fold_fullwidth(js_unescape(v))
+}
+
+/// JavaScript and JSON escapes of ASCII characters (`\u006f`, `\x6f`), which browsers and
+/// Node.js read as the character itself.
+fn js_unescape(v: Vec<u8>) -> Vec<u8> {
+    if !v.windows(2).any(|w| w[0] == b'\\' && matches!(w[1], b'u' | b'x')) {
+        return v;
+    }
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'\\' {
+            let digits = match v.get(i + 1) {
+                Some(b'u') => 4,
+                Some(b'x') => 2,
+                _ => 0,
+            };
+            if digits > 0 && i + 1 + digits < v.len() {
+                let hexes: Option<Vec<u8>> = v[i + 2..i + 2 + digits].iter().map(|&c| hex(c)).collect();
+                if let Some(h) = hexes {
+                    let code = h.iter().fold(0u32, |acc, d| acc << 4 | u32::from(*d));
+                    if code > 0 && code < 0x80 {
+                        out.push(code as u8);
+                        i += 2 + digits;
+                        continue;
+                    }
+                }
+            }
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Full-width forms (U+FF01..U+FF5E, `＜script＞`) read as the ASCII they imitate.
@@ -334,6 +367,13 @@ mod tests {
     fn fullwidth_forms_fold_to_ascii() {
         assert_eq!(s(&decoded("＜script＞".as_bytes())), "<script>");
         assert_eq!(s(&decoded(b"%ef%bc%9cscript%ef%bc%9e")), "<script>");
+    }
+
+    #[test]
+    fn javascript_escapes_of_ascii() {
+        assert_eq!(s(&decoded(b"c\\u006fnsole")), "console");
+        assert_eq!(s(&decoded(b"\\x3cscript")), "<script");
+        assert_eq!(s(&decoded(b"\\xbc kept")), "\\xbc kept");
     }
 
     #[test]
