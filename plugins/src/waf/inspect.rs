@@ -150,6 +150,8 @@ pub struct Inspection {
     pub cookie_len: usize,
     pub body_len: usize,
     pub path_len: usize,
+    /// The request announced a chunked body (its length is not known up front).
+    pub chunked: bool,
 }
 
 impl Inspection {
@@ -249,6 +251,7 @@ impl Inspection {
             cookie_len,
             body_len,
             path_len: req.path.len(),
+            chunked: req.headers.contains_key(http::header::TRANSFER_ENCODING),
         }
     }
 }

@@ -97,6 +97,12 @@ struct RuleSpec {
     #[serde(default)]
     missing: bool,
     methods: Option<Vec<String>>,
+    /// With `regex`: the rule matches a field the regex does NOT match (an allow-list).
+    #[serde(default)]
+    negate: bool,
+    /// With `missing` or `methods`: only when the request has a body.
+    #[serde(default)]
+    body: bool,
 }
 
 fn one() -> u8 {
@@ -120,10 +126,12 @@ pub struct RuleError {
 
 enum Matcher {
     Pattern,
+    /// A field the regex does not match.
+    NotPattern(regex::bytes::Regex),
     Detector(Detector),
     MaxBytes(usize),
-    Missing,
-    Methods(Vec<String>),
+    Missing { with_body: bool },
+    Methods { methods: Vec<String>, with_body: bool },
 }
 
 pub struct Rule {
@@ -241,12 +249,17 @@ impl RuleSet {
                 let matcher = if let Some(re) = &spec.regex {
                     let re = &expand_lists(re, &parsed.lists)
                         .map_err(|m| err(at, format!("rule {}: {m}", spec.id)))?;
-                    regex::bytes::Regex::new(re)
+                    let compiled = regex::bytes::Regex::new(re)
                         .map_err(|e| err(at, format!("rule {}: bad regex: {e}", spec.id)))?;
-                    let entry = patterns.entry(spec.transform).or_default();
-                    entry.0.push(re.clone());
-                    entry.1.push(index);
-                    Matcher::Pattern
+                    if spec.negate {
+                        others.push(index);
+                        Matcher::NotPattern(compiled)
+                    } else {
+                        let entry = patterns.entry(spec.transform).or_default();
+                        entry.0.push(re.clone());
+                        entry.1.push(index);
+                        Matcher::Pattern
+                    }
                 } else if let Some(list) = &spec.phrases {
                     if list.iter().any(String::is_empty) {
                         return Err(err(at, format!("rule {}: empty phrase", spec.id)));
@@ -271,16 +284,18 @@ impl RuleSet {
                     Matcher::MaxBytes(n)
                 } else if spec.missing {
                     others.push(index);
-                    Matcher::Missing
+                    Matcher::Missing { with_body: spec.body }
                 } else {
                     others.push(index);
-                    Matcher::Methods(
-                        spec.methods
+                    Matcher::Methods {
+                        methods: spec
+                            .methods
                             .unwrap_or_default()
                             .iter()
                             .map(|m| m.to_ascii_uppercase())
                             .collect(),
-                    )
+                        with_body: spec.body,
+                    }
                 };
                 rules.push(Rule {
                     id: spec.id,
@@ -415,41 +430,43 @@ impl RuleSet {
                 continue;
             }
             let rule = &self.rules[i];
+            let has_body = insp.body_len > 0 || insp.chunked;
             let matched: Option<(Source, Target, String)> = match &rule.matcher {
                 Matcher::MaxBytes(limit) => rule.targets.iter().find_map(|t| {
-                    let (len, source) = match t {
-                        Target::QueryString => (insp.query_len, Source::Query),
-                        Target::Cookies => (insp.cookie_len, Source::Cookie),
-                        Target::Body => (insp.body_len, Source::Body),
-                        Target::Path => (insp.path_len, Source::UriPath),
-                        _ => (0, Source::Body),
+                    let aggregate = match t {
+                        Target::QueryString => Some((insp.query_len, Source::Query)),
+                        Target::Cookies => Some((insp.cookie_len, Source::Cookie)),
+                        Target::Body => Some((insp.body_len, Source::Body)),
+                        Target::Path => Some((insp.path_len, Source::UriPath)),
+                        _ => None,
                     };
-                    (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}")))
-                }),
-                Matcher::Missing => rule
-                    .header_names
-                    .iter()
-                    .find(|h| {
-                        !insp
+                    match aggregate {
+                        Some((len, source)) => (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}"))),
+                        // Names, values and headers: each one on its own.
+                        None => insp
                             .fields
                             .iter()
-                            .any(|f| f.target == Target::Headers && f.name == **h)
-                    })
-                    .map(|h| (Source::Header, Target::Headers, format!("no {h} header"))),
-                Matcher::Methods(methods) => insp
+                            .find(|f| f.target == *t && rule.reads(f) && f.raw().len() > *limit)
+                            .map(|f| (f.source, *t, format!("{}: {} bytes > {limit}", f.name, f.raw().len()))),
+                    }
+                }),
+                Matcher::NotPattern(re) => insp
                     .fields
                     .iter()
-                    .find(|f| {
-                        f.target == Target::Method
-                            && methods.iter().any(|m| m.as_bytes() == f.raw())
-                    })
-                    .map(|f| {
-                        (
-                            Source::Method,
-                            Target::Method,
-                            String::from_utf8_lossy(f.raw()).into_owned(),
-                        )
-                    }),
+                    .find(|f| rule.reads(f) && !re.is_match(f.form(rule.transform)))
+                    .map(|f| (f.source, f.target, excerpt(f.form(rule.transform), 0, EXCERPT))),
+                Matcher::Missing { with_body } => rule
+                    .header_names
+                    .iter()
+                    .filter(|_| !with_body || has_body)
+                    .find(|h| !insp.fields.iter().any(|f| f.target == Target::Headers && f.name == **h))
+                    .map(|h| (Source::Header, Target::Headers, format!("no {h} header"))),
+                Matcher::Methods { methods, with_body } => insp
+                    .fields
+                    .iter()
+                    .filter(|_| !with_body || has_body)
+                    .find(|f| f.target == Target::Method && methods.iter().any(|m| m.as_bytes() == f.raw()))
+                    .map(|f| (Source::Method, Target::Method, String::from_utf8_lossy(f.raw()).into_owned())),
                 _ => None,
             };
             if let Some((source, target, excerpt)) = matched {
