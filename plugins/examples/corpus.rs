@@ -43,6 +43,11 @@ fn main() {
         .position(|a| a == "--misses")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let explain = args
+        .iter()
+        .position(|a| a == "--explain")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let ctx = Dir(root.join("rules"), NetSet::default());
     let build = |name: &'static str| {
@@ -66,6 +71,9 @@ fn main() {
             continue;
         }
         let (blocked, why) = judge(&wafs, &case);
+        if explain.as_deref() == case["id"].as_str() {
+            println!("EXPLAIN {} blocked={blocked} matched=[{why}]", case["id"]);
+        }
         let family = case["rule_family"].as_str().unwrap_or("?").to_string();
         if selected {
             let e = per_family.entry(family.clone()).or_default();
@@ -185,7 +193,11 @@ fn judge(wafs: &[Waf], case: &serde_json::Value) -> (bool, String) {
     let mut blocked = false;
     for waf in wafs {
         let a = waf.assess(&view);
-        why.extend(a.matches.iter().map(|(m, _)| waf.rules().rules[m.rule].id.clone()));
+        why.extend(
+            a.matches
+                .iter()
+                .map(|(m, _)| waf.rules().rules[m.rule].id.clone()),
+        );
         blocked |= a.score >= 5;
     }
     (blocked, why.join(","))

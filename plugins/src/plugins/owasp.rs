@@ -108,7 +108,11 @@ impl Waf {
             return Err(BuildError::invalid(name, "threshold must be at least 1"));
         }
         let default_dir = format!("waf/{}", name.replace('_', "-"));
-        let dirs = if config.rules.is_empty() { vec![default_dir] } else { config.rules.clone() };
+        let dirs = if config.rules.is_empty() {
+            vec![default_dir]
+        } else {
+            config.rules.clone()
+        };
         let mut files = Vec::new();
         for path in &dirs {
             files.extend(ctx.rule_files(path)?);

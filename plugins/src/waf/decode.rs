@@ -206,7 +206,10 @@ pub fn decoded(input: &[u8]) -> Vec<u8> {
 /// JavaScript and JSON escapes of ASCII characters (`\u006f`, `\x6f`), which browsers and
 /// Node.js read as the character itself.
 fn js_unescape(v: Vec<u8>) -> Vec<u8> {
-    if !v.windows(2).any(|w| w[0] == b'\\' && matches!(w[1], b'u' | b'x')) {
+    if !v
+        .windows(2)
+        .any(|w| w[0] == b'\\' && matches!(w[1], b'u' | b'x'))
+    {
         return v;
     }
     let mut out = Vec::with_capacity(v.len());
@@ -219,7 +222,8 @@ fn js_unescape(v: Vec<u8>) -> Vec<u8> {
                 _ => 0,
             };
             if digits > 0 && i + 1 + digits < v.len() {
-                let hexes: Option<Vec<u8>> = v[i + 2..i + 2 + digits].iter().map(|&c| hex(c)).collect();
+                let hexes: Option<Vec<u8>> =
+                    v[i + 2..i + 2 + digits].iter().map(|&c| hex(c)).collect();
                 if let Some(h) = hexes {
                     let code = h.iter().fold(0u32, |acc, d| acc << 4 | u32::from(*d));
                     if code > 0 && code < 0x80 {
@@ -238,7 +242,10 @@ fn js_unescape(v: Vec<u8>) -> Vec<u8> {
 
 /// Full-width forms (U+FF01..U+FF5E, `＜script＞`) read as the ASCII they imitate.
 fn fold_fullwidth(v: Vec<u8>) -> Vec<u8> {
-    if !v.windows(2).any(|w| w[0] == 0xef && (w[1] == 0xbc || w[1] == 0xbd)) {
+    if !v
+        .windows(2)
+        .any(|w| w[0] == 0xef && (w[1] == 0xbc || w[1] == 0xbd))
+    {
         return v;
     }
     let mut out = Vec::with_capacity(v.len());
@@ -291,9 +298,20 @@ pub fn cmdline(norm: &[u8]) -> Vec<u8> {
         if b == b'$' && i < norm.len() {
             let inside_word = out.last().is_some_and(|c: &u8| c.is_ascii_alphanumeric());
             let var_len = if norm[i] == b'{' {
-                norm[i..].iter().position(|&c| c == b'}').filter(|&e| norm[i + 1..i + e].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')).map(|e| e + 1)
+                norm[i..]
+                    .iter()
+                    .position(|&c| c == b'}')
+                    .filter(|&e| {
+                        norm[i + 1..i + e]
+                            .iter()
+                            .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+                    })
+                    .map(|e| e + 1)
             } else {
-                let n = norm[i..].iter().take_while(|c| c.is_ascii_alphanumeric() || **c == b'_').count();
+                let n = norm[i..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+                    .count();
                 (n > 0 && !norm[i].is_ascii_digit()).then_some(n)
             };
             if let (true, Some(n)) = (inside_word, var_len) {

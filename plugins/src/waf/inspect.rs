@@ -232,7 +232,10 @@ impl Inspection {
                 hname,
                 value.as_bytes().to_vec(),
             ));
-            if matches!(hname, "x-filename" | "x_filename" | "x.filename" | "x-file-name") {
+            if matches!(
+                hname,
+                "x-filename" | "x_filename" | "x.filename" | "x-file-name"
+            ) {
                 fields.push(Field::new(
                     Target::Filenames,
                     Source::Header,
@@ -299,6 +302,15 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
                         name.clone(),
                         filename,
                     ));
+                    // The field name of a file part is checked like a file name.
+                    if let Some(n) = &part.name {
+                        fields.push(Field::new(
+                            Target::Filenames,
+                            Source::Body,
+                            name.clone(),
+                            n.clone(),
+                        ));
+                    }
                 }
                 for (hname, hvalue) in &part.headers {
                     fields.push(Field::new(
@@ -359,4 +371,98 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
         }
     }
     fields.push(Field::new(Target::Body, Source::Body, "", body.to_vec()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    fn fields_of(content_type: &str, body: &[u8]) -> Vec<(Target, String, String)> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_str(content_type).expect("ct"),
+        );
+        let method = Method::POST;
+        let view = RequestView {
+            listener: "l",
+            route: "r",
+            peer: [127, 0, 0, 1].into(),
+            client: [127, 0, 0, 1].into(),
+            method: &method,
+            path: "/",
+            query: None,
+            headers: &headers,
+            body: Some(body),
+        };
+        Inspection::new(&view, &Profile::default())
+            .fields
+            .iter()
+            .map(|f| {
+                (
+                    f.target,
+                    f.name.clone(),
+                    String::from_utf8_lossy(f.raw()).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn multipart_file_parts_expose_names_and_filenames() {
+        let body = b"--XX\nContent-Disposition: form-data; name=\";zzzz\"; filename=\"test\"\n\nhello\n--XX--\n";
+        let f = fields_of("multipart/form-data; boundary=XX", body);
+        assert!(
+            f.contains(&(Target::Filenames, ";zzzz".into(), "test".into())),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&(Target::Filenames, ";zzzz".into(), ";zzzz".into())),
+            "{f:?}"
+        );
+    }
+
+    #[test]
+    fn llm_prose_is_not_an_argument_but_its_urls_are_inspected() {
+        let profile = Profile {
+            prose_fields: vec!["messages[].content".into()],
+            ..Profile::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let method = Method::POST;
+        let body = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"run `rm -rf /` then fetch http://169.254.169.254/latest"}]}"#;
+        let view = RequestView {
+            listener: "l",
+            route: "r",
+            peer: [127, 0, 0, 1].into(),
+            client: [127, 0, 0, 1].into(),
+            method: &method,
+            path: "/v1/chat/completions",
+            query: None,
+            headers: &headers,
+            body: Some(body),
+        };
+        let insp = Inspection::new(&view, &profile);
+        let args: Vec<String> = insp
+            .fields
+            .iter()
+            .filter(|f| f.target == Target::Args)
+            .map(|f| String::from_utf8_lossy(f.raw()).into_owned())
+            .collect();
+        assert_eq!(args.len(), 2, "{args:?}");
+        assert!(args.contains(&"gpt-4o".to_string()) && args.contains(&"user".to_string()));
+        let urls: Vec<String> = insp
+            .fields
+            .iter()
+            .filter(|f| f.target == Target::Urls)
+            .map(|f| String::from_utf8_lossy(f.raw()).into_owned())
+            .collect();
+        assert_eq!(urls, vec!["http://169.254.169.254/latest".to_string()]);
+        assert!(
+            !insp.fields.iter().any(|f| f.target == Target::Body),
+            "the raw JSON body is not inspected as text"
+        );
+    }
 }

@@ -176,7 +176,7 @@ pub fn multipart_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<MultipartPart
 }
 
 fn disposition_param(value: &[u8], key: &[u8]) -> Option<Vec<u8>> {
-    for param in value.split(|&b| b == b';').skip(1) {
+    for param in split_unquoted(value, b';').into_iter().skip(1) {
         let param = param.trim_ascii();
         let Some(eq) = param.iter().position(|&b| b == b'=') else {
             continue;
@@ -191,6 +191,22 @@ fn disposition_param(value: &[u8], key: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+/// Splits on `sep` outside double quotes (`name=";x"; filename="a"` is two parameters).
+fn split_unquoted(value: &[u8], sep: u8) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, &b) in value.iter().enumerate() {
+        if b == b'"' {
+            quoted = !quoted;
+        } else if b == sep && !quoted {
+            parts.push(&value[start..i]);
+            start = i + 1;
+        }
+    }
+    parts.push(&value[start..]);
+    parts
 }
 
 /// Text content and attribute values of an XML document, with the name of the element or
@@ -297,6 +313,14 @@ mod tests {
     }
 
     #[test]
+    fn quoted_separators_stay_in_multipart_names() {
+        let body = b"--B\r\nContent-Disposition: form-data; name=\";zz\"; filename=\"t\"\r\n\r\nx\r\n--B--";
+        let parts = multipart_parts(body, b"B");
+        assert_eq!(parts[0].name.as_deref(), Some(&b";zz"[..]));
+        assert_eq!(parts[0].filename.as_deref(), Some(&b"t"[..]));
+    }
+
+    #[test]
     fn xml_text_and_attributes() {
         let v =
             xml_values(br#"<?xml version="1.0"?><r><a probe="x y">text here</a><b k='v'/></r>"#);
@@ -305,5 +329,22 @@ mod tests {
             shown,
             vec![("probe", "x y"), ("a", "text here"), ("k", "v")]
         );
+    }
+}
+
+#[cfg(test)]
+mod lf_tests {
+    use super::*;
+
+    #[test]
+    fn lf_only_multipart_with_long_boundary() {
+        let ct = b"multipart/form-data; boundary=---------------------------265001916915724";
+        let body = b"-----------------------------265001916915724\nContent-Disposition: form-data; name=\";zzzz\"; filename=\"test\"\nContent-Type: application/octet-stream\n\nhelloworld\n-----------------------------265001916915724--\n";
+        let b = multipart_boundary(ct).expect("boundary");
+        assert_eq!(b, &b"---------------------------265001916915724"[..]);
+        let parts = multipart_parts(body, b);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].name.as_deref(), Some(&b";zzzz"[..]));
+        assert_eq!(parts[0].content, b"helloworld");
     }
 }

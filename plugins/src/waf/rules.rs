@@ -130,8 +130,13 @@ enum Matcher {
     NotPattern(regex::bytes::Regex),
     Detector(Detector),
     MaxBytes(usize),
-    Missing { with_body: bool },
-    Methods { methods: Vec<String>, with_body: bool },
+    Missing {
+        with_body: bool,
+    },
+    Methods {
+        methods: Vec<String>,
+        with_body: bool,
+    },
 }
 
 pub struct Rule {
@@ -284,7 +289,9 @@ impl RuleSet {
                     Matcher::MaxBytes(n)
                 } else if spec.missing {
                     others.push(index);
-                    Matcher::Missing { with_body: spec.body }
+                    Matcher::Missing {
+                        with_body: spec.body,
+                    }
                 } else {
                     others.push(index);
                     Matcher::Methods {
@@ -441,32 +448,60 @@ impl RuleSet {
                         _ => None,
                     };
                     match aggregate {
-                        Some((len, source)) => (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}"))),
+                        Some((len, source)) => {
+                            (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}")))
+                        }
                         // Names, values and headers: each one on its own.
                         None => insp
                             .fields
                             .iter()
                             .find(|f| f.target == *t && rule.reads(f) && f.raw().len() > *limit)
-                            .map(|f| (f.source, *t, format!("{}: {} bytes > {limit}", f.name, f.raw().len()))),
+                            .map(|f| {
+                                (
+                                    f.source,
+                                    *t,
+                                    format!("{}: {} bytes > {limit}", f.name, f.raw().len()),
+                                )
+                            }),
                     }
                 }),
                 Matcher::NotPattern(re) => insp
                     .fields
                     .iter()
                     .find(|f| rule.reads(f) && !re.is_match(f.form(rule.transform)))
-                    .map(|f| (f.source, f.target, excerpt(f.form(rule.transform), 0, EXCERPT))),
+                    .map(|f| {
+                        (
+                            f.source,
+                            f.target,
+                            excerpt(f.form(rule.transform), 0, EXCERPT),
+                        )
+                    }),
                 Matcher::Missing { with_body } => rule
                     .header_names
                     .iter()
                     .filter(|_| !with_body || has_body)
-                    .find(|h| !insp.fields.iter().any(|f| f.target == Target::Headers && f.name == **h))
+                    .find(|h| {
+                        !insp
+                            .fields
+                            .iter()
+                            .any(|f| f.target == Target::Headers && f.name == **h)
+                    })
                     .map(|h| (Source::Header, Target::Headers, format!("no {h} header"))),
                 Matcher::Methods { methods, with_body } => insp
                     .fields
                     .iter()
                     .filter(|_| !with_body || has_body)
-                    .find(|f| f.target == Target::Method && methods.iter().any(|m| m.as_bytes() == f.raw()))
-                    .map(|f| (Source::Method, Target::Method, String::from_utf8_lossy(f.raw()).into_owned())),
+                    .find(|f| {
+                        f.target == Target::Method
+                            && methods.iter().any(|m| m.as_bytes() == f.raw())
+                    })
+                    .map(|f| {
+                        (
+                            Source::Method,
+                            Target::Method,
+                            String::from_utf8_lossy(f.raw()).into_owned(),
+                        )
+                    }),
                 _ => None,
             };
             if let Some((source, target, excerpt)) = matched {
@@ -494,11 +529,19 @@ fn expand_lists(re: &str, lists: &HashMap<String, Vec<String>>) -> Result<String
         let after = &rest[start + 2..];
         let end = after.find("}}").ok_or("unclosed {{ in regex")?;
         let name = &after[..end];
-        let words = lists.get(name).ok_or_else(|| format!("unknown list {name:?}"))?;
+        let words = lists
+            .get(name)
+            .ok_or_else(|| format!("unknown list {name:?}"))?;
         let mut words: Vec<&String> = words.iter().collect();
         words.sort_by_key(|w| std::cmp::Reverse(w.len()));
         out.push_str("(?:");
-        out.push_str(&words.iter().map(|w| regex::escape(w)).collect::<Vec<_>>().join("|"));
+        out.push_str(
+            &words
+                .iter()
+                .map(|w| regex::escape(w))
+                .collect::<Vec<_>>()
+                .join("|"),
+        );
         out.push(')');
         rest = &after[end + 2..];
     }
