@@ -263,12 +263,12 @@ pub async fn request(
     headers: &[(&str, &str)],
 ) -> RawResponse {
     let mut raw =
-        format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: rampart-tests/1.0\r\nConnection: close\r\n");
     for (k, v) in headers {
         raw.push_str(&format!("{k}: {v}\r\n"));
     }
     if method == "POST" {
-        raw.push_str("Content-Length: 2\r\n\r\n{}");
+        raw.push_str("Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
     } else {
         raw.push_str("\r\n");
     }
@@ -540,6 +540,15 @@ accept = ["header", "internal"]
 secret = "origin-verify"
 
 [[listeners.plugins]]
+type = "bad_inputs"
+rules = ["{rules}/waf/bad-inputs"]
+
+[[listeners.plugins]]
+type = "owasp"
+rules = ["{rules}/waf/owasp"]
+routes = {{ litellm = "llm" }}
+
+[[listeners.plugins]]
 type = "admin_secret"
 secret = "admin-header"
 
@@ -576,6 +585,7 @@ accept = ["internal"]
 prefix = "/"
 upstream = "victoriametrics"
 "#,
+        rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"),
         grafana = addrs(&[&up.grafana]),
         langfuse = addrs(&[&up.langfuse]),
         vm = addrs(&[&up.victoriametrics]),

@@ -51,7 +51,7 @@ async fn a_refused_request_body_is_never_read_as_a_second_request() {
     // The body of the refused POST is itself a complete, authorised request: if the proxy
     // parsed it as the next request on the connection, it would reach the admin API.
     let smuggled = format!(
-        "POST /key/delete HTTP/1.1\r\nHost: a\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\nX-Admin-Secret: {ADMIN_SECRET}\r\nContent-Length: 0\r\n\r\n"
+        "POST /key/delete HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\nX-Admin-Secret: {ADMIN_SECRET}\r\nContent-Length: 0\r\n\r\n"
     );
     let first = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{smuggled}",
@@ -87,7 +87,7 @@ async fn keep_alive_connections_serve_many_requests() {
         .await
         .expect("connect");
     let one =
-        format!("GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\n\r\n");
+        format!("GET /v1/models HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\n\r\n");
     for _ in 0..5 {
         stream.write_all(one.as_bytes()).await.expect("write");
         assert_eq!(read_responses(&mut stream, 1).await, vec![200]);

@@ -211,9 +211,9 @@ async fn ambiguous_framing_is_refused_before_any_upstream() {
     let rampart = Rampart::start(&seed_config(&up, ""), SEED_LISTENERS).await;
     let web = rampart.addr("web");
     let smuggles: [&[u8]; 3] = [
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-Origin-Verify: ORIGIN\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-Origin-Verify: ORIGIN\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-Origin-Verify: ORIGIN\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nX-Origin-Verify: ORIGIN\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nX-Origin-Verify: ORIGIN\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nX-Origin-Verify: ORIGIN\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}x",
     ];
     for raw in smuggles {
         let raw = String::from_utf8_lossy(raw).replace("ORIGIN", ORIGIN_SECRET);

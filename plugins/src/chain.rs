@@ -86,6 +86,11 @@ impl Chain {
         &self.consumed_headers
     }
 
+    /// Whether some plugin of this chain reads request bodies.
+    pub fn inspects_body(&self) -> bool {
+        self.entries.iter().any(|e| e.plugin.inspects_body())
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -29,6 +29,21 @@ pub trait BuildContext {
     /// The rule files at `path` (a file, or a directory's `*.toml` in name order), relative
     /// to the rules directory, as `(file name, text)`.
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError>;
+
+    /// Compiles rule files. Compiling is the slow part of a reload: the proxy overrides
+    /// this to reuse a rule set whose files did not change.
+    fn rule_set(
+        &self,
+        files: &[(String, String)],
+    ) -> Result<std::sync::Arc<crate::waf::RuleSet>, BuildError> {
+        crate::waf::RuleSet::compile(files)
+            .map(std::sync::Arc::new)
+            .map_err(|e| BuildError::RuleFile {
+                file: e.file,
+                line: e.line,
+                message: e.message,
+            })
+    }
 }
 
 #[derive(Debug, Error)]

@@ -19,6 +19,12 @@ pub trait Plugin: Send + Sync {
     fn consumed_headers(&self) -> &[HeaderName] {
         &[]
     }
+
+    /// Whether this plugin reads the request body; the proxy then delivers it
+    /// ([`RequestView::body`]) before any of it reaches an upstream.
+    fn inspects_body(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,7 @@ pub struct Entry<'a> {
     pub client: IpAddr,
     /// (plugin, rule id) when the request was refused.
     pub refused_by: Option<(&'static str, &'a str)>,
+    pub request_id: &'a str,
     pub upstream_error: Option<&'static str>,
 }
 

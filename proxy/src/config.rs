@@ -138,10 +138,47 @@ pub struct ListenerConfig {
     pub name: String,
     pub listen: String,
     pub tls: Option<TlsConfig>,
+    /// How request bodies are read for plugins that inspect them.
+    #[serde(default)]
+    pub body_inspection: BodyInspection,
     /// The plugin chain, in order.
     #[serde(default)]
     pub plugins: Vec<Spanned<PluginSpec>>,
     pub routes: Vec<RouteConfig>,
+}
+
+/// Request bodies are held back from the upstream until judged, up to `limit_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyInspection {
+    #[serde(default = "default_body_limit")]
+    pub limit_bytes: usize,
+    /// What happens to a body larger than the limit.
+    #[serde(default)]
+    pub oversize: Oversize,
+}
+
+fn default_body_limit() -> usize {
+    1 << 20
+}
+
+impl Default for BodyInspection {
+    fn default() -> Self {
+        BodyInspection {
+            limit_bytes: default_body_limit(),
+            oversize: Oversize::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Oversize {
+    /// Judge the first `limit_bytes`, then let the rest through.
+    #[default]
+    InspectPrefix,
+    /// Answer 413.
+    Refuse,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rampart::server::{self, RunOptions};
-use rampart::snapshot::RuleSnapshot;
+use rampart::snapshot::{RuleSetCache, RuleSnapshot};
 
 #[derive(Parser)]
 #[command(
@@ -64,21 +64,23 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { rules }) => match RuleSnapshot::load(&rules, 0, None) {
-            Ok(snapshot) => {
-                println!(
-                    "{}: ok ({} listeners, {} upstreams)",
-                    rules.display(),
-                    snapshot.listeners.len(),
-                    snapshot.upstreams.len()
-                );
-                ExitCode::SUCCESS
+        Some(Command::Check { rules }) => {
+            match RuleSnapshot::load(&rules, 0, None, &RuleSetCache::default()) {
+                Ok(snapshot) => {
+                    println!(
+                        "{}: ok ({} listeners, {} upstreams)",
+                        rules.display(),
+                        snapshot.listeners.len(),
+                        snapshot.upstreams.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),
     }

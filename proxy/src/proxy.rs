@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -16,6 +16,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use rampart_plugins::{forwarded, path, RequestView};
 
 use crate::access_log;
+use crate::config::{BodyInspection, Oversize};
 use crate::metrics::status_class;
 use crate::reload::Gateway;
 use crate::snapshot::{Route, RuleSnapshot};
@@ -56,6 +57,32 @@ pub struct RequestCtx {
     /// `plugin` and rule id of the denial, or the proxy's own reason for refusing.
     refused: Option<(&'static str, Cow<'static, str>)>,
     upstream_error: Option<&'static str>,
+    request_id: String,
+    /// A body being held back from the upstream until the chain has judged it.
+    held: Option<HeldBody>,
+}
+
+/// What the body phase needs to judge a body it collects chunk by chunk.
+struct HeldBody {
+    buf: BytesMut,
+    path: String,
+    policy: BodyInspection,
+}
+
+/// Pingora's retry buffer holds this much: a body up to this size with a known length is
+/// read whole before the upstream is even chosen, and replayed to it from the buffer.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// A unique id per request: a per-process random prefix and a counter, hashed.
+fn request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = SEED.get_or_init(Default::default).build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}", h.finish())
 }
 
 impl RequestCtx {
@@ -68,18 +95,26 @@ impl RequestCtx {
     }
 }
 
-/// A small JSON error: the status, a reason and the rule that decided. Nothing else, so
-/// that a refusal teaches an attacker as little as possible.
-pub fn error_body(status: u16, rule: &str) -> Bytes {
+/// A small JSON error: the status, a reason, the rule that decided and the request id (to
+/// find the log line). Nothing else, so that a refusal teaches an attacker as little as possible.
+pub fn error_body(status: u16, rule: &str, request_id: &str) -> Bytes {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("error");
-    Bytes::from(serde_json::json!({ "error": reason, "status": status, "rule": rule }).to_string())
+    Bytes::from(
+        serde_json::json!({ "error": reason, "status": status, "rule": rule, "request_id": request_id })
+            .to_string(),
+    )
 }
 
-async fn respond_json(session: &mut Session, status: u16, rule: &str) -> Result<()> {
-    let body = error_body(status, rule);
+async fn respond_json(
+    session: &mut Session,
+    status: u16,
+    rule: &str,
+    request_id: &str,
+) -> Result<()> {
+    let body = error_body(status, rule, request_id);
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -118,6 +153,49 @@ fn framing_problem(
     None
 }
 
+impl RampartProxy {
+    /// Runs the listener's chain over the request (and its body, when it is here),
+    /// counting every match in the metrics. Returns the blocking denial, if any.
+    fn judge(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Option<(&'static str, rampart_plugins::Deny)> {
+        let snapshot = ctx.snapshot.as_ref()?;
+        let rules = snapshot.listeners.get(&*self.listener)?;
+        let route = ctx.route.as_ref()?;
+        let req = session.req_header();
+        let view = RequestView {
+            listener: &self.listener,
+            route: &route.name,
+            peer: ctx.peer,
+            client: ctx.client,
+            method: &req.method,
+            path,
+            query: req.uri.query(),
+            headers: &req.headers,
+            body,
+        };
+        let metrics = &self.gateway.metrics;
+        rules.chain.evaluate(&view, |hit| {
+            metrics
+                .plugin_verdicts
+                .with_label_values(&[hit.plugin, &hit.deny.rule, hit.action.as_str()])
+                .inc();
+        })
+    }
+}
+
+/// The declared body length (framing was validated before this is asked).
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 /// Whether a raw HTTP/1 header block has a line for header `name` (lowercase).
 fn has_header_line(raw: &[u8], name: &[u8]) -> bool {
     raw.split(|&b| b == b'\n').skip(1).any(|line| {
@@ -143,6 +221,8 @@ impl ProxyHttp for RampartProxy {
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             refused: None,
             upstream_error: None,
+            request_id: request_id(),
+            held: None,
         }
     }
 
@@ -180,29 +260,86 @@ impl ProxyHttp for RampartProxy {
             return refuse(session, ctx, 404, "proxy", "route.none").await;
         };
         ctx.route = Some(route.clone());
+        let normalised = normalised.into_owned();
 
-        let view = RequestView {
-            listener: &self.listener,
-            route: &route.name,
-            peer: ctx.peer,
-            client: ctx.client,
-            method: &req.method,
-            path: &normalised,
-            query: req.uri.query(),
-            headers: &req.headers,
-            body: None,
-        };
-        let metrics = &self.gateway.metrics;
-        let denied = rules.chain.evaluate(&view, |hit| {
-            metrics
-                .plugin_verdicts
-                .with_label_values(&[hit.plugin, &hit.deny.rule, hit.action.as_str()])
-                .inc();
-        });
-        match denied {
+        // Bodies that plugins inspect never reach an upstream unjudged: a small body with a
+        // known length is read now, anything else is held in the body phase.
+        let mut body = None;
+        if rules.chain.inspects_body() {
+            let length = content_length(req);
+            let chunked = req.headers.contains_key(TRANSFER_ENCODING);
+            let limit = rules.body.limit_bytes as u64;
+            match length {
+                Some(n) if !chunked && n > 0 && n <= RETRY_BUFFER_LIMIT.min(limit) => {
+                    session.enable_retry_buffering();
+                    let mut buf = BytesMut::with_capacity(n as usize);
+                    while let Some(chunk) = session.read_request_body().await? {
+                        buf.extend_from_slice(&chunk);
+                    }
+                    body = Some(buf.freeze());
+                }
+                Some(n) if !chunked && n > limit && rules.body.oversize == Oversize::Refuse => {
+                    return refuse(session, ctx, 413, "proxy", "body.too_large").await;
+                }
+                Some(0) | None if !chunked => {}
+                _ => {
+                    ctx.held = Some(HeldBody {
+                        buf: BytesMut::new(),
+                        path: normalised.clone(),
+                        policy: rules.body,
+                    });
+                }
+            }
+        }
+        match self.judge(session, ctx, &normalised, body.as_deref()) {
             Some((plugin, deny)) => refuse(session, ctx, deny.status, plugin, deny.rule).await,
             None => Ok(false),
         }
+    }
+
+    /// The body phase: chunks are held back until the whole body (or the inspection limit)
+    /// is here and judged; then they go on together. A refusal aborts the upstream request.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(held) = ctx.held.as_mut() else {
+            return Ok(());
+        };
+        if let Some(chunk) = body.take() {
+            held.buf.extend_from_slice(&chunk);
+        }
+        let limit = held.policy.limit_bytes;
+        let over = held.buf.len() > limit;
+        if !end_of_stream && !over {
+            // An empty chunk, not None: None would tell the upstream the body has ended.
+            *body = Some(Bytes::new());
+            return Ok(());
+        }
+        if over && held.policy.oversize == Oversize::Refuse {
+            ctx.refused = Some(("proxy", Cow::Borrowed("body.too_large")));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over the inspection limit",
+            ));
+        }
+        let Some(held) = ctx.held.take() else {
+            return Ok(());
+        };
+        let judged = &held.buf[..held.buf.len().min(limit)];
+        if let Some((plugin, deny)) = self.judge(session, ctx, &held.path, Some(judged)) {
+            let status = deny.status;
+            ctx.refused = Some((plugin, deny.rule));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "request body refused",
+            ));
+        }
+        *body = Some(held.buf.freeze());
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -266,6 +403,7 @@ impl ProxyHttp for RampartProxy {
             peer
         };
         upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         if !(trusted && upstream.headers.contains_key("x-forwarded-proto")) {
             upstream.insert_header(
                 "x-forwarded-proto",
@@ -303,7 +441,7 @@ impl ProxyHttp for RampartProxy {
                 ErrorSource::Internal | ErrorSource::Unset => (500, "internal"),
             },
         };
-        if code >= 500 {
+        if code >= 500 && ctx.refused.is_none() {
             let upstream = ctx.upstream_name().unwrap_or("none");
             self.gateway
                 .metrics
@@ -313,8 +451,11 @@ impl ProxyHttp for RampartProxy {
             ctx.upstream_error = Some(kind);
         }
         if code > 0 && session.response_written().is_none() {
-            let rule = format!("upstream.{kind}");
-            if let Err(we) = respond_json(session, code, &rule).await {
+            let rule = match &ctx.refused {
+                Some((_, rule)) => rule.to_string(),
+                None => format!("upstream.{kind}"),
+            };
+            if let Err(we) = respond_json(session, code, &rule, &ctx.request_id).await {
                 log::debug!("could not send error response: {we}");
             }
         }
@@ -353,6 +494,7 @@ impl ProxyHttp for RampartProxy {
             peer: ctx.peer,
             client: ctx.client,
             refused_by: ctx.refused.as_ref().map(|(p, r)| (*p, r.as_ref())),
+            request_id: &ctx.request_id,
             upstream_error: ctx.upstream_error,
         });
     }
@@ -366,7 +508,7 @@ async fn refuse(
     rule: impl Into<Cow<'static, str>>,
 ) -> Result<bool> {
     let rule = rule.into();
-    respond_json(session, status, &rule).await?;
+    respond_json(session, status, &rule, &ctx.request_id).await?;
     ctx.refused = Some((by, rule));
     Ok(true)
 }
@@ -416,9 +558,10 @@ mod tests {
 
     #[test]
     fn error_body_is_small_json() {
-        let b = error_body(403, "origin_verify.missing");
+        let b = error_body(403, "origin_verify.missing", "0123456789abcdef");
         let v: serde_json::Value = serde_json::from_slice(&b).expect("json");
         assert_eq!(v["error"], "Forbidden");
         assert_eq!(v["rule"], "origin_verify.missing");
+        assert_eq!(v["request_id"], "0123456789abcdef");
     }
 }

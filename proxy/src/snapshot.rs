@@ -10,9 +10,12 @@ use std::sync::Arc;
 use rampart_plugins::net::NetSet;
 use rampart_plugins::path::has_segment_prefix;
 use rampart_plugins::registry::{self, BuildContext, BuildError};
+use rampart_plugins::waf::RuleSet;
 use rampart_plugins::{Chain, SharedSecret};
 
-use crate::config::{ConfigError, GatewayConfig, ListenerConfig, SourceFile, GATEWAY_FILE};
+use crate::config::{
+    BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, GATEWAY_FILE,
+};
 use crate::secrets;
 use crate::upstream::UpstreamPool;
 
@@ -28,6 +31,7 @@ pub struct RuleSnapshot {
 pub struct ListenerRules {
     pub chain: Chain,
     pub tls: bool,
+    pub body: BodyInspection,
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Arc<Route>>,
 }
@@ -54,10 +58,11 @@ impl RuleSnapshot {
         dir: &Path,
         generation: u64,
         previous: Option<&RuleSnapshot>,
+        compiled: &RuleSetCache,
     ) -> Result<RuleSnapshot, ConfigError> {
         let source = SourceFile::read(&dir.join(GATEWAY_FILE))?;
         let config: GatewayConfig = source.parse()?;
-        Self::build(&source, config, generation, previous)
+        Self::build(&source, config, generation, previous, compiled)
     }
 
     fn build(
@@ -65,6 +70,7 @@ impl RuleSnapshot {
         config: GatewayConfig,
         generation: u64,
         previous: Option<&RuleSnapshot>,
+        compiled: &RuleSetCache,
     ) -> Result<RuleSnapshot, ConfigError> {
         if let Err(e) = config.admin.listen.parse::<SocketAddr>() {
             return Err(source.error(None, format!("admin.listen: {e}")));
@@ -91,6 +97,7 @@ impl RuleSnapshot {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
             config: &config,
+            compiled,
             internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
             resolved: RefCell::new(HashMap::new()),
         };
@@ -206,8 +213,38 @@ fn build_listener(
     Ok(ListenerRules {
         chain: Chain::new(entries),
         tls: listener.tls.is_some(),
+        body: listener.body_inspection,
         routes,
     })
+}
+
+/// Compiled WAF rule sets, keyed by the files they were compiled from (names and contents),
+/// so that listeners sharing rule files share one rule set and a reload that does not touch
+/// them does not recompile them. Entries die with the last snapshot that uses them.
+#[derive(Default)]
+pub struct RuleSetCache(std::sync::Mutex<HashMap<u64, std::sync::Weak<RuleSet>>>);
+
+impl RuleSetCache {
+    fn get_or_compile(&self, files: &[(String, String)]) -> Result<Arc<RuleSet>, BuildError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        files.hash(&mut h);
+        let key = h.finish();
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = cache.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Ok(set);
+        }
+        let set = RuleSet::compile(files)
+            .map(Arc::new)
+            .map_err(|e| BuildError::RuleFile {
+                file: e.file,
+                line: e.line,
+                message: e.message,
+            })?;
+        cache.retain(|_, weak| weak.strong_count() > 0);
+        cache.insert(key, Arc::downgrade(&set));
+        Ok(set)
+    }
 }
 
 /// Resolves secrets on first use, once per snapshot, so every plugin naming a secret
@@ -215,6 +252,7 @@ fn build_listener(
 struct SnapshotContext<'a> {
     rules_dir: PathBuf,
     config: &'a GatewayConfig,
+    compiled: &'a RuleSetCache,
     internal: NetSet,
     resolved: RefCell<HashMap<String, SharedSecret>>,
 }
@@ -243,6 +281,10 @@ impl BuildContext for SnapshotContext<'_> {
 
     fn internal_networks(&self) -> &NetSet {
         &self.internal
+    }
+
+    fn rule_set(&self, files: &[(String, String)]) -> Result<Arc<RuleSet>, BuildError> {
+        self.compiled.get_or_compile(files)
     }
 
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {

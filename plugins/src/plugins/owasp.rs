@@ -117,11 +117,7 @@ impl Waf {
         for path in &dirs {
             files.extend(ctx.rule_files(path)?);
         }
-        let rules = RuleSet::compile(&files).map_err(|e| BuildError::RuleFile {
-            file: e.file,
-            line: e.line,
-            message: e.message,
-        })?;
+        let rules = ctx.rule_set(&files)?;
         let mut profiles = config.profiles;
         profiles
             .entry("llm".to_string())
@@ -138,7 +134,7 @@ impl Waf {
         }
         Ok(Waf {
             name,
-            rules: Arc::new(rules),
+            rules,
             paranoia: config.paranoia,
             threshold: config.threshold,
             overrides: config.overrides,
@@ -202,6 +198,10 @@ impl Waf {
 impl Plugin for Waf {
     fn name(&self) -> &'static str {
         self.name
+    }
+
+    fn inspects_body(&self) -> bool {
+        true
     }
 
     fn check(&self, req: &RequestView<'_>) -> Verdict {
