@@ -446,7 +446,9 @@ impl Drop for Rampart {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.stdout);
-        let _ = std::fs::remove_file(&self.stderr);
+        if std::env::var_os("RAMPART_KEEP_LOGS").is_none() {
+            let _ = std::fs::remove_file(&self.stderr);
+        }
     }
 }
 

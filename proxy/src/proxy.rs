@@ -188,6 +188,21 @@ impl RampartProxy {
     }
 }
 
+/// A body up to this size is read and dropped after a refusal; a larger one is cut off.
+const DRAIN_LIMIT: u64 = 8 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what a refused client is still sending, within bounds: closing a socket
+/// with unread data resets it, and the client may then never read its answer.
+async fn drain_unread_body(session: &mut Session) {
+    let req = session.req_header();
+    let chunked = req.headers.contains_key(TRANSFER_ENCODING);
+    let small_enough = content_length(req).is_some_and(|n| n > 0 && n <= DRAIN_LIMIT);
+    if (chunked || small_enough) && !session.is_body_done() {
+        let _ = tokio::time::timeout(DRAIN_TIME, session.drain_request_body()).await;
+    }
+}
+
 /// The declared body length (framing was validated before this is asked).
 fn content_length(req: &RequestHeader) -> Option<u64> {
     req.headers
@@ -458,6 +473,9 @@ impl ProxyHttp for RampartProxy {
             if let Err(we) = respond_json(session, code, &rule, &ctx.request_id).await {
                 log::debug!("could not send error response: {we}");
             }
+            if ctx.refused.is_some() {
+                drain_unread_body(session).await;
+            }
         }
         FailToProxy {
             error_code: code,
@@ -509,6 +527,7 @@ async fn refuse(
 ) -> Result<bool> {
     let rule = rule.into();
     respond_json(session, status, &rule, &ctx.request_id).await?;
+    drain_unread_body(session).await;
     ctx.refused = Some((by, rule));
     Ok(true)
 }

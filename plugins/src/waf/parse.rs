@@ -46,50 +46,202 @@ pub struct JsonField {
 /// Nesting deeper than this is not followed (and is itself suspicious).
 const MAX_JSON_DEPTH: usize = 64;
 
+/// Flattens a JSON document. A document cut short (a body inspected on its first bytes) is
+/// read up to where it stops; `None` only for something that is not JSON at all.
 pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField>> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let mut out = Vec::new();
-    walk_json(&value, String::new(), 0, &mut out);
-    Some(out)
+    let mut walker = JsonWalker {
+        s: body,
+        i: 0,
+        out: Vec::new(),
+    };
+    walker.skip_ws();
+    if !matches!(walker.peek(), Some(b'{' | b'[')) {
+        return None;
+    }
+    match walker.value(String::new(), 0) {
+        Ok(()) | Err(JsonStop::Eof) => Some(walker.out),
+        Err(JsonStop::Invalid) => None,
+    }
 }
 
-fn walk_json(v: &serde_json::Value, path: String, depth: usize, out: &mut Vec<JsonField>) {
-    use serde_json::Value;
-    if depth > MAX_JSON_DEPTH {
-        return;
+enum JsonStop {
+    /// The input ended inside the document: what was read stands.
+    Eof,
+    Invalid,
+}
+
+struct JsonWalker<'a> {
+    s: &'a [u8],
+    i: usize,
+    out: Vec<JsonField>,
+}
+
+impl JsonWalker<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
     }
-    match v {
-        Value::Object(map) => {
-            for (k, child) in map {
-                let child_path = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                out.push(JsonField {
-                    path: child_path.clone(),
-                    key: Some(k.clone()),
-                    value: None,
+
+    fn skip_ws(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_whitespace()) {
+            self.i += 1;
+        }
+    }
+
+    fn expect(&mut self, b: u8) -> Result<(), JsonStop> {
+        self.skip_ws();
+        match self.peek() {
+            None => Err(JsonStop::Eof),
+            Some(c) if c == b => {
+                self.i += 1;
+                Ok(())
+            }
+            Some(_) => Err(JsonStop::Invalid),
+        }
+    }
+
+    fn value(&mut self, path: String, depth: usize) -> Result<(), JsonStop> {
+        if depth > MAX_JSON_DEPTH {
+            return Err(JsonStop::Invalid);
+        }
+        self.skip_ws();
+        match self.peek().ok_or(JsonStop::Eof)? {
+            b'{' => {
+                self.i += 1;
+                self.skip_ws();
+                if self.peek() == Some(b'}') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.skip_ws();
+                    let (key, complete) = self.string()?;
+                    if !complete {
+                        return Err(JsonStop::Eof);
+                    }
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    self.out.push(JsonField {
+                        path: child.clone(),
+                        key: Some(key),
+                        value: None,
+                    });
+                    self.expect(b':')?;
+                    self.value(child, depth + 1)?;
+                    self.skip_ws();
+                    match self.peek().ok_or(JsonStop::Eof)? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(JsonStop::Invalid),
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.skip_ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.value(format!("{path}[]"), depth + 1)?;
+                    self.skip_ws();
+                    match self.peek().ok_or(JsonStop::Eof)? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(JsonStop::Invalid),
+                    }
+                }
+            }
+            b'"' => {
+                let (v, complete) = self.string()?;
+                self.out.push(JsonField {
+                    path,
+                    key: None,
+                    value: Some(v),
                 });
-                walk_json(child, child_path, depth + 1, out);
+                if complete {
+                    Ok(())
+                } else {
+                    Err(JsonStop::Eof)
+                }
+            }
+            _ => {
+                let start = self.i;
+                while self
+                    .peek()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                {
+                    self.i += 1;
+                }
+                let token = &self.s[start..self.i];
+                match token {
+                    b"true" | b"false" | b"null" => Ok(()),
+                    _ if !token.is_empty() && (token[0].is_ascii_digit() || token[0] == b'-') => {
+                        self.out.push(JsonField {
+                            path,
+                            key: None,
+                            value: Some(String::from_utf8_lossy(token).into_owned()),
+                        });
+                        Ok(())
+                    }
+                    _ if self.i == self.s.len() => Err(JsonStop::Eof),
+                    _ => Err(JsonStop::Invalid),
+                }
             }
         }
-        Value::Array(items) => {
-            for item in items {
-                walk_json(item, format!("{path}[]"), depth + 1, out);
+    }
+
+    /// A string with its escapes decoded, and whether it was complete: a string cut short
+    /// by the end of the input is kept as far as it goes.
+    fn string(&mut self) -> Result<(String, bool), JsonStop> {
+        self.expect(b'"')?;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let Some(b) = self.peek() else {
+                return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+            };
+            self.i += 1;
+            match b {
+                b'"' => return Ok((String::from_utf8_lossy(&out).into_owned(), true)),
+                b'\\' => {
+                    let Some(e) = self.peek() else {
+                        return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+                    };
+                    self.i += 1;
+                    match e {
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'r' => out.push(b'\r'),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'u' => {
+                            let Some(hex) = self.s.get(self.i..self.i + 4) else {
+                                return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+                            };
+                            self.i += 4;
+                            let code = std::str::from_utf8(hex)
+                                .ok()
+                                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                                .ok_or(JsonStop::Invalid)?;
+                            let c = char::from_u32(code).unwrap_or('\u{fffd}');
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        }
+                        other => out.push(other),
+                    }
+                }
+                other => out.push(other),
             }
         }
-        Value::String(s) => out.push(JsonField {
-            path,
-            key: None,
-            value: Some(s.clone()),
-        }),
-        Value::Number(n) => out.push(JsonField {
-            path,
-            key: None,
-            value: Some(n.to_string()),
-        }),
-        Value::Bool(_) | Value::Null => {}
     }
 }
 
@@ -298,6 +450,37 @@ mod tests {
         assert!(values.contains(&("n".into(), "2".into())));
         assert!(f.iter().any(|f| f.key.as_deref() == Some("role")));
         assert!(json_fields(b"{not json").is_none());
+        assert!(json_fields(b"hello=1").is_none());
+    }
+
+    #[test]
+    fn json_cut_short_is_read_as_far_as_it_goes() {
+        let full = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"a long prompt that goes on"}],"user":"x"}"#;
+        let cut = &full[..60];
+        let f = json_fields(cut).expect("a prefix of JSON is JSON enough");
+        let values: Vec<(String, String)> = f
+            .iter()
+            .filter_map(|f| Some((f.path.clone(), f.value.clone()?)))
+            .collect();
+        assert!(
+            values.contains(&("model".into(), "gpt-4o".into())),
+            "{values:?}"
+        );
+        assert!(
+            values
+                .iter()
+                .any(|(p, v)| p == "messages[].content" && v == "a lo"),
+            "{values:?}"
+        );
+    }
+
+    #[test]
+    fn json_escapes_are_decoded() {
+        let f = json_fields(br#"{"a":"\u0024{jndi:x}\n"}"#).expect("json");
+        assert_eq!(
+            f.iter().find_map(|f| f.value.clone()),
+            Some("${jndi:x}\n".to_string())
+        );
     }
 
     #[test]
