@@ -544,6 +544,7 @@ secret = "origin-verify"
 [[listeners.plugins]]
 type = "bad_inputs"
 rules = ["{rules}/waf/bad-inputs"]
+routes = {{ litellm = "llm" }}
 
 [[listeners.plugins]]
 type = "owasp"

@@ -46,8 +46,9 @@ async fn tls_listener_terminates_tls_1_2_and_up() {
     );
     let rampart = Rampart::start(&config, SEED_LISTENERS).await;
     let port = rampart.ports["web"];
-    let url = format!("https://localhost:{port}/v1/models");
-    let resolve = format!("localhost:{port}:127.0.0.1");
+    // Not `localhost`: a Host naming localhost is refused (Host_localhost_HEADER).
+    let url = format!("https://rampart.test:{port}/v1/models");
+    let resolve = format!("rampart.test:{port}:127.0.0.1");
     let origin = format!("X-Origin-Verify: {ORIGIN_SECRET}");
 
     let (ok, out) = curl(&[

@@ -9,7 +9,10 @@ use std::path::Path;
 use base64::Engine;
 use rampart_integration::*;
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/waf-corpus/crs-dev.jsonl");
+const CORPUS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/waf-corpus/crs-dev.jsonl"
+);
 
 /// The raw request a case describes, completed as the CRS test runner completes it, with
 /// Host replaced (the corpus sends `localhost` everywhere) and the CDN's header added.
@@ -19,15 +22,25 @@ fn raw_request(case: &serde_json::Value) -> Vec<u8> {
     let version = case["version"].as_str().unwrap_or("HTTP/1.1");
     let body: Option<Vec<u8>> = match (&case["body"], &case["body_b64"]) {
         (serde_json::Value::String(s), _) => Some(s.as_bytes().to_vec()),
-        (_, serde_json::Value::String(b)) => base64::engine::general_purpose::STANDARD.decode(b).ok(),
+        (_, serde_json::Value::String(b)) => {
+            base64::engine::general_purpose::STANDARD.decode(b).ok()
+        }
         _ => None,
     };
-    let mut head = if version.is_empty() { format!("{method} {uri}\r\n") } else { format!("{method} {uri} {version}\r\n") };
+    let mut head = if version.is_empty() {
+        format!("{method} {uri}\r\n")
+    } else {
+        format!("{method} {uri} {version}\r\n")
+    };
     let headers = case["headers"].as_object().cloned().unwrap_or_default();
     let has = |name: &str| headers.keys().any(|k| k.eq_ignore_ascii_case(name));
     for (k, v) in &headers {
         let v = v.as_str().unwrap_or("");
-        let v = if k.eq_ignore_ascii_case("host") && v == "localhost" { "gateway.test" } else { v };
+        let v = if k.eq_ignore_ascii_case("host") && v == "localhost" {
+            "gateway.test"
+        } else {
+            v
+        };
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if case["autocomplete_headers"] == true {
@@ -66,7 +79,9 @@ async fn crs_corpus_detection_is_at_least_90_percent_in_every_family() {
     let mut allow = (0usize, 0usize);
     let mut missed = Vec::new();
     for line in text.lines() {
-        let Ok(case) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(case) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let attack = case["expect"] == "block";
         let selected = attack && case["rule_pl"] == 1 && case["blocks_alone_at_threshold5"] == true;
         if attack && !selected {
@@ -75,7 +90,11 @@ async fn crs_corpus_detection_is_at_least_90_percent_in_every_family() {
         let before = up.total_requests();
         // The answer itself does not matter (some requests are not HTTP rampart will answer):
         // what matters is whether the upstream got the request.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), send_raw(web, EXTERNAL_PEER, &raw_request(&case))).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            send_raw(web, EXTERNAL_PEER, &raw_request(&case)),
+        )
+        .await;
         let blocked = up.total_requests() == before;
         let family = case["rule_family"].as_str().unwrap_or("?").to_string();
         if selected {
@@ -90,17 +109,31 @@ async fn crs_corpus_detection_is_at_least_90_percent_in_every_family() {
             allow.1 += usize::from(blocked);
         }
     }
-    let (total, caught) = families.values().fold((0, 0), |(t, c), (n, b)| (t + n, c + b));
+    let (total, caught) = families
+        .values()
+        .fold((0, 0), |(t, c), (n, b)| (t + n, c + b));
     println!("CRS corpus through rampart (paranoia 1, threshold 5):");
     println!("| family | caught | cases | detection |\n|---|---|---|---|");
     for (family, (n, c)) in &families {
-        println!("| {family} | {c} | {n} | {:.1}% |", 100.0 * *c as f64 / *n as f64);
+        println!(
+            "| {family} | {c} | {n} | {:.1}% |",
+            100.0 * *c as f64 / *n as f64
+        );
     }
-    println!("| overall | {caught} | {total} | {:.1}% |", 100.0 * caught as f64 / total as f64);
-    println!("`allow` cases refused (the named CRS rule must not fire; not all are benign): {}/{}", allow.1, allow.0);
+    println!(
+        "| overall | {caught} | {total} | {:.1}% |",
+        100.0 * caught as f64 / total as f64
+    );
+    println!(
+        "`allow` cases refused (the named CRS rule must not fire; not all are benign): {}/{}",
+        allow.1, allow.0
+    );
     println!("missed: {missed:?}");
     assert!(total > 1000, "the corpus has {total} selected cases");
-    assert!(caught * 10 >= total * 9, "overall detection {caught}/{total} is under 90%");
+    assert!(
+        caught * 10 >= total * 9,
+        "overall detection {caught}/{total} is under 90%"
+    );
     for (family, (n, c)) in &families {
         assert!(c * 10 >= n * 9, "family {family}: {c}/{n} is under 90%");
     }

@@ -71,6 +71,12 @@ pub fn llm_profile() -> Profile {
             "system",
             "system[].text",
             "instructions",
+            "tools[].function.description",
+            "tools[].function.parameters.properties.*.description",
+            "tools[].function.parameters.properties.*.items.description",
+            "tools[].description",
+            "tools[].input_schema.properties.*.description",
+            "functions[].description",
         ]
         .map(String::from)
         .to_vec(),

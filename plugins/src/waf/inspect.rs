@@ -259,6 +259,21 @@ impl Inspection {
     }
 }
 
+/// A profile's JSON path against a field's: `*` stands for any one segment
+/// (`tools[].function.parameters.properties.*.description`).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut f = path.split('.');
+    loop {
+        match (p.next(), f.next()) {
+            (None, None) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
 fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut Vec<Field>) {
     let ct = content_type.to_ascii_lowercase();
     let excluded = |name: &str| profile.exclude_fields.iter().any(|f| f == name);
@@ -340,7 +355,11 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
                         ));
                     }
                 } else if let Some(value) = f.value {
-                    if profile.prose_fields.iter().any(|p| p == &f.path) {
+                    if profile
+                        .prose_fields
+                        .iter()
+                        .any(|p| path_matches(p, &f.path))
+                    {
                         let urls = url_pattern()
                             .into_iter()
                             .flat_map(|re| re.find_iter(value.as_bytes()));
@@ -407,6 +426,20 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn profile_paths_with_wildcards() {
+        assert!(path_matches("messages[].content", "messages[].content"));
+        assert!(path_matches(
+            "tools[].function.parameters.properties.*.description",
+            "tools[].function.parameters.properties.query.description"
+        ));
+        assert!(!path_matches(
+            "messages[].content",
+            "messages[].content[].text"
+        ));
+        assert!(!path_matches("a.*", "a"));
     }
 
     #[test]
