@@ -262,3 +262,51 @@ async fn secrets_never_reach_logs_or_metrics() {
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["client"], EXTERNAL_PEER);
 }
+
+#[tokio::test]
+async fn rules_test_explains_which_rules_match_and_why() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let attack = dir.path().join("attack.http");
+    std::fs::write(
+        &attack,
+        "GET /v1/models?id=1%27%20UNION%20SELECT%20api_key%20FROM%20keys-- HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: curl/8\r\n\r\n",
+    )
+    .expect("write");
+    let benign = dir.path().join("benign.http");
+    std::fs::write(
+        &benign,
+        "GET /v1/models HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: curl/8\r\n\r\n",
+    )
+    .expect("write");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules");
+    let out = rampart_cmd()
+        .args(["rules", "test", "--rules", shipped])
+        .arg(&attack)
+        .arg(&benign)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("SQLi_QUERYARGUMENTS") && text.contains("REFUSED"),
+        "{text}"
+    );
+    let benign_part = text
+        .split("GET /v1/models on listener")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        benign_part.contains("owasp: anomaly score 0") && !benign_part.contains("REFUSED"),
+        "{text}"
+    );
+
+    let out = rampart_cmd()
+        .args(["rules", "test", "--rules", shipped, "/nonexistent.http"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -25,6 +25,14 @@ pub trait Plugin: Send + Sync {
     fn inspects_body(&self) -> bool {
         false
     }
+
+    /// Why this plugin decides what it decides, one line per finding, for `rampart rules test`.
+    fn explain(&self, req: &RequestView<'_>) -> Vec<String> {
+        match self.check(req) {
+            Verdict::Continue => Vec::new(),
+            Verdict::Deny(d) => vec![format!("refuses with {} ({})", d.status, d.rule)],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

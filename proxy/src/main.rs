@@ -28,6 +28,26 @@ enum Command {
         #[arg(default_value = "rules")]
         rules: PathBuf,
     },
+    /// Work with rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Show which rules a raw HTTP request (in a file) matches, and why.
+    Test {
+        /// Files holding one raw HTTP request each (request line, headers, blank line, body).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "rules", env = "RAMPART_RULES")]
+        rules: PathBuf,
+        /// The listener whose chain runs.
+        #[arg(long, default_value = "web")]
+        listener: String,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -80,6 +100,26 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Some(Command::Rules {
+            command:
+                RulesCommand::Test {
+                    files,
+                    rules,
+                    listener,
+                },
+        }) => {
+            let mut status = ExitCode::SUCCESS;
+            for file in files {
+                match rampart::explain::explain(&rules, &listener, &file) {
+                    Ok(report) => print!("{report}"),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        status = ExitCode::FAILURE;
+                    }
+                }
+            }
+            status
         }
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),

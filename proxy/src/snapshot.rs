@@ -218,6 +218,57 @@ fn build_listener(
     })
 }
 
+/// A listener's chain built for `rampart rules test`: each plugin, or why it could not be
+/// built here (a secret that is not available, say), and the listener's routes.
+pub struct ExplainChain {
+    pub plugins: Vec<(String, Result<rampart_plugins::ChainEntry, String>)>,
+    /// (prefix, route name), most specific first.
+    pub routes: Vec<(String, String)>,
+}
+
+/// Builds one listener's chain from a rules directory, plugin by plugin, without upstreams.
+pub fn explain_chain(dir: &Path, listener: &str) -> Result<ExplainChain, ConfigError> {
+    let source = SourceFile::read(&dir.join(GATEWAY_FILE))?;
+    let config: GatewayConfig = source.parse()?;
+    let compiled = RuleSetCache::default();
+    let ctx = SnapshotContext {
+        rules_dir: dir.to_path_buf(),
+        config: &config,
+        compiled: &compiled,
+        internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
+        resolved: RefCell::new(HashMap::new()),
+    };
+    let spec = config
+        .listeners
+        .iter()
+        .map(|l| l.get_ref())
+        .find(|l| l.name == listener)
+        .ok_or_else(|| source.error(None, format!("no listener named {listener:?}")))?;
+    let plugins = spec
+        .plugins
+        .iter()
+        .map(|p| {
+            let p = p.get_ref();
+            (
+                p.kind.clone(),
+                registry::build(p, &ctx).map_err(|e| e.to_string()),
+            )
+        })
+        .collect();
+    let mut routes: Vec<(String, String)> = spec
+        .routes
+        .iter()
+        .map(|r| {
+            (
+                r.prefix.clone(),
+                r.name.clone().unwrap_or_else(|| r.upstream.clone()),
+            )
+        })
+        .collect();
+    routes.sort_by_key(|(p, _)| std::cmp::Reverse(p.trim_end_matches('/').len()));
+    Ok(ExplainChain { plugins, routes })
+}
+
 /// Compiled WAF rule sets, keyed by the files they were compiled from (names and contents),
 /// so that listeners sharing rule files share one rule set and a reload that does not touch
 /// them does not recompile them. Entries die with the last snapshot that uses them.

@@ -210,6 +210,43 @@ impl Plugin for Waf {
         true
     }
 
+    fn explain(&self, req: &RequestView<'_>) -> Vec<String> {
+        let a = self.assess(req);
+        let mut lines: Vec<String> = a
+            .matches
+            .iter()
+            .map(|(m, action)| {
+                let rule = &self.rules.rules[m.rule];
+                format!(
+                    "{} [{}] {:?} +{} ({action:?}): {:?} {} {:?}: {:?}\n      {}",
+                    rule.id,
+                    rule.label(m.source),
+                    rule.severity,
+                    if *action == RuleAction::Block {
+                        rule.severity.score()
+                    } else {
+                        0
+                    },
+                    m.target,
+                    if m.field.is_empty() { "-" } else { &m.field },
+                    m.source,
+                    m.excerpt,
+                    rule.description,
+                )
+            })
+            .collect();
+        let verdict = if a.score >= self.threshold {
+            "REFUSED"
+        } else {
+            "passes"
+        };
+        lines.push(format!(
+            "anomaly score {} (threshold {}, paranoia {}): {verdict}",
+            a.score, self.threshold, self.paranoia
+        ));
+        lines
+    }
+
     fn check(&self, req: &RequestView<'_>) -> Verdict {
         let a = self.assess(req);
         if a.score < self.threshold {

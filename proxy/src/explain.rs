@@ -1,0 +1,139 @@
+//! `rampart rules test FILE`: runs a listener's chain over a raw HTTP request read from a
+//! file and prints which rules match and why, before an SRE turns a rule on.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rampart_plugins::path::{has_segment_prefix, normalize};
+use rampart_plugins::RequestView;
+use thiserror::Error;
+
+use crate::snapshot::explain_chain;
+
+#[derive(Debug, Error)]
+pub enum ExplainError {
+    #[error("{0}: cannot read: {1}")]
+    Read(String, std::io::Error),
+    #[error("{file}: not an HTTP request: {reason}")]
+    Request { file: String, reason: String },
+    #[error("{0}")]
+    Rules(#[from] crate::config::ConfigError),
+}
+
+/// A request as written in a file: request line, headers, blank line, body.
+struct RawRequest {
+    method: Method,
+    target: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+fn parse(file: &str, bytes: &[u8]) -> Result<RawRequest, ExplainError> {
+    let bad = |reason: &str| ExplainError::Request {
+        file: file.to_string(),
+        reason: reason.to_string(),
+    };
+    let (head, body) = match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (&bytes[..i], &bytes[i + 4..]),
+        None => match bytes.windows(2).position(|w| w == b"\n\n") {
+            Some(i) => (&bytes[..i], &bytes[i + 2..]),
+            None => (bytes, &b""[..]),
+        },
+    };
+    let head = std::str::from_utf8(head).map_err(|_| bad("the header is not UTF-8"))?;
+    let mut lines = head.lines();
+    let request_line = lines.next().ok_or_else(|| bad("empty file"))?;
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().ok_or_else(|| bad("no method"))?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("bad method"))?;
+    let target = parts
+        .next()
+        .ok_or_else(|| bad("no request target"))?
+        .to_string();
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad(&format!("header line without ':': {line:?}")))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| bad(&format!("bad header name {name:?}")))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| bad(&format!("bad value for {name}")))?;
+        headers.append(name, value);
+    }
+    Ok(RawRequest {
+        method,
+        target,
+        headers,
+        body: body.to_vec(),
+    })
+}
+
+/// The report for one request file.
+pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, ExplainError> {
+    let name = file.display().to_string();
+    let bytes = std::fs::read(file).map_err(|e| ExplainError::Read(name.clone(), e))?;
+    let req = parse(&name, &bytes)?;
+    let (raw_path, query) = match req.target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (req.target.as_str(), None),
+    };
+    let path = normalize(raw_path).map_err(|e| ExplainError::Request {
+        file: name.clone(),
+        reason: format!("path: {e} (rampart answers 400)"),
+    })?;
+    let chain = explain_chain(rules, listener)?;
+    let route = chain
+        .routes
+        .iter()
+        .find(|(prefix, _)| has_segment_prefix(&path, prefix, false))
+        .map_or("none", |(_, route)| route.as_str());
+    let peer = std::net::IpAddr::from([203, 0, 113, 1]);
+    let view = RequestView {
+        listener,
+        route,
+        peer,
+        client: peer,
+        method: &req.method,
+        path: &path,
+        query,
+        headers: &req.headers,
+        body: (!req.body.is_empty()).then_some(req.body.as_slice()),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{} {} on listener {listener}, route {route} (normalised path {path}), from an external peer", req.method, req.target);
+    for (kind, entry) in &chain.plugins {
+        match entry {
+            Err(why) => {
+                let _ = writeln!(out, "  {kind}: not run here: {why}");
+            }
+            Ok(entry) => {
+                let findings = entry.plugin.explain(&view);
+                if findings.is_empty() {
+                    let _ = writeln!(out, "  {kind}: passes");
+                }
+                for line in findings {
+                    let _ = writeln!(out, "  {kind}: {line}");
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_request_file() {
+        let r = parse("x", b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\r\n{\"a\":1}").expect("parses");
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(r.target, "/v1/chat/completions?x=1");
+        assert_eq!(r.headers.len(), 2);
+        assert_eq!(r.body, b"{\"a\":1}");
+        assert!(parse("x", b"").is_err());
+        assert!(parse("x", b"GET / HTTP/1.1\nbroken header\n\n").is_err());
+    }
+}
