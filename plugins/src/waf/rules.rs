@@ -183,6 +183,85 @@ pub struct RuleSet {
     phrases: Vec<(Transform, AhoCorasick, Vec<PhraseOwner>)>,
     detectors: Vec<usize>,
     others: Vec<usize>,
+    /// Tokens without which libinjection cannot find SQL injection: the detector (slow)
+    /// runs only on fields that contain one.
+    sqli_prefilter: Option<AhoCorasick>,
+    xss_prefilter: Option<AhoCorasick>,
+}
+
+/// Quotes, comments, operators and SQL words: every libinjection SQLi fingerprint has one.
+const SQLI_TOKENS: &[&str] = &[
+    "'",
+    "\"",
+    "`",
+    ";",
+    "--",
+    "#",
+    "/*",
+    "=",
+    "(",
+    "<",
+    ">",
+    "|",
+    "&",
+    "!",
+    "@",
+    "+",
+    "*",
+    " or ",
+    " and ",
+    " xor ",
+    " div ",
+    " mod ",
+    "union",
+    "select",
+    "insert",
+    "update",
+    "delete",
+    "drop",
+    "exec",
+    "sleep",
+    "benchmark",
+    "having",
+    "order by",
+    "group by",
+    " like ",
+    "rlike",
+    "regexp",
+    "between",
+    " case ",
+    " when ",
+    " null",
+    " true",
+    " false",
+    " not ",
+    " is ",
+    "waitfor",
+    "declare",
+    "procedure",
+    "into ",
+    "from ",
+    "where ",
+    "limit ",
+    "offset ",
+    "sound",
+];
+/// Markup characters and script words: libinjection's XSS detector needs one of them.
+const XSS_TOKENS: &[&str] = &[
+    "<",
+    ">",
+    "=",
+    "\"",
+    "'",
+    "`",
+    "javascript",
+    "vbscript",
+    "data:",
+    "expression",
+];
+
+fn prefilter(tokens: &[&str]) -> Option<AhoCorasick> {
+    AhoCorasick::new(tokens).ok()
 }
 
 /// One rule that matched, with where.
@@ -359,6 +438,8 @@ impl RuleSet {
             phrases,
             detectors,
             others,
+            sqli_prefilter: prefilter(SQLI_TOKENS),
+            xss_prefilter: prefilter(XSS_TOKENS),
         })
     }
 
@@ -418,12 +499,19 @@ impl RuleSet {
                     continue;
                 }
                 let input = field.form(self.rules[i].transform);
+                let worth = |filter: &Option<AhoCorasick>| {
+                    filter
+                        .as_ref()
+                        .is_none_or(|f| f.is_match(field.form(Transform::Norm)))
+                };
                 let found = match self.rules[i].matcher {
                     Matcher::Detector(Detector::Sqli) => {
-                        libinjectionrs::detect_sqli(input).is_injection()
+                        worth(&self.sqli_prefilter)
+                            && libinjectionrs::detect_sqli(input).is_injection()
                     }
                     Matcher::Detector(Detector::Xss) => {
-                        libinjectionrs::detect_xss(input).is_injection()
+                        worth(&self.xss_prefilter)
+                            && libinjectionrs::detect_xss(input).is_injection()
                     }
                     _ => false,
                 };

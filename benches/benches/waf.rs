@@ -1,0 +1,179 @@
+//! The WAF on its own: the shipped rules (`rules/waf`) over a typical GET, a 4 KB form post
+//! and a 16 KB chat request (LLM profile), beside the same requests through the access
+//! plugins alone. `cargo bench -p rampart-benches --bench waf`.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{HeaderMap, HeaderValue, Method};
+use rampart_plugins::net::NetSet;
+use rampart_plugins::registry::{self, BuildContext, BuildError, PluginSpec};
+use rampart_plugins::{Chain, RequestView, SecretValues, SharedSecret};
+
+struct Ctx(NetSet, PathBuf);
+
+impl BuildContext for Ctx {
+    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
+        Ok(SharedSecret::new(
+            name,
+            SecretValues::new([b"origin-0123456789abcdef".to_vec()]),
+        ))
+    }
+    fn internal_networks(&self) -> &NetSet {
+        &self.0
+    }
+    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
+        let dir = self.1.join(path);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::invalid("bench", &format!("{}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
+            .collect())
+    }
+}
+
+fn chain(specs: &[&str]) -> Chain {
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
+    let ctx = Ctx(NetSet::new(["10.20.0.0/16".parse().expect("cidr")]), rules);
+    Chain::new(
+        specs
+            .iter()
+            .map(|s| {
+                let spec: PluginSpec = toml::from_str(s).expect("spec");
+                registry::build(&spec, &ctx).unwrap_or_else(|e| panic!("{e}"))
+            })
+            .collect(),
+    )
+}
+
+const ACCESS: &str =
+    "type = \"origin_verify\"\naccept = [\"header\", \"internal\"]\nsecret = \"origin\"";
+const BAD_INPUTS: &str = "type = \"bad_inputs\"\nroutes = { litellm = \"llm\" }";
+const OWASP: &str = "type = \"owasp\"\nroutes = { litellm = \"llm\" }";
+
+fn headers(content_type: Option<&'static str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "gateway.example.com"),
+        ("user-agent", "OpenAI/Python 1.54.0"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, deflate"),
+        (
+            "authorization",
+            "Bearer sk-0123456789abcdef0123456789abcdef",
+        ),
+        ("x-origin-verify", "origin-0123456789abcdef"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "1.54.0"),
+        ("cookie", "session=0123456789abcdef; theme=dark"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    if let Some(ct) = content_type {
+        h.insert("content-type", HeaderValue::from_static(ct));
+    }
+    h
+}
+
+fn form_4k() -> Vec<u8> {
+    let mut body = String::new();
+    let mut i = 0;
+    while body.len() < 4096 {
+        body.push_str(&format!(
+            "field{i}=Some+ordinary+text+value+number+{i}+with+words&"
+        ));
+        i += 1;
+    }
+    body.into_bytes()
+}
+
+fn chat_16k() -> Vec<u8> {
+    let code = "def handler(event):\n    rows = db.execute('SELECT id, name FROM users WHERE id = %s', (event['id'],))\n    return {'statusCode': 200, 'body': json.dumps(rows)}\n";
+    let text = code.repeat(16 * 1024 / code.len());
+    serde_json::json!({ "model": "gpt-4o", "temperature": 0.2, "messages": [
+        { "role": "system", "content": "You are a careful reviewer." },
+        { "role": "user", "content": text } ] })
+    .to_string()
+    .into_bytes()
+}
+
+fn bench(c: &mut Criterion) {
+    let access = chain(&[ACCESS]);
+    let waf = chain(&[ACCESS, BAD_INPUTS, OWASP]);
+    let peer: IpAddr = "203.0.113.9".parse().expect("ip");
+    let (get, post) = (Method::GET, Method::POST);
+    let (h_get, h_form, h_json) = (
+        headers(None),
+        headers(Some("application/x-www-form-urlencoded")),
+        headers(Some("application/json")),
+    );
+    let (form, chat) = (form_4k(), chat_16k());
+    let cases: [(&str, &Method, &str, Option<&str>, &HeaderMap, Option<&[u8]>); 3] = [
+        (
+            "get",
+            &get,
+            "/v1/models",
+            Some("limit=20&order=desc"),
+            &h_get,
+            None,
+        ),
+        (
+            "form_4k",
+            &post,
+            "/grafana/api/search",
+            None,
+            &h_form,
+            Some(&form),
+        ),
+        (
+            "chat_16k",
+            &post,
+            "/v1/chat/completions",
+            None,
+            &h_json,
+            Some(&chat),
+        ),
+    ];
+    for (name, method, path, query, headers, body) in cases {
+        let route = if path.starts_with("/grafana") {
+            "grafana"
+        } else {
+            "litellm"
+        };
+        let view = RequestView {
+            listener: "web",
+            route,
+            peer,
+            client: peer,
+            method,
+            path,
+            query,
+            headers,
+            body,
+        };
+        assert!(
+            waf.evaluate(&view, |_| {}).is_none(),
+            "{name} must pass the WAF"
+        );
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Bytes(
+            (path.len() + query.map_or(0, str::len) + body.map_or(0, <[u8]>::len)) as u64,
+        ));
+        group.bench_function("access_only", |b| {
+            b.iter(|| black_box(access.evaluate(black_box(&view), |_| {})))
+        });
+        group.bench_function("access_and_waf", |b| {
+            b.iter(|| black_box(waf.evaluate(black_box(&view), |_| {})))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
