@@ -114,33 +114,49 @@ fn bench(c: &mut Criterion) {
         headers(Some("application/json")),
     );
     let (form, chat) = (form_4k(), chat_16k());
-    let cases: [(&str, &Method, &str, Option<&str>, &HeaderMap, Option<&[u8]>); 3] = [
-        (
-            "get",
-            &get,
-            "/v1/models",
-            Some("limit=20&order=desc"),
-            &h_get,
-            None,
-        ),
-        (
-            "form_4k",
-            &post,
-            "/grafana/api/search",
-            None,
-            &h_form,
-            Some(&form),
-        ),
-        (
-            "chat_16k",
-            &post,
-            "/v1/chat/completions",
-            None,
-            &h_json,
-            Some(&chat),
-        ),
+    struct Case<'a> {
+        name: &'a str,
+        method: &'a Method,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+        body: Option<&'a [u8]>,
+    }
+    let cases = [
+        Case {
+            name: "get",
+            method: &get,
+            path: "/v1/models",
+            query: Some("limit=20&order=desc"),
+            headers: &h_get,
+            body: None,
+        },
+        Case {
+            name: "form_4k",
+            method: &post,
+            path: "/grafana/api/search",
+            query: None,
+            headers: &h_form,
+            body: Some(&form),
+        },
+        Case {
+            name: "chat_16k",
+            method: &post,
+            path: "/v1/chat/completions",
+            query: None,
+            headers: &h_json,
+            body: Some(&chat),
+        },
     ];
-    for (name, method, path, query, headers, body) in cases {
+    for Case {
+        name,
+        method,
+        path,
+        query,
+        headers,
+        body,
+    } in cases
+    {
         let route = if path.starts_with("/grafana") {
             "grafana"
         } else {
