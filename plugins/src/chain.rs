@@ -1,6 +1,7 @@
 use http::HeaderName;
 use serde::Deserialize;
 
+use crate::verdict::Finding;
 use crate::{Deny, Plugin, RequestView, Verdict};
 
 /// What a chain entry does when its plugin denies.
@@ -28,12 +29,14 @@ pub struct ChainEntry {
     pub action: Action,
 }
 
-/// A match reported while a chain runs, for metrics and the access log.
+/// A match reported while a chain runs, for metrics and logs: a plugin's own denial
+/// (`finding` is `None`), or one rule that matched inside it.
 #[derive(Debug, Clone, Copy)]
 pub struct Hit<'a> {
     pub plugin: &'static str,
-    pub deny: &'a Deny,
+    pub rule: &'a str,
     pub action: Action,
+    pub finding: Option<&'a Finding<'a>>,
 }
 
 /// A listener's ordered plugins. The first blocking denial ends the evaluation.
@@ -67,11 +70,26 @@ impl Chain {
         mut on_hit: impl FnMut(Hit<'_>),
     ) -> Option<(&'static str, Deny)> {
         for entry in &self.entries {
-            if let Verdict::Deny(deny) = entry.plugin.check(req) {
+            let plugin = entry.plugin.name();
+            let verdict = entry.plugin.check_reporting(req, &mut |f| {
+                let action = if f.counted_only {
+                    Action::Count
+                } else {
+                    entry.action
+                };
                 on_hit(Hit {
-                    plugin: entry.plugin.name(),
-                    deny: &deny,
+                    plugin,
+                    rule: f.rule,
+                    action,
+                    finding: Some(f),
+                });
+            });
+            if let Verdict::Deny(deny) = verdict {
+                on_hit(Hit {
+                    plugin,
+                    rule: &deny.rule,
                     action: entry.action,
+                    finding: None,
                 });
                 if entry.action == Action::Block {
                     return Some((entry.plugin.name(), deny));

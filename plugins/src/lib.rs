@@ -19,4 +19,4 @@ pub use chain::{Action, Chain, ChainEntry, Hit};
 pub use registry::{BuildContext, BuildError, PluginSpec};
 pub use request::RequestView;
 pub use secret::{SecretValues, SharedSecret};
-pub use verdict::{Deny, Plugin, Verdict};
+pub use verdict::{Deny, Finding, Plugin, Verdict};

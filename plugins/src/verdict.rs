@@ -14,6 +14,16 @@ pub trait Plugin: Send + Sync {
     /// Judge the request.
     fn check(&self, req: &RequestView<'_>) -> Verdict;
 
+    /// Judge the request, reporting each rule that matched on the way (for metrics and the
+    /// block log). Plugins without rules of their own need not implement it.
+    fn check_reporting(
+        &self,
+        req: &RequestView<'_>,
+        _report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict {
+        self.check(req)
+    }
+
     /// Request headers this plugin consumes that must never travel upstream
     /// (shared secrets, for instance).
     fn consumed_headers(&self) -> &[HeaderName] {
@@ -33,6 +43,18 @@ pub trait Plugin: Send + Sync {
             Verdict::Deny(d) => vec![format!("refuses with {} ({})", d.status, d.rule)],
         }
     }
+}
+
+/// A rule that matched inside a plugin, whether or not the request is refused.
+#[derive(Debug, Clone, Copy)]
+pub struct Finding<'a> {
+    pub rule: &'a str,
+    /// The rule is in count mode: it matched but adds nothing towards a refusal.
+    pub counted_only: bool,
+    /// Where it matched: `<target>:<field>` (`args:user`, `headers:user-agent`).
+    pub location: &'a str,
+    /// What matched, decoded, cut short.
+    pub excerpt: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -141,6 +141,9 @@ pub struct ListenerConfig {
     /// How request bodies are read for plugins that inspect them.
     #[serde(default)]
     pub body_inspection: BodyInspection,
+    /// Fraction (0 to 1) of refused requests logged with the rule and what it matched.
+    #[serde(default = "default_block_log_sample")]
+    pub block_log_sample: f64,
     /// The plugin chain, in order.
     #[serde(default)]
     pub plugins: Vec<Spanned<PluginSpec>>,
@@ -156,6 +159,10 @@ pub struct BodyInspection {
     /// What happens to a body larger than the limit.
     #[serde(default)]
     pub oversize: Oversize,
+}
+
+fn default_block_log_sample() -> f64 {
+    1.0
 }
 
 fn default_body_limit() -> usize {

@@ -12,6 +12,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
     pub plugin_verdicts: IntCounterVec,
+    pub rule_matches: IntCounterVec,
     pub reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub config_last_reload_success: IntGauge,
@@ -56,6 +57,13 @@ impl Metrics {
             ),
             &["plugin", "rule", "action"],
         )?;
+        let rule_matches = IntCounterVec::new(
+            Opts::new(
+                "rampart_rule_matches_total",
+                "Rules that matched inside a plugin (WAF rules), by plugin, rule label and action.",
+            ),
+            &["plugin", "rule", "action"],
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new(
                 "rampart_config_reloads_total",
@@ -82,6 +90,7 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(plugin_verdicts.clone()))?;
+        registry.register(Box::new(rule_matches.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(config_generation.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
@@ -95,6 +104,7 @@ impl Metrics {
             request_duration,
             upstream_errors,
             plugin_verdicts,
+            rule_matches,
             reloads,
             config_generation,
             config_last_reload_success,

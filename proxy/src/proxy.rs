@@ -179,12 +179,48 @@ impl RampartProxy {
             body,
         };
         let metrics = &self.gateway.metrics;
-        rules.chain.evaluate(&view, |hit| {
-            metrics
+        let mut first_block: Option<(&'static str, String, String, String)> = None;
+        let denied = rules.chain.evaluate(&view, |hit| match hit.finding {
+            None => metrics
                 .plugin_verdicts
-                .with_label_values(&[hit.plugin, &hit.deny.rule, hit.action.as_str()])
-                .inc();
-        })
+                .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
+                .inc(),
+            Some(f) => {
+                metrics
+                    .rule_matches
+                    .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
+                    .inc();
+                if first_block.is_none() && hit.action == rampart_plugins::Action::Block {
+                    let excerpt = redact(f.location, f.excerpt, rules.chain.consumed_headers());
+                    first_block = Some((
+                        hit.plugin,
+                        hit.rule.to_string(),
+                        f.location.to_string(),
+                        excerpt,
+                    ));
+                }
+            }
+        });
+        if let Some((plugin, deny)) = &denied {
+            if sampled(&ctx.request_id, rules.block_log_sample) {
+                let (rule_plugin, rule, location, excerpt) = first_block.unwrap_or((
+                    plugin,
+                    deny.rule.to_string(),
+                    String::new(),
+                    String::new(),
+                ));
+                log::warn!(
+                    target: "rampart::blocked",
+                    "{}",
+                    serde_json::json!({
+                        "request_id": ctx.request_id, "listener": &*self.listener, "route": route.name,
+                        "client": ctx.client.to_string(), "plugin": rule_plugin, "rule": rule,
+                        "decided_by": deny.rule, "location": location, "matched": excerpt,
+                    })
+                );
+            }
+        }
+        denied
     }
 }
 
@@ -201,6 +237,41 @@ async fn drain_unread_body(session: &mut Session) {
     if (chunked || small_enough) && !session.is_body_done() {
         let _ = tokio::time::timeout(DRAIN_TIME, session.drain_request_body()).await;
     }
+}
+
+/// Headers whose values are credentials: what matched in them is never logged.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+];
+
+/// The matched excerpt for the block log, or a placeholder when it came from a credential
+/// (a secret header, or one a plugin consumes such as X-Origin-Verify).
+fn redact(location: &str, excerpt: &str, consumed: &[http::HeaderName]) -> String {
+    let header = location
+        .strip_prefix("headers:")
+        .or_else(|| location.strip_prefix("header_names:"));
+    let secret = header
+        .is_some_and(|h| SECRET_HEADERS.contains(&h) || consumed.iter().any(|c| c.as_str() == h))
+        || location.starts_with("cookies:");
+    if secret {
+        "<redacted>".to_string()
+    } else {
+        excerpt.to_string()
+    }
+}
+
+/// Whether this request is in the sampled fraction (decided from its random id).
+fn sampled(request_id: &str, fraction: f64) -> bool {
+    if fraction >= 1.0 {
+        return true;
+    }
+    let bucket = u64::from_str_radix(request_id.get(..8).unwrap_or("0"), 16).unwrap_or(0) as f64
+        / f64::from(u32::MAX);
+    bucket < fraction
 }
 
 /// The declared body length (framing was validated before this is asked).
@@ -573,6 +644,29 @@ mod tests {
             b"POST / HTTP/1.1\r\nX-Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         );
         assert_eq!(framing_problem(&parsed, || Some(clean.clone())), None);
+    }
+
+    #[test]
+    fn credentials_are_never_logged() {
+        let consumed = [http::HeaderName::from_static("x-origin-verify")];
+        assert_eq!(
+            redact("headers:authorization", "Bearer sk-1", &consumed),
+            "<redacted>"
+        );
+        assert_eq!(
+            redact("headers:x-origin-verify", "s3cret", &consumed),
+            "<redacted>"
+        );
+        assert_eq!(redact("cookies:session", "abc", &consumed), "<redacted>");
+        assert_eq!(redact("args:user", "${jndi:x}", &consumed), "${jndi:x}");
+    }
+
+    #[test]
+    fn sampling_follows_the_fraction() {
+        assert!(sampled("ffffffffffffffff", 1.0));
+        assert!(!sampled("ffffffff00000000", 0.5));
+        assert!(sampled("0000000100000000", 0.5));
+        assert!(!sampled("0000000100000000", 0.0));
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub struct ListenerRules {
     pub chain: Chain,
     pub tls: bool,
     pub body: BodyInspection,
+    pub block_log_sample: f64,
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Arc<Route>>,
 }
@@ -214,6 +215,7 @@ fn build_listener(
         chain: Chain::new(entries),
         tls: listener.tls.is_some(),
         body: listener.body_inspection,
+        block_log_sample: listener.block_log_sample.clamp(0.0, 1.0),
         routes,
     })
 }

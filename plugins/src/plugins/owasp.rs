@@ -11,8 +11,26 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::registry::{BuildContext, BuildError};
+use crate::waf::Target;
 use crate::waf::{Inspection, Profile, RuleMatch, RuleSet};
-use crate::{Deny, Plugin, RequestView, Verdict};
+use crate::{Deny, Finding, Plugin, RequestView, Verdict};
+
+fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Method => "method",
+        Target::Path => "path",
+        Target::QueryString => "query_string",
+        Target::ArgNames => "arg_names",
+        Target::Args => "args",
+        Target::CookieNames => "cookie_names",
+        Target::Cookies => "cookies",
+        Target::HeaderNames => "header_names",
+        Target::Headers => "headers",
+        Target::Body => "body",
+        Target::Filenames => "filenames",
+        Target::Urls => "urls",
+    }
+}
 
 /// What to do with a rule, group or label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -248,7 +266,26 @@ impl Plugin for Waf {
     }
 
     fn check(&self, req: &RequestView<'_>) -> Verdict {
+        self.check_reporting(req, &mut |_| {})
+    }
+
+    fn check_reporting(
+        &self,
+        req: &RequestView<'_>,
+        report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict {
         let a = self.assess(req);
+        for (m, action) in &a.matches {
+            let rule = &self.rules.rules[m.rule];
+            let label = rule.label(m.source);
+            let location = format!("{}:{}", target_name(m.target), m.field);
+            report(&Finding {
+                rule: &label,
+                counted_only: *action == RuleAction::Count,
+                location: &location,
+                excerpt: &m.excerpt,
+            });
+        }
         if a.score < self.threshold {
             return Verdict::Continue;
         }
