@@ -4,43 +4,23 @@
 
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use rampart_plugins::net::NetSet;
-use rampart_plugins::registry::{self, BuildContext, BuildError, PluginSpec};
-use rampart_plugins::{Chain, RequestView, SecretValues, SharedSecret};
+use rampart_plugins::registry::{self, PluginSpec};
+use rampart_plugins::{Chain, RequestView};
+use rules_dir::RulesDir;
 
-struct Ctx(NetSet, PathBuf);
-
-impl BuildContext for Ctx {
-    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
-        Ok(SharedSecret::new(
-            name,
-            SecretValues::new([b"origin-0123456789abcdef".to_vec()]),
-        ))
-    }
-    fn internal_networks(&self) -> &NetSet {
-        &self.0
-    }
-    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
-        let dir = self.1.join(path);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| BuildError::invalid("bench", &format!("{}: {e}", dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        Ok(files
-            .into_iter()
-            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
-            .collect())
-    }
-}
+#[path = "../../plugins/tests/support/rules_dir.rs"]
+mod rules_dir;
 
 fn chain(specs: &[&str]) -> Chain {
-    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
-    let ctx = Ctx(NetSet::new(["10.20.0.0/16".parse().expect("cidr")]), rules);
+    let ctx = RulesDir {
+        internal: NetSet::new(["10.20.0.0/16".parse().expect("cidr")]),
+        secret: Some("origin-0123456789abcdef"),
+        ..RulesDir::shipped()
+    };
     Chain::new(
         specs
             .iter()

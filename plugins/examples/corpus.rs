@@ -3,38 +3,16 @@
 //! The proxy-level figure comes from the integration test `waf_corpus`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rampart_plugins::net::NetSet;
 use rampart_plugins::plugins::owasp::{Waf, WafConfig};
-use rampart_plugins::registry::{BuildContext, BuildError};
-use rampart_plugins::{path, RequestView, SharedSecret};
+use rampart_plugins::{path, RequestView};
+use rules_dir::RulesDir;
 
-struct Dir(PathBuf, NetSet);
-
-impl BuildContext for Dir {
-    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
-        Err(BuildError::UnknownSecret(name.into()))
-    }
-    fn internal_networks(&self) -> &NetSet {
-        &self.1
-    }
-    fn rule_files(&self, p: &str) -> Result<Vec<(String, String)>, BuildError> {
-        let dir = self.0.join(p);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| BuildError::invalid("corpus", &format!("{}: {e}", dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .collect();
-        files.sort();
-        Ok(files
-            .into_iter()
-            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
-            .collect())
-    }
-}
+#[path = "../tests/support/rules_dir.rs"]
+mod rules_dir;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -49,7 +27,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ctx = Dir(root.join("rules"), NetSet::default());
+    let ctx = RulesDir::shipped();
     let build = |name: &'static str| {
         let config: WafConfig =
             toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));

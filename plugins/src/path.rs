@@ -8,6 +8,8 @@ use std::borrow::Cow;
 
 use thiserror::Error;
 
+use crate::waf::decode::{has_escape, percent_decode};
+
 /// Double and triple encoding are seen in attacks; more rounds than this is refused.
 pub const MAX_DECODE_ROUNDS: usize = 4;
 
@@ -38,7 +40,7 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
         if rounds == MAX_DECODE_ROUNDS {
             return Err(PathError::TooManyEncodings);
         }
-        bytes = percent_decode(&bytes);
+        bytes = percent_decode(&bytes, false).into_owned();
         rounds += 1;
     }
     if bytes.iter().any(|b| b.is_ascii_control()) {
@@ -89,38 +91,6 @@ fn is_canonical(p: &[u8]) -> bool {
         prev = b;
     }
     true
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn has_escape(p: &[u8]) -> bool {
-    p.windows(3)
-        .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
-}
-
-/// One round of decoding; a `%` not followed by two hex digits stays as it is.
-fn percent_decode(p: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(p.len());
-    let mut i = 0;
-    while i < p.len() {
-        if p[i] == b'%' && i + 2 < p.len() {
-            if let (Some(h), Some(l)) = (hex(p[i + 1]), hex(p[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(p[i]);
-        i += 1;
-    }
-    out
 }
 
 /// Folds `\` into `/`, drops empty and `.` segments, resolves `..` (never above the root).

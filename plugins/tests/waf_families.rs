@@ -1,43 +1,18 @@
 //! Each rule family against attacks and look-alike benign values written for this test
 //! (independent of the CRS corpus), through the shipped rule files.
 
+#[path = "support/rules_dir.rs"]
+mod rules_dir;
+
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rampart_plugins::net::NetSet;
 use rampart_plugins::plugins::owasp::{Waf, WafConfig};
-use rampart_plugins::registry::{BuildContext, BuildError};
-use rampart_plugins::{RequestView, SharedSecret};
-
-struct Rules(PathBuf, NetSet);
-
-impl BuildContext for Rules {
-    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
-        Err(BuildError::UnknownSecret(name.into()))
-    }
-    fn internal_networks(&self) -> &NetSet {
-        &self.1
-    }
-    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
-        let dir = self.0.join(path);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(|e| BuildError::invalid("test", &format!("{}: {e}", dir.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        files.sort();
-        Ok(files
-            .into_iter()
-            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
-            .collect())
-    }
-}
+use rampart_plugins::RequestView;
+use rules_dir::RulesDir;
 
 fn wafs() -> [Waf; 2] {
-    let ctx = Rules(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules"),
-        NetSet::default(),
-    );
+    let ctx = RulesDir::shipped();
     let build = |name| {
         let config: WafConfig = toml::from_str("").unwrap_or_else(|e| panic!("{e}"));
         Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))

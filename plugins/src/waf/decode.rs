@@ -75,11 +75,13 @@ pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-fn has_escape(v: &[u8]) -> bool {
+/// Whether one more round of [`percent_decode`] would change anything.
+pub fn has_escape(v: &[u8]) -> bool {
     v.windows(3)
         .any(|w| w[0] == b'%' && hex(w[1]).is_some() && hex(w[2]).is_some())
-        || v.windows(2)
-            .any(|w| w[0] == b'%' && matches!(w[1], b'u' | b'U'))
+        || v.windows(6).any(|w| {
+            w[0] == b'%' && matches!(w[1], b'u' | b'U') && w[2..].iter().all(|c| hex(*c).is_some())
+        })
 }
 
 const NAMED_ENTITIES: &[(&str, &str)] = &[

@@ -179,19 +179,14 @@ impl Inspection {
                 "",
                 q.as_bytes().to_vec(),
             ));
-            for (name, value) in parse::form_pairs(q.as_bytes()) {
-                let name_s = String::from_utf8_lossy(&name).into_owned();
-                if excluded(&name_s) {
-                    continue;
-                }
-                fields.push(Field::new(
-                    Target::ArgNames,
-                    Source::Query,
-                    name_s.clone(),
-                    name,
-                ));
-                fields.push(Field::new(Target::Args, Source::Query, name_s, value));
-            }
+            let pairs = parse::form_pairs(q.as_bytes());
+            push_pairs(
+                &mut fields,
+                pairs,
+                (Target::ArgNames, Target::Args),
+                Source::Query,
+                profile,
+            );
         }
         let mut cookie_len = 0;
         let mut content_type: &[u8] = b"";
@@ -199,19 +194,14 @@ impl Inspection {
             let hname = name.as_str();
             if hname == "cookie" {
                 cookie_len += value.len();
-                for (cname, cvalue) in parse::cookie_pairs(value.as_bytes()) {
-                    let cname_s = String::from_utf8_lossy(&cname).into_owned();
-                    if excluded(&cname_s) {
-                        continue;
-                    }
-                    fields.push(Field::new(
-                        Target::CookieNames,
-                        Source::Cookie,
-                        cname_s.clone(),
-                        cname,
-                    ));
-                    fields.push(Field::new(Target::Cookies, Source::Cookie, cname_s, cvalue));
-                }
+                let pairs = parse::cookie_pairs(value.as_bytes());
+                push_pairs(
+                    &mut fields,
+                    pairs,
+                    (Target::CookieNames, Target::Cookies),
+                    Source::Cookie,
+                    profile,
+                );
                 continue;
             }
             if hname == "content-type" {
@@ -256,6 +246,25 @@ impl Inspection {
             path_len: req.path.len(),
             chunked: req.headers.contains_key(http::header::TRANSFER_ENCODING),
         }
+    }
+}
+
+/// Name/value pairs (query arguments, cookies) as a name field and a value field each,
+/// except those the profile excludes.
+fn push_pairs(
+    fields: &mut Vec<Field>,
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    (names, values): (Target, Target),
+    source: Source,
+    profile: &Profile,
+) {
+    for (name, value) in pairs {
+        let label = String::from_utf8_lossy(&name).into_owned();
+        if profile.exclude_fields.contains(&label) {
+            continue;
+        }
+        fields.push(Field::new(names, source, label.clone(), name));
+        fields.push(Field::new(values, source, label, value));
     }
 }
 

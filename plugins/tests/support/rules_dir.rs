@@ -1,0 +1,56 @@
+//! A [`BuildContext`] over a rules directory on disk, for tests, examples and benchmarks
+//! (the proxy has its own, with secrets and a compile cache). Included with `#[path]`.
+
+use std::path::PathBuf;
+
+use rampart_plugins::net::NetSet;
+use rampart_plugins::registry::{BuildContext, BuildError};
+use rampart_plugins::{SecretValues, SharedSecret};
+
+pub struct RulesDir {
+    pub dir: PathBuf,
+    pub internal: NetSet,
+    /// The value every secret has here, if any.
+    pub secret: Option<&'static str>,
+}
+
+impl RulesDir {
+    /// The project's shipped `rules/` directory.
+    pub fn shipped() -> Self {
+        RulesDir {
+            dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules"),
+            internal: NetSet::default(),
+            secret: None,
+        }
+    }
+}
+
+impl BuildContext for RulesDir {
+    fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
+        match self.secret {
+            Some(v) => Ok(SharedSecret::new(
+                name,
+                SecretValues::new([v.as_bytes().to_vec()]),
+            )),
+            None => Err(BuildError::UnknownSecret(name.into())),
+        }
+    }
+
+    fn internal_networks(&self) -> &NetSet {
+        &self.internal
+    }
+
+    fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
+        let dir = self.dir.join(path);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| BuildError::invalid("rules", &format!("{}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .filter_map(|f| Some((f.display().to_string(), std::fs::read_to_string(&f).ok()?)))
+            .collect())
+    }
+}
