@@ -388,12 +388,13 @@ pub fn xml_values(body: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
                     let Some(&quote) = after.first().filter(|q| **q == b'"' || **q == b'\'') else {
                         break;
                     };
+                    // An unclosed quote runs to the end of the tag.
                     let close = after[1..]
                         .iter()
                         .position(|&b| b == quote)
-                        .map_or(after.len() - 1, |c| c + 1);
+                        .map_or(after.len(), |c| c + 1);
                     out.push((attr, after[1..close].to_vec()));
-                    rest = &after[(close + 1).min(after.len())..];
+                    rest = after.get(close + 1..).unwrap_or_default();
                 }
             }
             i = end + 1;
@@ -501,6 +502,15 @@ mod tests {
         let parts = multipart_parts(body, b"B");
         assert_eq!(parts[0].name.as_deref(), Some(&b";zz"[..]));
         assert_eq!(parts[0].filename.as_deref(), Some(&b"t"[..]));
+    }
+
+    #[test]
+    fn xml_with_an_unclosed_quote_at_the_end() {
+        // Found by the `parse` fuzz target: this used to slice out of bounds.
+        let v = xml_values(b"<a b=\"");
+        assert_eq!(v, vec![(b"b".to_vec(), Vec::new())]);
+        let v = xml_values(b"<a b='x y");
+        assert_eq!(v, vec![(b"b".to_vec(), b"x y".to_vec())]);
     }
 
     #[test]
