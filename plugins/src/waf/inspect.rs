@@ -1,6 +1,7 @@
 //! What the WAF looks at: every part of a request as named fields, each decoded once into
 //! the forms rules match against.
 
+use std::cell::OnceCell;
 use std::sync::OnceLock;
 
 use regex::bytes::Regex;
@@ -83,33 +84,36 @@ pub struct Field {
     /// Argument or header name, or JSON path; lowercase for headers.
     pub name: String,
     raw: Vec<u8>,
-    decoded: Vec<u8>,
-    norm: Vec<u8>,
-    cmdline: Vec<u8>,
+    // The transformed forms, computed on first use: many fields are read by no rule that
+    // needs them.
+    decoded: OnceCell<Vec<u8>>,
+    norm: OnceCell<Vec<u8>>,
+    cmdline: OnceCell<Vec<u8>>,
 }
 
 impl Field {
     pub fn new(target: Target, source: Source, name: impl Into<String>, raw: Vec<u8>) -> Self {
-        let decoded = decode::decoded(&raw);
-        let norm = decode::norm(&decoded);
-        let cmdline = decode::cmdline(&norm);
         Field {
             target,
             source,
             name: name.into(),
             raw,
-            decoded,
-            norm,
-            cmdline,
+            decoded: OnceCell::new(),
+            norm: OnceCell::new(),
+            cmdline: OnceCell::new(),
         }
     }
 
     pub fn form(&self, t: Transform) -> &[u8] {
         match t {
             Transform::Raw => &self.raw,
-            Transform::Decoded => &self.decoded,
-            Transform::Norm => &self.norm,
-            Transform::Cmdline => &self.cmdline,
+            Transform::Decoded => self.decoded.get_or_init(|| decode::decoded(&self.raw)),
+            Transform::Norm => self
+                .norm
+                .get_or_init(|| decode::norm(self.form(Transform::Decoded))),
+            Transform::Cmdline => self
+                .cmdline
+                .get_or_init(|| decode::cmdline(self.form(Transform::Norm))),
         }
     }
 

@@ -174,13 +174,25 @@ impl Rule {
 /// A phrase's owner: the rule, and whether the phrase must stand on word boundaries.
 type PhraseOwner = (usize, bool);
 
+/// Which fields some rule of a compiled set reads: a set no rule of which reads a field is
+/// not run over it (nor is the field's form for that set computed).
+#[derive(Default)]
+struct Readers(Vec<usize>);
+
+impl Readers {
+    fn any_reads(&self, rules: &[Rule], field: &Field) -> bool {
+        self.0.iter().any(|&i| rules[i].reads(field))
+    }
+}
+
 /// Rules compiled so that one pass over a field tests all of them.
 pub struct RuleSet {
     pub rules: Vec<Rule>,
-    /// Per transform: a regex set and the rule each of its patterns belongs to.
-    regexes: Vec<(Transform, RegexSet, Vec<usize>)>,
+    /// Per transform: a regex set, the rule each of its patterns belongs to, and one rule
+    /// per distinct way of choosing fields (to decide quickly whether the set applies).
+    regexes: Vec<(Transform, RegexSet, Vec<usize>, Readers)>,
     /// Per transform: a phrase automaton, and for each phrase its rule and boundary flag.
-    phrases: Vec<(Transform, AhoCorasick, Vec<PhraseOwner>)>,
+    phrases: Vec<(Transform, AhoCorasick, Vec<PhraseOwner>, Readers)>,
     detectors: Vec<usize>,
     others: Vec<usize>,
     /// Tokens without which libinjection cannot find SQL injection: the detector (slow)
@@ -414,7 +426,8 @@ impl RuleSet {
                         line: None,
                         message: format!("compiling regexes: {e}"),
                     })?;
-                regexes.push((t, set, owners));
+                let readers = readers_of(&rules, owners.iter().copied());
+                regexes.push((t, set, owners, readers));
             }
         }
         let mut phrases = Vec::new();
@@ -429,7 +442,8 @@ impl RuleSet {
                         line: None,
                         message: format!("compiling phrases: {e}"),
                     })?;
-                phrases.push((t, ac, owners));
+                let readers = readers_of(&rules, owners.iter().map(|(i, _)| *i));
+                phrases.push((t, ac, owners, readers));
             }
         }
         Ok(RuleSet {
@@ -472,7 +486,10 @@ impl RuleSet {
             }
         };
         for field in &insp.fields {
-            for (t, set, owners) in &self.regexes {
+            for (t, set, owners, readers) in &self.regexes {
+                if !readers.any_reads(&self.rules, field) {
+                    continue;
+                }
                 let input = field.form(*t);
                 for m in set.matches(input).iter() {
                     let i = owners[m];
@@ -481,7 +498,10 @@ impl RuleSet {
                     }
                 }
             }
-            for (t, ac, owners) in &self.phrases {
+            for (t, ac, owners, readers) in &self.phrases {
+                if !readers.any_reads(&self.rules, field) {
+                    continue;
+                }
                 let input = field.form(*t);
                 for m in ac.find_overlapping_iter(input) {
                     let (i, boundary) = owners[m.pattern().as_usize()];
@@ -605,6 +625,23 @@ impl RuleSet {
         }
         out
     }
+}
+
+/// One representative rule per distinct (targets, header names) among `owners`.
+fn readers_of(rules: &[Rule], owners: impl Iterator<Item = usize>) -> Readers {
+    let mut seen: Vec<(&[Target], &[String])> = Vec::new();
+    let mut out = Vec::new();
+    for i in owners {
+        let key = (
+            rules[i].targets.as_slice(),
+            rules[i].header_names.as_slice(),
+        );
+        if !seen.contains(&key) {
+            seen.push(key);
+            out.push(i);
+        }
+    }
+    Readers(out)
 }
 
 /// Replaces each `{{name}}` with `(?:w1|w2|...)`, the list's words escaped, longest first
