@@ -36,13 +36,7 @@ pub trait BuildContext {
         &self,
         files: &[(String, String)],
     ) -> Result<std::sync::Arc<crate::waf::RuleSet>, BuildError> {
-        crate::waf::RuleSet::compile(files)
-            .map(std::sync::Arc::new)
-            .map_err(|e| BuildError::RuleFile {
-                file: e.file,
-                line: e.line,
-                message: e.message,
-            })
+        Ok(std::sync::Arc::new(crate::waf::RuleSet::compile(files)?))
     }
 }
 
@@ -74,6 +68,16 @@ pub enum BuildError {
         line: Option<usize>,
         message: String,
     },
+}
+
+impl From<crate::waf::RuleError> for BuildError {
+    fn from(e: crate::waf::RuleError) -> Self {
+        BuildError::RuleFile {
+            file: e.file,
+            line: e.line,
+            message: e.message,
+        }
+    }
 }
 
 impl BuildError {

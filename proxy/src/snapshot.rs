@@ -287,13 +287,7 @@ impl RuleSetCache {
         if let Some(set) = cache.get(&key).and_then(std::sync::Weak::upgrade) {
             return Ok(set);
         }
-        let set = RuleSet::compile(files)
-            .map(Arc::new)
-            .map_err(|e| BuildError::RuleFile {
-                file: e.file,
-                line: e.line,
-                message: e.message,
-            })?;
+        let set = Arc::new(RuleSet::compile(files)?);
         cache.retain(|_, weak| weak.strong_count() > 0);
         cache.insert(key, Arc::downgrade(&set));
         Ok(set)
