@@ -99,6 +99,14 @@ impl Chain {
         None
     }
 
+    /// Whether a blocking plugin of this chain refuses every request from `peer`, so that
+    /// its connections can be dropped at accept.
+    pub fn refuses_connection(&self, peer: std::net::IpAddr) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.action == Action::Block && e.plugin.refuses_connection(peer))
+    }
+
     /// Headers that some plugin of this chain consumes and that must be removed before forwarding.
     pub fn consumed_headers(&self) -> &[HeaderName] {
         &self.consumed_headers

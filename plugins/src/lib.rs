@@ -9,6 +9,8 @@ pub mod forwarded;
 pub mod net;
 pub mod path;
 pub mod plugins;
+pub mod prefix_table;
+pub mod rate_window;
 pub mod registry;
 pub mod request;
 pub mod secret;

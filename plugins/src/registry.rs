@@ -5,7 +5,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::net::NetSet;
-use crate::plugins::{admin_secret, origin_verify, owasp};
+use crate::plugins::{admin_secret, ip_reputation, origin_verify, owasp};
 use crate::{Action, ChainEntry, Plugin, SharedSecret};
 
 /// One entry of a listener's `plugins` list, as written in config.
@@ -92,6 +92,10 @@ impl BuildError {
 type Builder = fn(toml::Table, &dyn BuildContext) -> Result<Box<dyn Plugin>, BuildError>;
 
 const REGISTRY: &[(&str, Builder)] = &[
+    ("ip_reputation", |t, ctx| {
+        let config = parse("ip_reputation", t)?;
+        Ok(Box::new(ip_reputation::IpReputation::build(config, ctx)?))
+    }),
     ("origin_verify", |t, ctx| {
         let config = parse("origin_verify", t)?;
         Ok(Box::new(origin_verify::OriginVerify::build(config, ctx)?))
@@ -111,7 +115,13 @@ const REGISTRY: &[(&str, Builder)] = &[
 ];
 
 /// Plugin type names, in registry order.
-pub const KNOWN: &[&str] = &["origin_verify", "admin_secret", "owasp", "bad_inputs"];
+pub const KNOWN: &[&str] = &[
+    "ip_reputation",
+    "origin_verify",
+    "admin_secret",
+    "owasp",
+    "bad_inputs",
+];
 
 fn parse<T: DeserializeOwned>(plugin: &'static str, table: toml::Table) -> Result<T, BuildError> {
     toml::Value::Table(table)
@@ -138,13 +148,21 @@ pub(crate) mod tests {
 
     pub struct TestContext {
         internal: NetSet,
+        files: Vec<(String, String)>,
     }
 
     impl TestContext {
         pub fn new() -> Self {
             TestContext {
                 internal: NetSet::new(["10.20.0.0/16".parse().expect("cidr")]),
+                files: Vec::new(),
             }
+        }
+
+        /// A rule file `name` holding `text`.
+        pub fn with_file(mut self, name: &str, text: &str) -> Self {
+            self.files.push((name.to_string(), text.to_string()));
+            self
         }
     }
 
@@ -166,10 +184,16 @@ pub(crate) mod tests {
         }
 
         fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
-            Err(BuildError::invalid(
-                "test",
-                &format!("no rule files here ({path})"),
-            ))
+            let found: Vec<_> = self
+                .files
+                .iter()
+                .filter(|(n, _)| n == path)
+                .cloned()
+                .collect();
+            if found.is_empty() {
+                return Err(BuildError::invalid("test", &format!("no rule file {path}")));
+            }
+            Ok(found)
         }
     }
 

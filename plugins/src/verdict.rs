@@ -36,6 +36,12 @@ pub trait Plugin: Send + Sync {
         false
     }
 
+    /// Whether a connection from `peer` is refused at accept, before TLS or HTTP: only for
+    /// plugins that would refuse every request from it whatever it asks.
+    fn refuses_connection(&self, _peer: std::net::IpAddr) -> bool {
+        false
+    }
+
     /// Why this plugin decides what it decides, one line per finding, for `rampart rules test`.
     fn explain(&self, req: &RequestView<'_>) -> Vec<String> {
         match self.check(req) {

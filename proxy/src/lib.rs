@@ -3,6 +3,7 @@
 //! This crate adapts Pingora to the pure plugins of `rampart-plugins`: it owns sockets,
 //! listeners, upstream pools, the rules snapshot and its reloads, secrets and metrics.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod config;

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     pub config_last_reload_success: IntGauge,
     pub upstream_healthy: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -86,6 +87,14 @@ impl Metrics {
             ),
             &["upstream"],
         )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "rampart_connections_refused_total",
+                "Connections dropped at accept because a blocking IP list holds the peer.",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -109,6 +118,7 @@ impl Metrics {
             config_generation,
             config_last_reload_success,
             upstream_healthy,
+            connections_refused,
         })
     }
 

@@ -12,6 +12,7 @@ use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use thiserror::Error;
 
+use crate::accept::PeerFilter;
 use crate::admin::AdminApp;
 use crate::config::ConfigError;
 use crate::health::HealthChecker;
@@ -76,6 +77,7 @@ pub fn build(opts: RunOptions) -> Result<Server, StartError> {
             proxy,
             &format!("listener {}", listener.name),
         );
+        service.set_connection_filter(Arc::new(PeerFilter::new(&listener.name, gateway.clone())));
         match &listener.tls {
             Some(tls) => {
                 let tls_error = |reason: String| StartError::Tls {
