@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Mutex;
 
@@ -118,9 +118,7 @@ impl RateWindow {
     }
 
     fn shard(&self, key: u128) -> &Mutex<HashMap<u128, Slots>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Counts a request for `key` at `now_ms` if the limit allows it.
