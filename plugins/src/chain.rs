@@ -24,6 +24,29 @@ impl Action {
     }
 }
 
+/// Which plugins a run of the chain asks. A body that arrives after the header (chunked, or
+/// larger than what is read up front) is judged in two stages, so that no plugin counts a
+/// request twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Every plugin: the body is here, or there is none.
+    All,
+    /// The plugins that do not read bodies; the others wait for [`Stage::Body`].
+    Headers,
+    /// The plugins that read bodies, once the body is here.
+    Body,
+}
+
+impl Stage {
+    fn asks(self, plugin: &dyn Plugin) -> bool {
+        match self {
+            Stage::All => true,
+            Stage::Headers => !plugin.inspects_body(),
+            Stage::Body => plugin.inspects_body(),
+        }
+    }
+}
+
 pub struct ChainEntry {
     pub plugin: Box<dyn Plugin>,
     pub action: Action,
@@ -64,26 +87,34 @@ impl Chain {
 
     /// Runs every plugin in order; `on_hit` sees each match, counted or blocking.
     /// Returns the blocking denial, if any.
-    pub fn evaluate(
+    ///
+    /// Only plugins that consult a shared store suspend; with none of them, the future is
+    /// ready on its first poll.
+    pub async fn evaluate<'r>(
         &self,
-        req: &RequestView<'_>,
+        req: &'r RequestView<'r>,
+        stage: Stage,
         mut on_hit: impl FnMut(Hit<'_>),
     ) -> Option<(&'static str, Deny)> {
-        for entry in &self.entries {
+        for entry in self.entries.iter().filter(|e| stage.asks(&*e.plugin)) {
             let plugin = entry.plugin.name();
-            let verdict = entry.plugin.check_reporting(req, &mut |f| {
-                let action = if f.counted_only {
-                    Action::Count
-                } else {
-                    entry.action
-                };
-                on_hit(Hit {
-                    plugin,
-                    rule: f.rule,
-                    action,
-                    finding: Some(f),
-                });
-            });
+            let shared = entry.plugin.check_shared(req);
+            let verdict = match shared {
+                Some(future) => future.await,
+                None => entry.plugin.check_reporting(req, &mut |f| {
+                    let action = if f.counted_only {
+                        Action::Count
+                    } else {
+                        entry.action
+                    };
+                    on_hit(Hit {
+                        plugin,
+                        rule: f.rule,
+                        action,
+                        finding: Some(f),
+                    });
+                }),
+            };
             if let Verdict::Deny(deny) = verdict {
                 on_hit(Hit {
                     plugin,

@@ -17,7 +17,7 @@ pub mod secret;
 pub mod verdict;
 pub mod waf;
 
-pub use chain::{Action, Chain, ChainEntry, Hit};
+pub use chain::{Action, Chain, ChainEntry, Hit, Stage};
 pub use registry::{BuildContext, BuildError, PluginSpec};
 pub use request::RequestView;
 pub use secret::{SecretValues, SharedSecret};

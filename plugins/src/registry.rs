@@ -5,7 +5,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::net::NetSet;
-use crate::plugins::{admin_secret, ip_reputation, origin_verify, owasp};
+use crate::plugins::rate_limit::LimitConfig;
+use crate::plugins::{admin_secret, ip_reputation, origin_verify, owasp, rate_limit};
+use crate::rate_window::{RateWindow, SharedWindows, WindowSpec};
 use crate::{Action, ChainEntry, Plugin, SharedSecret};
 
 /// One entry of a listener's `plugins` list, as written in config.
@@ -37,6 +39,17 @@ pub trait BuildContext {
         files: &[(String, String)],
     ) -> Result<std::sync::Arc<crate::waf::RuleSet>, BuildError> {
         Ok(std::sync::Arc::new(crate::waf::RuleSet::compile(files)?))
+    }
+
+    /// The counters of a rate limit. The proxy overrides this to hand a rebuilt plugin the
+    /// counters of an unchanged limit, so that a reload forgets nothing.
+    fn rate_window(&self, limit: &LimitConfig, spec: WindowSpec) -> std::sync::Arc<RateWindow> {
+        std::sync::Arc::new(RateWindow::new(spec, limit.max_keys))
+    }
+
+    /// The store shared with other instances (`[rate_limit_store]`), if one is configured.
+    fn shared_windows(&self) -> Option<std::sync::Arc<dyn SharedWindows>> {
+        None
     }
 }
 
@@ -104,6 +117,10 @@ const REGISTRY: &[(&str, Builder)] = &[
         let config = parse("admin_secret", t)?;
         Ok(Box::new(admin_secret::AdminSecret::build(config, ctx)?))
     }),
+    ("rate_limit", |t, ctx| {
+        let config = parse("rate_limit", t)?;
+        Ok(Box::new(rate_limit::RateLimit::build(config, ctx)?))
+    }),
     ("owasp", |t, ctx| {
         let config = parse("owasp", t)?;
         Ok(Box::new(owasp::Waf::build("owasp", config, ctx)?))
@@ -119,6 +136,7 @@ pub const KNOWN: &[&str] = &[
     "ip_reputation",
     "origin_verify",
     "admin_secret",
+    "rate_limit",
     "owasp",
     "bad_inputs",
 ];

@@ -1,6 +1,9 @@
 use std::borrow::Cow;
 
-use http::HeaderName;
+use std::future::Future;
+use std::pin::Pin;
+
+use http::{HeaderName, HeaderValue};
 
 use crate::RequestView;
 
@@ -22,6 +25,13 @@ pub trait Plugin: Send + Sync {
         _report: &mut dyn FnMut(&Finding<'_>),
     ) -> Verdict {
         self.check(req)
+    }
+
+    /// A decision that needs a store shared with other instances (cluster rate limits): the
+    /// chain awaits the future instead of calling [`Plugin::check_reporting`]. `None`, the
+    /// default, means the plugin decides locally for this request.
+    fn check_shared<'a>(&'a self, _req: &'a RequestView<'a>) -> Option<VerdictFuture<'a>> {
+        None
     }
 
     /// Request headers this plugin consumes that must never travel upstream
@@ -51,6 +61,8 @@ pub trait Plugin: Send + Sync {
     }
 }
 
+pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
+
 /// A rule that matched inside a plugin, whether or not the request is refused.
 #[derive(Debug, Clone, Copy)]
 pub struct Finding<'a> {
@@ -75,6 +87,8 @@ pub struct Deny {
     pub status: u16,
     /// Stable rule identifier: shown to the client, used as a metrics label. Never secret.
     pub rule: Cow<'static, str>,
+    /// Headers the refusal carries (`Retry-After` on a 429, say).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Deny {
@@ -82,6 +96,12 @@ impl Deny {
         Deny {
             status,
             rule: rule.into(),
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: impl Into<HeaderValue>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 }

@@ -13,7 +13,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use rampart_plugins::{forwarded, path, RequestView};
+use rampart_plugins::{forwarded, path, Deny, RequestView, Stage};
 
 use crate::access_log;
 use crate::config::{BodyInspection, Oversize};
@@ -56,6 +56,8 @@ pub struct RequestCtx {
     client: IpAddr,
     /// `plugin` and rule id of the denial, or the proxy's own reason for refusing.
     refused: Option<(&'static str, Cow<'static, str>)>,
+    /// Headers the refusal carries (a 429's `Retry-After`).
+    refused_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     upstream_error: Option<&'static str>,
     request_id: String,
     /// A body being held back from the upstream until the chain has judged it.
@@ -113,9 +115,13 @@ async fn respond_json(
     status: u16,
     rule: &str,
     request_id: &str,
+    extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
     let body = error_body(status, rule, request_id);
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    for (name, value) in extra {
+        resp.insert_header(name.clone(), value.clone())?;
+    }
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
@@ -156,13 +162,14 @@ fn framing_problem(
 impl RampartProxy {
     /// Runs the listener's chain over the request (and its body, when it is here),
     /// counting every match in the metrics. Returns the blocking denial, if any.
-    fn judge(
+    async fn judge(
         &self,
         session: &Session,
         ctx: &RequestCtx,
         path: &str,
         body: Option<&[u8]>,
-    ) -> Option<(&'static str, rampart_plugins::Deny)> {
+        stage: Stage,
+    ) -> Option<(&'static str, Deny)> {
         let snapshot = ctx.snapshot.as_ref()?;
         let rules = snapshot.listeners.get(&*self.listener)?;
         let route = ctx.route.as_ref()?;
@@ -180,27 +187,30 @@ impl RampartProxy {
         };
         let metrics = &self.gateway.metrics;
         let mut first_block: Option<(&'static str, String, String, String)> = None;
-        let denied = rules.chain.evaluate(&view, |hit| match hit.finding {
-            None => metrics
-                .plugin_verdicts
-                .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
-                .inc(),
-            Some(f) => {
-                metrics
-                    .rule_matches
+        let denied = rules
+            .chain
+            .evaluate(&view, stage, |hit| match hit.finding {
+                None => metrics
+                    .plugin_verdicts
                     .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
-                    .inc();
-                if first_block.is_none() && hit.action == rampart_plugins::Action::Block {
-                    let excerpt = redact(f.location, f.excerpt, rules.chain.consumed_headers());
-                    first_block = Some((
-                        hit.plugin,
-                        hit.rule.to_string(),
-                        f.location.to_string(),
-                        excerpt,
-                    ));
+                    .inc(),
+                Some(f) => {
+                    metrics
+                        .rule_matches
+                        .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
+                        .inc();
+                    if first_block.is_none() && hit.action == rampart_plugins::Action::Block {
+                        let excerpt = redact(f.location, f.excerpt, rules.chain.consumed_headers());
+                        first_block = Some((
+                            hit.plugin,
+                            hit.rule.to_string(),
+                            f.location.to_string(),
+                            excerpt,
+                        ));
+                    }
                 }
-            }
-        });
+            })
+            .await;
         if let Some((plugin, deny)) = &denied {
             if sampled(&ctx.request_id, rules.block_log_sample) {
                 let (rule_plugin, rule, location, excerpt) = first_block.unwrap_or((
@@ -306,6 +316,7 @@ impl ProxyHttp for RampartProxy {
             peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             refused: None,
+            refused_headers: Vec::new(),
             upstream_error: None,
             request_id: request_id(),
             held: None,
@@ -377,8 +388,16 @@ impl ProxyHttp for RampartProxy {
                 }
             }
         }
-        match self.judge(session, ctx, &normalised, body.as_deref()) {
-            Some((plugin, deny)) => refuse(session, ctx, deny.status, plugin, deny.rule).await,
+        let stage = if ctx.held.is_some() {
+            Stage::Headers
+        } else {
+            Stage::All
+        };
+        match self
+            .judge(session, ctx, &normalised, body.as_deref(), stage)
+            .await
+        {
+            Some((plugin, deny)) => refuse_with(session, ctx, plugin, deny).await,
             None => Ok(false),
         }
     }
@@ -416,9 +435,13 @@ impl ProxyHttp for RampartProxy {
             return Ok(());
         };
         let judged = &held.buf[..held.buf.len().min(limit)];
-        if let Some((plugin, deny)) = self.judge(session, ctx, &held.path, Some(judged)) {
+        let verdict = self
+            .judge(session, ctx, &held.path, Some(judged), Stage::Body)
+            .await;
+        if let Some((plugin, deny)) = verdict {
             let status = deny.status;
             ctx.refused = Some((plugin, deny.rule));
+            ctx.refused_headers = deny.headers;
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
                 "request body refused",
@@ -541,7 +564,8 @@ impl ProxyHttp for RampartProxy {
                 Some((_, rule)) => rule.to_string(),
                 None => format!("upstream.{kind}"),
             };
-            if let Err(we) = respond_json(session, code, &rule, &ctx.request_id).await {
+            let extra = std::mem::take(&mut ctx.refused_headers);
+            if let Err(we) = respond_json(session, code, &rule, &ctx.request_id, &extra).await {
                 log::debug!("could not send error response: {we}");
             }
             if ctx.refused.is_some() {
@@ -596,8 +620,21 @@ async fn refuse(
     by: &'static str,
     rule: impl Into<Cow<'static, str>>,
 ) -> Result<bool> {
-    let rule = rule.into();
-    respond_json(session, status, &rule, &ctx.request_id).await?;
+    refuse_with(session, ctx, by, Deny::new(status, rule)).await
+}
+
+async fn refuse_with(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    by: &'static str,
+    deny: Deny,
+) -> Result<bool> {
+    let Deny {
+        status,
+        rule,
+        headers,
+    } = deny;
+    respond_json(session, status, &rule, &ctx.request_id, &headers).await?;
     drain_unread_body(session).await;
     ctx.refused = Some((by, rule));
     Ok(true)

@@ -4,6 +4,7 @@ pub mod admin_secret;
 pub mod ip_reputation;
 pub mod origin_verify;
 pub mod owasp;
+pub mod rate_limit;
 
 #[cfg(test)]
 pub(crate) mod testing {
@@ -12,6 +13,16 @@ pub(crate) mod testing {
     use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
     use crate::RequestView;
+
+    /// Polls a future that never suspends (a chain or store with nothing to wait for).
+    pub fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
+        let mut future = std::pin::pin!(future);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("the future waited for something"),
+        }
+    }
 
     /// An owned request, from which tests borrow a [`RequestView`].
     pub struct TestRequest {
