@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(cmake pkg-config curl)   # cmake: libz-ng-sys, a C dependency of Pingora
 if [ "${1:-}" = test ]; then
-  want+=(openssl prometheus)   # dev certificates; promtool and a real Prometheus server
+  want+=(openssl prometheus redis-server)   # dev certificates; promtool and a real Prometheus; shared rate limits
 fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || want+=(python3-venv)
 

@@ -335,8 +335,25 @@ impl Rampart {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Rampart {
+        Self::start_full(&[("gateway.toml", gateway_toml)], listeners, env, args).await
+    }
+
+    /// Starts rampart on a rules directory holding `files` (`gateway.toml` and, say, the IP
+    /// lists it names), with extra environment and command-line arguments.
+    pub async fn start_full(
+        files: &[(&str, &str)],
+        listeners: &[&str],
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Rampart {
         let rules_dir = tempfile::tempdir().expect("rules dir");
-        std::fs::write(rules_dir.path().join("gateway.toml"), gateway_toml).expect("write rules");
+        for (name, text) in files {
+            let path = rules_dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("rules subdirectory");
+            }
+            std::fs::write(path, text).expect("write rules");
+        }
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut cmd = Command::new(rampart_binary());
         cmd.arg("--rules")
@@ -409,6 +426,14 @@ impl Rampart {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Writes a file of the rules directory (atomically, through a temporary file).
+    pub fn write_rule_file(&self, name: &str, text: &str) {
+        let path = self.rules_dir.path().join(name);
+        let tmp = path.with_extension("tmp~");
+        std::fs::write(&tmp, text).expect("write rule file");
+        std::fs::rename(&tmp, &path).expect("rename rule file");
+    }
+
     /// Replaces gateway.toml the way an editor that writes in place does.
     pub fn write_rules(&self, gateway_toml: &str) {
         let mut f =
@@ -419,9 +444,7 @@ impl Rampart {
     /// Replaces gateway.toml atomically, as editors that save through a temporary file and
     /// configuration tools do.
     pub fn write_rules_atomically(&self, gateway_toml: &str) {
-        let tmp = self.rules_dir.path().join(".gateway.toml.tmp");
-        std::fs::write(&tmp, gateway_toml).expect("write tmp rules");
-        std::fs::rename(&tmp, self.rules_dir.path().join("gateway.toml")).expect("rename rules");
+        self.write_rule_file("gateway.toml", gateway_toml);
     }
 
     pub async fn admin_post(&self, path: &str) -> RawResponse {

@@ -48,8 +48,8 @@ pub trait BuildContext {
     }
 
     /// The store shared with other instances (`[rate_limit_store]`), if one is configured.
-    fn shared_windows(&self) -> Option<std::sync::Arc<dyn SharedWindows>> {
-        None
+    fn shared_windows(&self) -> Result<Option<std::sync::Arc<dyn SharedWindows>>, BuildError> {
+        Ok(None)
     }
 }
 

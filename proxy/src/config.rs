@@ -25,6 +25,30 @@ pub struct GatewayConfig {
     pub upstreams: BTreeMap<String, Spanned<UpstreamConfig>>,
     #[serde(default)]
     pub listeners: Vec<Spanned<ListenerConfig>>,
+    /// Where `rate_limit` plugins with `shared = true` count (Redis).
+    pub rate_limit_store: Option<StoreConfig>,
+}
+
+/// The Redis that instances share rate-limit counters through.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redis://[user:password@]host:port[/db]`
+    pub redis: String,
+    /// A call slower than this fails, and the plugin decides locally (or refuses).
+    #[serde(default = "default_store_timeout")]
+    pub timeout_ms: u64,
+    /// After a failure, the store is left alone this long before it is asked again.
+    #[serde(default = "default_store_retry")]
+    pub retry_ms: u64,
+}
+
+fn default_store_timeout() -> u64 {
+    50
+}
+
+fn default_store_retry() -> u64 {
+    1000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod redis_windows;
 pub mod reload;
 pub mod secrets;
 pub mod server;

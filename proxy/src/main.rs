@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rampart::server::{self, RunOptions};
-use rampart::snapshot::{RuleSetCache, RuleSnapshot};
+use rampart::snapshot::{Carried, RuleSnapshot};
 
 #[derive(Parser)]
 #[command(
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { rules }) => {
-            match RuleSnapshot::load(&rules, 0, None, &RuleSetCache::default()) {
+            match RuleSnapshot::load(&rules, 0, None, &Carried::default()) {
                 Ok(snapshot) => {
                     println!(
                         "{}: ok ({} listeners, {} upstreams)",

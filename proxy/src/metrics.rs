@@ -18,6 +18,8 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     pub upstream_healthy: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    pub store_errors: IntCounterVec,
+    pub store_up: IntGauge,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -95,6 +97,19 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "rampart_rate_limit_store_errors_total",
+                "Failed calls to the shared rate-limit store (Redis), by kind; each falls back to the local counters or refuses, per config.",
+            ),
+            &["kind"],
+        )?;
+        let store_up = IntGauge::new(
+            "rampart_rate_limit_store_up",
+            "1 when the last call to the shared rate-limit store succeeded, 0 when it failed.",
+        )?;
+        registry.register(Box::new(store_errors.clone()))?;
+        registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
@@ -119,6 +134,8 @@ impl Metrics {
             config_last_reload_success,
             upstream_healthy,
             connections_refused,
+            store_errors,
+            store_up,
         })
     }
 

@@ -13,7 +13,8 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
-use crate::snapshot::{RuleSetCache, RuleSnapshot};
+use crate::redis_windows::StoreMetrics;
+use crate::snapshot::{Carried, RuleSnapshot};
 
 /// Editors write a file in several steps; changes closer together than this are one reload.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -23,21 +24,24 @@ pub struct Gateway {
     current: ArcSwap<RuleSnapshot>,
     generation: AtomicU64,
     reload_lock: Mutex<()>,
-    compiled: RuleSetCache,
+    carried: Carried,
     pub metrics: Metrics,
 }
 
 impl Gateway {
     /// Loads the rules for the first time; an error here stops the start-up.
     pub fn start(rules_dir: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
-        let compiled = RuleSetCache::default();
-        let snapshot = RuleSnapshot::load(rules_dir, 1, None, &compiled)?;
+        let carried = Carried::connected(StoreMetrics {
+            errors: metrics.store_errors.clone(),
+            up: metrics.store_up.clone(),
+        });
+        let snapshot = RuleSnapshot::load(rules_dir, 1, None, &carried)?;
         let gateway = Gateway {
             rules_dir: rules_dir.to_path_buf(),
             current: ArcSwap::from_pointee(snapshot),
             generation: AtomicU64::new(1),
             reload_lock: Mutex::new(()),
-            compiled,
+            carried,
             metrics,
         };
         gateway.record_success(1);
@@ -60,7 +64,7 @@ impl Gateway {
         let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         let next_generation = self.generation.load(Ordering::Relaxed) + 1;
-        match RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old), &self.compiled) {
+        match RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old), &self.carried) {
             Ok(snapshot) => {
                 if snapshot.listener_layout() != old.listener_layout() {
                     log::warn!(

@@ -5,17 +5,21 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use rampart_plugins::net::NetSet;
 use rampart_plugins::path::has_segment_prefix;
+use rampart_plugins::plugins::rate_limit::LimitConfig;
+use rampart_plugins::rate_window::{RateWindow, SharedWindows, WindowSpec};
 use rampart_plugins::registry::{self, BuildContext, BuildError};
 use rampart_plugins::waf::RuleSet;
 use rampart_plugins::{Chain, SharedSecret};
 
 use crate::config::{
-    BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, GATEWAY_FILE,
+    BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, StoreConfig,
+    GATEWAY_FILE,
 };
+use crate::redis_windows::{RedisWindows, StoreMetrics};
 use crate::secrets;
 use crate::upstream::UpstreamPool;
 
@@ -59,11 +63,11 @@ impl RuleSnapshot {
         dir: &Path,
         generation: u64,
         previous: Option<&RuleSnapshot>,
-        compiled: &RuleSetCache,
+        carried: &Carried,
     ) -> Result<RuleSnapshot, ConfigError> {
         let source = SourceFile::read(&dir.join(GATEWAY_FILE))?;
         let config: GatewayConfig = source.parse()?;
-        Self::build(&source, config, generation, previous, compiled)
+        Self::build(&source, config, generation, previous, carried)
     }
 
     fn build(
@@ -71,7 +75,7 @@ impl RuleSnapshot {
         config: GatewayConfig,
         generation: u64,
         previous: Option<&RuleSnapshot>,
-        compiled: &RuleSetCache,
+        carried: &Carried,
     ) -> Result<RuleSnapshot, ConfigError> {
         if let Err(e) = config.admin.listen.parse::<SocketAddr>() {
             return Err(source.error(None, format!("admin.listen: {e}")));
@@ -98,7 +102,7 @@ impl RuleSnapshot {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
             config: &config,
-            compiled,
+            carried,
             internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
             resolved: RefCell::new(HashMap::new()),
         };
@@ -232,11 +236,11 @@ pub struct ExplainChain {
 pub fn explain_chain(dir: &Path, listener: &str) -> Result<ExplainChain, ConfigError> {
     let source = SourceFile::read(&dir.join(GATEWAY_FILE))?;
     let config: GatewayConfig = source.parse()?;
-    let compiled = RuleSetCache::default();
+    let carried = Carried::default();
     let ctx = SnapshotContext {
         rules_dir: dir.to_path_buf(),
         config: &config,
-        compiled: &compiled,
+        carried: &carried,
         internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
         resolved: RefCell::new(HashMap::new()),
     };
@@ -271,26 +275,71 @@ pub fn explain_chain(dir: &Path, listener: &str) -> Result<ExplainChain, ConfigE
     Ok(ExplainChain { plugins, routes })
 }
 
-/// Compiled WAF rule sets, keyed by the files they were compiled from (names and contents),
-/// so that listeners sharing rule files share one rule set and a reload that does not touch
-/// them does not recompile them. Entries die with the last snapshot that uses them.
+/// What a reload carries over from one snapshot to the next: compiled WAF rule sets (keyed
+/// by the files they came from, so listeners sharing files share one and an untouched file
+/// is not recompiled), rate-limit counters (keyed by the limit's definition, so an unchanged
+/// limit forgets nothing) and the shared counter store. Entries die with the last snapshot
+/// that uses them.
 #[derive(Default)]
-pub struct RuleSetCache(std::sync::Mutex<HashMap<u64, std::sync::Weak<RuleSet>>>);
+pub struct Carried {
+    rule_sets: Mutex<HashMap<u64, Weak<RuleSet>>>,
+    windows: Mutex<HashMap<String, Weak<RateWindow>>>,
+    store: Mutex<Option<Arc<RedisWindows>>>,
+    /// Set for a running gateway: the store then connects and reports in the metrics.
+    store_metrics: Option<StoreMetrics>,
+}
 
-impl RuleSetCache {
-    fn get_or_compile(&self, files: &[(String, String)]) -> Result<Arc<RuleSet>, BuildError> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Carried {
+    /// For a running gateway, whose shared store connects and reports in the metrics
+    /// (`Carried::default()` builds rules without connecting anywhere, for `rampart check`).
+    pub fn connected(store_metrics: StoreMetrics) -> Self {
+        Carried {
+            store_metrics: Some(store_metrics),
+            ..Carried::default()
+        }
+    }
+
+    fn rule_set(&self, files: &[(String, String)]) -> Result<Arc<RuleSet>, BuildError> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         files.hash(&mut h);
         let key = h.finish();
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = cache.get(&key).and_then(std::sync::Weak::upgrade) {
+        let mut cache = lock(&self.rule_sets);
+        if let Some(set) = cache.get(&key).and_then(Weak::upgrade) {
             return Ok(set);
         }
         let set = Arc::new(RuleSet::compile(files)?);
         cache.retain(|_, weak| weak.strong_count() > 0);
         cache.insert(key, Arc::downgrade(&set));
         Ok(set)
+    }
+
+    fn window(&self, limit: &LimitConfig, spec: WindowSpec) -> Arc<RateWindow> {
+        let key = format!("{limit:?}");
+        let mut windows = lock(&self.windows);
+        if let Some(w) = windows.get(&key).and_then(Weak::upgrade) {
+            return w;
+        }
+        let w = Arc::new(RateWindow::new(spec, limit.max_keys));
+        windows.retain(|_, weak| weak.strong_count() > 0);
+        windows.insert(key, Arc::downgrade(&w));
+        w
+    }
+
+    /// The store for `config`, kept while its settings do not change.
+    fn store(&self, config: &StoreConfig) -> Result<Arc<RedisWindows>, String> {
+        let mut store = lock(&self.store);
+        if let Some(s) = store.as_ref().filter(|s| s.config == *config) {
+            return Ok(s.clone());
+        }
+        let connect = self.store_metrics.is_some();
+        let s = RedisWindows::new(config.clone(), self.store_metrics.clone(), connect)?;
+        *store = Some(s.clone());
+        Ok(s)
     }
 }
 
@@ -299,7 +348,7 @@ impl RuleSetCache {
 struct SnapshotContext<'a> {
     rules_dir: PathBuf,
     config: &'a GatewayConfig,
-    compiled: &'a RuleSetCache,
+    carried: &'a Carried,
     internal: NetSet,
     resolved: RefCell<HashMap<String, SharedSecret>>,
 }
@@ -331,7 +380,24 @@ impl BuildContext for SnapshotContext<'_> {
     }
 
     fn rule_set(&self, files: &[(String, String)]) -> Result<Arc<RuleSet>, BuildError> {
-        self.compiled.get_or_compile(files)
+        self.carried.rule_set(files)
+    }
+
+    fn rate_window(&self, limit: &LimitConfig, spec: WindowSpec) -> Arc<RateWindow> {
+        self.carried.window(limit, spec)
+    }
+
+    fn shared_windows(&self) -> Result<Option<Arc<dyn SharedWindows>>, BuildError> {
+        let Some(config) = &self.config.rate_limit_store else {
+            return Ok(None);
+        };
+        match self.carried.store(config) {
+            Ok(store) => Ok(Some(store)),
+            Err(reason) => Err(BuildError::Invalid {
+                plugin: "rate_limit",
+                reason,
+            }),
+        }
     }
 
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {

@@ -219,7 +219,7 @@ impl RateLimit {
             });
         }
         let shared = if config.shared {
-            Some(ctx.shared_windows().ok_or_else(|| {
+            Some(ctx.shared_windows()?.ok_or_else(|| {
                 invalid("`shared = true` needs a [rate_limit_store] in gateway.toml".into())
             })?)
         } else {
@@ -268,10 +268,10 @@ impl RateLimit {
             .collect();
         match store.hit(&hits).await {
             Ok(states) if states.len() == applying.len() => {
-                for (l, k) in &applying {
-                    l.window.record(*k, now);
-                }
                 if states.iter().all(|s| s.allowed) {
+                    for (l, k) in &applying {
+                        l.window.record(*k, now);
+                    }
                     return Verdict::Continue;
                 }
                 // All or none: the refusing limit is the one at its limit.
@@ -502,8 +502,8 @@ mod tests {
         fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
             TestContext::new().rule_files(path)
         }
-        fn shared_windows(&self) -> Option<Arc<dyn SharedWindows>> {
-            Some(self.0.clone())
+        fn shared_windows(&self) -> Result<Option<Arc<dyn SharedWindows>>, BuildError> {
+            Ok(Some(self.0.clone()))
         }
     }
 

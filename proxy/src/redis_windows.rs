@@ -1,0 +1,229 @@
+//! Rate-limit counters shared by every instance, in Redis: one script call per request
+//! counts it against all its limits atomically (all or none), with Redis' own clock so that
+//! instances whose clocks differ still agree on the windows.
+//!
+//! Redis is never waited on for long: a call that takes more than the timeout fails, and
+//! after a failure the store is left alone for a back-off period in which the plugin
+//! decides locally. The connection is made, and remade, in the background.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use prometheus::{IntCounterVec, IntGauge};
+use rampart_plugins::rate_window::{
+    SharedHit, SharedWindows, StoreError, StoreFuture, WindowState, BUCKETS,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::StoreConfig;
+
+/// The slot arithmetic of `RateWindow`, over a hash per key (field: slot number, value:
+/// count). KEYS: one per limit; ARGV: slot width in ms and limit, per key. Returns, per key,
+/// allowed (1/0), the count, and the milliseconds until the count falls below the limit
+/// (refused) or until the oldest counted request leaves (allowed).
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = tonumber(ARGV[#ARGV])
+local states = {}
+local all = true
+for i, key in ipairs(KEYS) do
+  local width = tonumber(ARGV[2 * i - 1])
+  local limit = tonumber(ARGV[2 * i])
+  local slot = math.floor(now / width)
+  local counts = {}
+  local total = 0
+  local fields = redis.call('HGETALL', key)
+  for j = 1, #fields, 2 do
+    local s = tonumber(fields[j])
+    if s + n <= slot then
+      redis.call('HDEL', key, fields[j])
+    else
+      local c = tonumber(fields[j + 1])
+      counts[s] = c
+      total = total + c
+    end
+  end
+  if total >= limit then all = false end
+  states[i] = { slot = slot, width = width, limit = limit, counts = counts, total = total }
+end
+local out = {}
+for i, key in ipairs(KEYS) do
+  local st = states[i]
+  local count = st.total
+  local below = st.limit
+  if all then
+    redis.call('HINCRBY', key, st.slot, 1)
+    redis.call('PEXPIRE', key, st.width * n)
+    st.counts[st.slot] = (st.counts[st.slot] or 0) + 1
+    count = count + 1
+    below = count
+  end
+  local left = count
+  local reset = 0
+  for later = st.slot + 1, st.slot + n do
+    if left < below then break end
+    left = left - (st.counts[later - n] or 0)
+    if left < below then reset = later * st.width - now end
+  end
+  out[#out + 1] = all and 1 or 0
+  out[#out + 1] = count
+  out[#out + 1] = reset
+end
+return out
+"#;
+
+/// Metrics of the shared store, handed over by the gateway.
+#[derive(Clone)]
+pub struct StoreMetrics {
+    pub errors: IntCounterVec,
+    pub up: IntGauge,
+}
+
+pub struct RedisWindows {
+    pub config: StoreConfig,
+    connection: Arc<ArcSwapOption<ConnectionManager>>,
+    script: redis::Script,
+    /// Unix ms before which the store is not asked.
+    resting_until: AtomicU64,
+    metrics: Option<StoreMetrics>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisWindows {
+    /// A store for `config`; with `connect`, a background thread connects to Redis (and
+    /// keeps trying until it can). `rampart check` builds one without connecting.
+    pub fn new(
+        config: StoreConfig,
+        metrics: Option<StoreMetrics>,
+        connect: bool,
+    ) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(config.redis.as_str())
+            .map_err(|e| format!("rate_limit_store.redis: {e}"))?;
+        let store = Arc::new(RedisWindows {
+            connection: Arc::new(ArcSwapOption::empty()),
+            script: redis::Script::new(SCRIPT),
+            resting_until: AtomicU64::new(0),
+            metrics,
+            config,
+        });
+        if connect {
+            spawn_connector(client, &store)?;
+        }
+        Ok(store)
+    }
+
+    fn failed(&self, kind: &'static str) -> StoreError {
+        self.resting_until
+            .store(unix_ms() + self.config.retry_ms, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.errors.with_label_values(&[kind]).inc();
+            m.up.set(0);
+        }
+        StoreError(format!("rate-limit store: {kind}"))
+    }
+
+    async fn call(&self, hits: &[SharedHit]) -> Result<Vec<WindowState>, StoreError> {
+        let Some(connection) = self.connection.load_full() else {
+            return Err(self.failed("not_connected"));
+        };
+        let mut connection = ConnectionManager::clone(&connection);
+        let mut invocation = self.script.prepare_invoke();
+        for hit in hits {
+            invocation.key(&hit.key);
+            invocation.arg(hit.spec.slot_ms()).arg(hit.spec.limit);
+        }
+        invocation.arg(BUCKETS);
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let reply = tokio::time::timeout(
+            timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await;
+        let values = match reply {
+            Err(_) => return Err(self.failed("timeout")),
+            Ok(Err(e)) => {
+                log::debug!("rate-limit store: {e}");
+                return Err(self.failed("error"));
+            }
+            Ok(Ok(values)) if values.len() == 3 * hits.len() => values,
+            Ok(Ok(_)) => return Err(self.failed("bad_reply")),
+        };
+        if let Some(m) = &self.metrics {
+            m.up.set(1);
+        }
+        Ok(values
+            .chunks_exact(3)
+            .map(|v| WindowState {
+                allowed: v[0] == 1,
+                count: u32::try_from(v[1]).unwrap_or(u32::MAX),
+                reset_ms: u64::try_from(v[2]).unwrap_or(0),
+            })
+            .collect())
+    }
+}
+
+impl SharedWindows for RedisWindows {
+    fn hit<'a>(&'a self, hits: &'a [SharedHit]) -> StoreFuture<'a> {
+        Box::pin(self.call(hits))
+    }
+
+    fn available(&self) -> bool {
+        unix_ms() >= self.resting_until.load(Ordering::Relaxed)
+    }
+}
+
+/// Connects on a thread of its own, whose runtime then drives the connection; the
+/// connection manager reconnects by itself after Redis comes back.
+fn spawn_connector(client: redis::Client, store: &Arc<RedisWindows>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("rate-limit store runtime: {e}"))?;
+    let timeout = Duration::from_millis(store.config.timeout_ms.max(100));
+    let retry = Duration::from_millis(store.config.retry_ms.max(100));
+    let slot = store.connection.clone();
+    let weak = Arc::downgrade(store);
+    std::thread::Builder::new()
+        .name("redis".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout)
+                    .set_number_of_retries(1);
+                loop {
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    match client
+                        .get_connection_manager_with_config(config.clone())
+                        .await
+                    {
+                        Ok(manager) => {
+                            slot.store(Some(Arc::new(manager)));
+                            log::info!("rate-limit store connected");
+                            break;
+                        }
+                        Err(e) => {
+                            log::warn!("rate-limit store: cannot connect yet: {e}");
+                            tokio::time::sleep(retry).await;
+                        }
+                    }
+                }
+                // Keep driving the connection while the store is in use.
+                while weak.strong_count() > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        })
+        .map_err(|e| format!("rate-limit store thread: {e}"))?;
+    Ok(())
+}
