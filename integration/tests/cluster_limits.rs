@@ -130,8 +130,13 @@ async fn three_instances_share_one_limit_and_survive_redis_going_away() {
         passed.abs_diff(LIMIT as usize) <= bound,
         "{passed} passed across 3 instances, limit {LIMIT}"
     );
-    assert_eq!(passed, LIMIT as usize, "Redis counts atomically: exactly the limit");
-    let keys = redis.cli(&["--scan", "--pattern", "rampart:rl:gateway:*"]).unwrap_or_default();
+    assert_eq!(
+        passed, LIMIT as usize,
+        "Redis counts atomically: exactly the limit"
+    );
+    let keys = redis
+        .cli(&["--scan", "--pattern", "rampart:rl:gateway:*"])
+        .unwrap_or_default();
     assert!(keys.lines().count() >= 2, "one key per client: {keys}");
     let ttl: i64 = redis
         .cli(&["PTTL", keys.lines().next().unwrap_or("")])
@@ -203,7 +208,10 @@ async fn three_instances_share_one_limit_and_survive_redis_going_away() {
             if store_up(instance).await == Some(1.0) {
                 break;
             }
-            assert!(Instant::now() < deadline, "an instance did not go back to Redis");
+            assert!(
+                Instant::now() < deadline,
+                "an instance did not go back to Redis"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

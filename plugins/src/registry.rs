@@ -6,7 +6,7 @@ use thiserror::Error;
 
 use crate::net::NetSet;
 use crate::plugins::rate_limit::LimitConfig;
-use crate::plugins::{admin_secret, ip_reputation, origin_verify, owasp, rate_limit};
+use crate::plugins::{admin_secret, bot_control, ip_reputation, origin_verify, owasp, rate_limit};
 use crate::rate_window::{RateWindow, SharedWindows, WindowSpec};
 use crate::{Action, ChainEntry, Plugin, SharedSecret};
 
@@ -129,6 +129,10 @@ const REGISTRY: &[(&str, Builder)] = &[
         let config = parse("bad_inputs", t)?;
         Ok(Box::new(owasp::Waf::build("bad_inputs", config, ctx)?))
     }),
+    ("bot_control", |t, ctx| {
+        let config = parse("bot_control", t)?;
+        Ok(Box::new(bot_control::BotControl::build(config, ctx)?))
+    }),
 ];
 
 /// Plugin type names, in registry order.
@@ -139,6 +143,7 @@ pub const KNOWN: &[&str] = &[
     "rate_limit",
     "owasp",
     "bad_inputs",
+    "bot_control",
 ];
 
 fn parse<T: DeserializeOwned>(plugin: &'static str, table: toml::Table) -> Result<T, BuildError> {

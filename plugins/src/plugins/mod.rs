@@ -1,6 +1,7 @@
 //! One module per plugin: its config type, its decision, its tests.
 
 pub mod admin_secret;
+pub mod bot_control;
 pub mod ip_reputation;
 pub mod origin_verify;
 pub mod owasp;

@@ -1,4 +1,4 @@
-//! IP reputation lists and rate limits on one instance, through the real binary.
+//! IP reputation lists, bot control and rate limits on one instance, through the real binary.
 
 use std::time::{Duration, Instant};
 
@@ -233,4 +233,80 @@ async fn exactly_a_thousand_pass_then_429_and_counts_survive_a_reload() {
     .await;
     assert!(reloaded);
     assert_eq!(get(&rampart, EXTERNAL_PEER, &[]).await, Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_bot_catalogue_refuses_scanners_but_not_the_platforms_clients() {
+    let up = RecordingUpstream::start("app").await;
+    // The shipped catalogue and lists, as they sit in rules/bots.
+    let shipped = |f: &str| {
+        std::fs::read_to_string(format!("{}/../rules/bots/{f}", env!("CARGO_MANIFEST_DIR")))
+            .expect("shipped bot file")
+    };
+    let plugins = r#"
+[[listeners.plugins]]
+type = "bot_control"
+datacenter_networks = ["bots/datacenters.txt"]
+"#;
+    let rampart = Rampart::start_full(
+        &[
+            ("gateway.toml", &gateway(&up, plugins)),
+            ("bots/catalogue.toml", &shipped("catalogue.toml")),
+            ("bots/search-engines.txt", &shipped("search-engines.txt")),
+            ("bots/datacenters.txt", &shipped("datacenters.txt")),
+        ],
+        &["web"],
+        &[],
+        &[],
+    )
+    .await;
+    let web = rampart.addr("web");
+    let ua = |ua: &'static str| async move {
+        let raw = format!(
+            "GET /v1/models HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: {ua}\r\nAuthorization: Bearer sk-test\r\nConnection: close\r\n\r\n"
+        );
+        send_raw(web, EXTERNAL_PEER, raw.as_bytes())
+            .await
+            .map(|r| {
+                (
+                    r.status,
+                    r.json()["rule"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .ok()
+    };
+    for client in [
+        "OpenAI/Python 1.54.0",
+        "curl/8.5.0",
+        "Prometheus/2.42.0",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36",
+    ] {
+        assert_eq!(ua(client).await.map(|r| r.0), Some(200), "{client}");
+    }
+    for (bot, rule) in [
+        (
+            "sqlmap/1.7.2#stable (https://sqlmap.org)",
+            "CategorySecurityScanner",
+        ),
+        (
+            "Scrapy/2.11 (+https://scrapy.org)",
+            "CategoryScrapingFramework",
+        ),
+        (
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "CategorySearchEngine_Unverified",
+        ),
+    ] {
+        assert_eq!(ua(bot).await, Some((403, rule.to_string())), "{bot}");
+    }
+    let metrics = rampart.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            r#"rampart_rule_matches_total{action="count",plugin="bot_control",rule="CategoryHttpLibrary"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(up.count(), 4);
 }
