@@ -42,6 +42,11 @@ impl BuildContext for RulesDir {
 
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
         let dir = self.dir.join(path);
+        if dir.is_file() {
+            let text = std::fs::read_to_string(&dir)
+                .map_err(|e| BuildError::invalid("rules", &format!("{}: {e}", dir.display())))?;
+            return Ok(vec![(dir.display().to_string(), text)]);
+        }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| BuildError::invalid("rules", &format!("{}: {e}", dir.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))
