@@ -27,8 +27,8 @@ fn stream(mut state: u64) -> impl FnMut() -> u64 {
     }
 }
 
-/// A million prefixes as a reputation feed would hold them: mostly /24s and single hosts,
-/// some shorter networks, a tenth IPv6.
+/// A million prefixes as a reputation feed would hold them: mostly single hosts and /24s,
+/// some /28s, a tenth IPv6 /48s.
 fn million_prefix_list() -> String {
     let mut next = stream(0x2545_f491_4f6c_dd1d);
     let mut text = String::with_capacity(20 << 20);
@@ -38,7 +38,7 @@ fn million_prefix_list() -> String {
             let addr = Ipv6Addr::from(((r as u128) << 64) | 0x2001 << 112);
             text.push_str(&format!("{addr}/48\n"));
         } else {
-            let len = [32, 24, 24, 24, 20, 16][(r % 6) as usize];
+            let len = [32, 32, 32, 24, 24, 28][(r % 6) as usize];
             text.push_str(&format!("{}/{len}\n", Ipv4Addr::from((r >> 32) as u32)));
         }
     }
