@@ -27,7 +27,7 @@ fi
 # Fresh random secrets for this run; in production they come from a secrets source.
 export RAMPART_ORIGIN_VERIFY_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
 export RAMPART_ADMIN_HEADER_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(24))')
-./target/debug/rampart --rules rules --listen web=$WEB --listen langfuse=$LANGFUSE \
+"${CARGO_TARGET_DIR:-target}/debug/rampart" --rules rules --listen web=$WEB --listen langfuse=$LANGFUSE \
   --listen victoriametrics=$VM --admin $ADMIN 2>/tmp/rampart-demo.err >/tmp/rampart-demo.access.log &
 pids+=($!)
 
@@ -35,6 +35,11 @@ for _ in $(seq 100); do
   curl -sf "http://$ADMIN/live" >/dev/null && break
   sleep 0.2
 done
+if ! curl -sf "http://$ADMIN/live" >/dev/null; then
+  echo "rampart did not come up:" >&2
+  cat /tmp/rampart-demo.err >&2
+  exit 1
+fi
 
 failures=0
 show() { # expected-status description curl-args...
