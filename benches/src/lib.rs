@@ -6,10 +6,5 @@ pub fn evaluate_now(
     chain: &rampart_plugins::Chain,
     view: &rampart_plugins::RequestView<'_>,
 ) -> Option<Option<(&'static str, rampart_plugins::Deny)>> {
-    let future = std::pin::pin!(chain.evaluate(view, rampart_plugins::Stage::All, |_| {}));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::future::Future::poll(future, &mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
+    rampart_plugins::now_or_never(chain.evaluate(view, rampart_plugins::Stage::All, |_| {}))
 }

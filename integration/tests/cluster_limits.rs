@@ -116,11 +116,11 @@ async fn three_instances_share_one_limit_and_survive_redis_going_away() {
     }
     // Give each instance's background connection a moment.
     for instance in &instances {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while get(instance, "127.0.0.9").await != 200 || store_up(instance).await != Some(1.0) {
-            assert!(Instant::now() < deadline, "instance never used Redis");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let connected = eventually(Duration::from_secs(10), || async {
+            get(instance, "127.0.0.9").await == 200 && store_up(instance).await == Some(1.0)
+        })
+        .await;
+        assert!(connected, "instance never used Redis");
     }
 
     // Twice the limit, round robin: the three together let exactly the limit through.
@@ -202,18 +202,12 @@ async fn three_instances_share_one_limit_and_survive_redis_going_away() {
     // the three share one count again.
     let redis = RedisServer::start(port).await;
     for instance in &instances {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
+        let back = eventually(Duration::from_secs(15), || async {
             get(instance, "127.0.0.11").await;
-            if store_up(instance).await == Some(1.0) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "an instance did not go back to Redis"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            store_up(instance).await == Some(1.0)
+        })
+        .await;
+        assert!(back, "an instance did not go back to Redis");
     }
     let passed = round_robin(&instances, "127.0.0.12", LIMIT as usize + 30).await;
     assert_eq!(passed, LIMIT as usize, "shared again after recovery");

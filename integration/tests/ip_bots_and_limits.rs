@@ -1,6 +1,6 @@
 //! IP reputation lists, bot control and rate limits on one instance, through the real binary.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rampart_integration::*;
 
@@ -47,22 +47,6 @@ name = "AWSManagedIPDDoSList"
 files = ["ip/ddos.txt"]
 match = "client"
 "#;
-
-/// Polls `check` until it holds or `within` passes.
-async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
 
 async fn get(rampart: &Rampart, from: &str, headers: &[(&str, &str)]) -> Option<u16> {
     let mut raw = String::from("GET /v1/models HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: rampart-tests/1.0\r\nConnection: close\r\n");

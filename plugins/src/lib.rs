@@ -21,4 +21,4 @@ pub use chain::{Action, Chain, ChainEntry, Hit, Stage};
 pub use registry::{BuildContext, BuildError, PluginSpec};
 pub use request::RequestView;
 pub use secret::{SecretValues, SharedSecret};
-pub use verdict::{Deny, Finding, Plugin, Verdict};
+pub use verdict::{now_or_never, Deny, Finding, Plugin, Verdict};

@@ -41,6 +41,18 @@ pub trait BuildContext {
         Ok(std::sync::Arc::new(crate::waf::RuleSet::compile(files)?))
     }
 
+    /// The networks in IP list files (see [`crate::prefix_table::read_lists`]), relative to
+    /// the rules directory.
+    fn ip_lists(&self, files: &[String]) -> Result<Vec<ipnet::IpNet>, BuildError> {
+        let mut texts = Vec::new();
+        for f in files {
+            texts.extend(self.rule_files(f)?);
+        }
+        Ok(crate::prefix_table::read_lists(
+            texts.iter().map(|(f, t)| (f.as_str(), t.as_str())),
+        )?)
+    }
+
     /// The counters of a rate limit. The proxy overrides this to hand a rebuilt plugin the
     /// counters of an unchanged limit, so that a reload forgets nothing.
     fn rate_window(&self, limit: &LimitConfig, spec: WindowSpec) -> std::sync::Arc<RateWindow> {
@@ -81,6 +93,25 @@ pub enum BuildError {
         line: Option<usize>,
         message: String,
     },
+}
+
+/// The 1-based line of byte `offset` in `text`, for errors that name a file and line.
+pub fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+impl From<crate::prefix_table::ListError> for BuildError {
+    fn from(e: crate::prefix_table::ListError) -> Self {
+        BuildError::RuleFile {
+            file: e.file,
+            line: Some(e.line),
+            message: e.message,
+        }
+    }
 }
 
 impl From<crate::waf::RuleError> for BuildError {
@@ -222,6 +253,15 @@ pub(crate) mod tests {
 
     fn spec(src: &str) -> PluginSpec {
         toml::from_str(src).expect("spec parses")
+    }
+
+    #[test]
+    fn line_at_counts_from_one_at_any_offset() {
+        let text = "a = 1\nb = 2\n";
+        assert_eq!(line_at(text, 0), 1);
+        assert_eq!(line_at(text, 5), 1, "the newline ends line 1");
+        assert_eq!(line_at(text, 6), 2, "the first byte of line 2");
+        assert_eq!(line_at(text, 99), 3, "past the end");
     }
 
     #[test]

@@ -63,6 +63,17 @@ pub trait Plugin: Send + Sync {
 
 pub type VerdictFuture<'a> = Pin<Box<dyn Future<Output = Verdict> + Send + 'a>>;
 
+/// Polls `future` once and returns its output if it is ready: for callers without a runtime
+/// (benchmarks, tests) over chains whose plugins all decide locally.
+pub fn now_or_never<F: Future>(future: F) -> Option<F::Output> {
+    let future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.poll(&mut cx) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}
+
 /// A rule that matched inside a plugin, whether or not the request is refused.
 #[derive(Debug, Clone, Copy)]
 pub struct Finding<'a> {

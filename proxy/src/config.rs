@@ -268,12 +268,7 @@ impl SourceFile {
     }
 
     pub fn line_of(&self, offset: usize) -> usize {
-        let end = offset.min(self.text.len());
-        self.text.as_bytes()[..end]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        rampart_plugins::registry::line_at(&self.text, offset)
     }
 
     /// An error at a byte offset of this file (or at no particular line).

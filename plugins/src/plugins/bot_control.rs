@@ -12,8 +12,8 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use http::header::USER_AGENT;
 use serde::Deserialize;
 
-use crate::prefix_table::{read_lists, PrefixTable};
-use crate::registry::{BuildContext, BuildError};
+use crate::prefix_table::PrefixTable;
+use crate::registry::{line_at, BuildContext, BuildError};
 use crate::{Deny, Finding, Plugin, RequestView, SharedSecret, Verdict};
 
 /// What bot control does with a category or signal.
@@ -136,7 +136,7 @@ impl BotControl {
         for path in &config.catalogue {
             for (file, text) in ctx.rule_files(path)? {
                 let part: Catalogue = toml::from_str(&text).map_err(|e| BuildError::RuleFile {
-                    line: e.span().map(|s| text[..s.start].lines().count().max(1)),
+                    line: e.span().map(|s| line_at(&text, s.start)),
                     message: e.message().to_string(),
                     file: file.clone(),
                 })?;
@@ -144,20 +144,7 @@ impl BotControl {
                 catalogue.categories.extend(part.categories);
             }
         }
-        let lists =
-            |files: &[String]| -> Result<PrefixTable, BuildError> {
-                let mut texts = Vec::new();
-                for f in files {
-                    texts.extend(ctx.rule_files(f)?);
-                }
-                let nets = read_lists(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())))
-                    .map_err(|e| BuildError::RuleFile {
-                        file: e.file,
-                        line: Some(e.line),
-                        message: e.message,
-                    })?;
-                Ok(PrefixTable::new(nets))
-            };
+        let lists = |files: &[String]| ctx.ip_lists(files).map(PrefixTable::new);
         let mut names: Vec<&str> = SIGNALS.to_vec();
         let mut categories = Vec::new();
         let mut patterns = Vec::new();

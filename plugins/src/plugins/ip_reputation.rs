@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::prefix_table::{read_lists, PrefixTable};
+use crate::prefix_table::PrefixTable;
 use crate::registry::{BuildContext, BuildError};
 use crate::{Action, Deny, Finding, Plugin, RequestView, Verdict};
 
@@ -81,16 +81,7 @@ impl IpReputation {
             return Err(BuildError::invalid("ip_reputation", "`lists` is empty"));
         }
         let table = |files: &[String], inline: &[IpNet]| -> Result<PrefixTable, BuildError> {
-            let mut texts = Vec::new();
-            for f in files {
-                texts.extend(ctx.rule_files(f)?);
-            }
-            let mut nets = read_lists(texts.iter().map(|(f, t)| (f.as_str(), t.as_str())))
-                .map_err(|e| BuildError::RuleFile {
-                    file: e.file,
-                    line: Some(e.line),
-                    message: e.message,
-                })?;
+            let mut nets = ctx.ip_lists(files)?;
             nets.extend_from_slice(inline);
             Ok(PrefixTable::new(nets))
         };

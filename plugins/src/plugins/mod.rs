@@ -15,16 +15,6 @@ pub(crate) mod testing {
 
     use crate::RequestView;
 
-    /// Polls a future that never suspends (a chain or store with nothing to wait for).
-    pub fn ready<T>(future: impl std::future::Future<Output = T>) -> T {
-        let mut future = std::pin::pin!(future);
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match future.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(v) => v,
-            std::task::Poll::Pending => panic!("the future waited for something"),
-        }
-    }
-
     /// An owned request, from which tests borrow a [`RequestView`].
     pub struct TestRequest {
         pub peer: IpAddr,

@@ -304,10 +304,9 @@ impl RuleSet {
         let (mut detectors, mut others) = (Vec::new(), Vec::new());
         let mut ids = HashMap::new();
         for (file, text) in files {
-            let line_of = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
             let err = |offset: Option<usize>, message: String| RuleError {
                 file: file.clone(),
-                line: offset.map(line_of),
+                line: offset.map(|o| crate::registry::line_at(text, o)),
                 message,
             };
             let parsed: RuleFile = toml::from_str(text)
