@@ -101,6 +101,7 @@ fn bench(c: &mut Criterion) {
             query: None,
             headers: &headers,
             body: None,
+            identity: None,
         };
         c.bench_function(&format!("bot_control/classify/{name}"), |b| {
             b.iter(|| black_box(bots.classify(black_box(&view)).signals.len()))

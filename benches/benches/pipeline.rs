@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
         query: None,
         headers: &headers,
         body: None,
+        identity: None,
     };
     let chat = view("/v1/chat/completions");
     c.bench_function("chain/web/chat_completion_allowed", |b| {

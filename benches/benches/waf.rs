@@ -152,6 +152,7 @@ fn bench(c: &mut Criterion) {
             query,
             headers,
             body,
+            identity: None,
         };
         assert!(
             rampart_benches::evaluate_now(&waf, &view) == Some(None),

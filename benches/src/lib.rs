@@ -7,4 +7,5 @@ pub fn evaluate_now(
     view: &rampart_plugins::RequestView<'_>,
 ) -> Option<Option<(&'static str, rampart_plugins::Deny)>> {
     rampart_plugins::now_or_never(chain.evaluate(view, rampart_plugins::Stage::All, |_| {}))
+        .map(|judgement| judgement.denied)
 }

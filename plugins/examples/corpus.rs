@@ -166,6 +166,7 @@ fn judge(wafs: &[Waf], case: &serde_json::Value) -> (bool, String) {
         query,
         headers: &headers,
         body: body.as_deref(),
+        identity: None,
     };
     let mut why = Vec::new();
     let mut blocked = false;

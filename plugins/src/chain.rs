@@ -1,6 +1,10 @@
 use http::HeaderName;
 use serde::Deserialize;
 
+use std::cell::OnceCell;
+use std::sync::Arc;
+
+use crate::request::Identity;
 use crate::verdict::Finding;
 use crate::{Deny, Plugin, RequestView, Verdict};
 
@@ -62,6 +66,15 @@ pub struct Hit<'a> {
     pub finding: Option<&'a Finding<'a>>,
 }
 
+/// What a run of the chain decided.
+#[derive(Debug, Default)]
+pub struct Judgement {
+    /// The plugin that refused the request, and how.
+    pub denied: Option<(&'static str, Deny)>,
+    /// Who the caller is, if a plugin verified it.
+    pub identity: Option<Arc<Identity>>,
+}
+
 /// A listener's ordered plugins. The first blocking denial ends the evaluation.
 #[derive(Default)]
 pub struct Chain {
@@ -86,22 +99,23 @@ impl Chain {
     }
 
     /// Runs every plugin in order; `on_hit` sees each match, counted or blocking.
-    /// Returns the blocking denial, if any.
     ///
-    /// Only plugins that consult a shared store suspend; with none of them, the future is
-    /// ready on its first poll.
+    /// A plugin that authenticates the caller hands the identity to the plugins after it.
+    /// Only plugins that consult something outside the process (a shared store, a key
+    /// endpoint) suspend; with none of them, the future is ready on its first poll.
     pub async fn evaluate<'r>(
         &self,
         req: &'r RequestView<'r>,
         stage: Stage,
         mut on_hit: impl FnMut(Hit<'_>),
-    ) -> Option<(&'static str, Deny)> {
+    ) -> Judgement {
+        let identity: OnceCell<Arc<Identity>> = OnceCell::new();
+        let mut view = *req;
         for entry in self.entries.iter().filter(|e| stage.asks(&*e.plugin)) {
             let plugin = entry.plugin.name();
-            let shared = entry.plugin.check_shared(req);
-            let verdict = match shared {
+            let verdict = match entry.plugin.check_shared(&view) {
                 Some(future) => future.await,
-                None => entry.plugin.check_reporting(req, &mut |f| {
+                None => entry.plugin.check_reporting(&view, &mut |f| {
                     let action = if f.counted_only {
                         Action::Count
                     } else {
@@ -115,19 +129,35 @@ impl Chain {
                     });
                 }),
             };
-            if let Verdict::Deny(deny) = verdict {
-                on_hit(Hit {
-                    plugin,
-                    rule: &deny.rule,
-                    action: entry.action,
-                    finding: None,
-                });
-                if entry.action == Action::Block {
-                    return Some((entry.plugin.name(), deny));
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Authenticated(who) => {
+                    // The first identity stands: a second authenticating plugin cannot
+                    // replace who an earlier one said the caller is.
+                    if identity.set(who).is_ok() {
+                        view.identity = identity.get().map(|a| &**a);
+                    }
+                }
+                Verdict::Deny(deny) => {
+                    on_hit(Hit {
+                        plugin,
+                        rule: deny.reason(),
+                        action: entry.action,
+                        finding: None,
+                    });
+                    if entry.action == Action::Block {
+                        return Judgement {
+                            denied: Some((plugin, deny)),
+                            identity: identity.get().cloned(),
+                        };
+                    }
                 }
             }
         }
-        None
+        Judgement {
+            denied: None,
+            identity: identity.get().cloned(),
+        }
     }
 
     /// Whether a blocking plugin of this chain refuses every request from `peer`, so that

@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod forwarded;
+pub mod jws;
 pub mod net;
 pub mod path;
 pub mod plugins;
@@ -14,11 +15,13 @@ pub mod rate_window;
 pub mod registry;
 pub mod request;
 pub mod secret;
+#[cfg(any(test, feature = "test-issuer"))]
+pub mod testing;
 pub mod verdict;
 pub mod waf;
 
-pub use chain::{Action, Chain, ChainEntry, Hit, Stage};
+pub use chain::{Action, Chain, ChainEntry, Hit, Judgement, Stage};
 pub use registry::{BuildContext, BuildError, PluginSpec};
-pub use request::RequestView;
+pub use request::{Identity, RequestView};
 pub use secret::{SecretValues, SharedSecret};
 pub use verdict::{now_or_never, Deny, Finding, Plugin, Verdict};

@@ -6,7 +6,9 @@ use thiserror::Error;
 
 use crate::net::NetSet;
 use crate::plugins::rate_limit::LimitConfig;
-use crate::plugins::{admin_secret, bot_control, ip_reputation, origin_verify, owasp, rate_limit};
+use crate::plugins::{
+    admin_secret, bot_control, ip_reputation, jwt, origin_verify, owasp, rate_limit,
+};
 use crate::rate_window::{RateWindow, SharedWindows, WindowSpec};
 use crate::{Action, ChainEntry, Plugin, SharedSecret};
 
@@ -57,6 +59,18 @@ pub trait BuildContext {
     /// counters of an unchanged limit, so that a reload forgets nothing.
     fn rate_window(&self, limit: &LimitConfig, spec: WindowSpec) -> std::sync::Arc<RateWindow> {
         std::sync::Arc::new(RateWindow::new(spec, limit.max_keys))
+    }
+
+    /// The keys of a token issuer. The proxy fetches them and keeps them fresh; fetchers are
+    /// kept across reloads, so that an unchanged issuer is not fetched again.
+    fn jwks(
+        &self,
+        issuer: &jwt::IssuerConfig,
+    ) -> Result<std::sync::Arc<dyn crate::jws::KeySource>, BuildError> {
+        Err(BuildError::invalid(
+            "jwt",
+            &format!("cannot fetch the keys of {:?} here", issuer.issuer),
+        ))
     }
 
     /// The store shared with other instances (`[rate_limit_store]`), if one is configured.
@@ -164,6 +178,10 @@ const REGISTRY: &[(&str, Builder)] = &[
         let config = parse("bot_control", t)?;
         Ok(Box::new(bot_control::BotControl::build(config, ctx)?))
     }),
+    ("jwt", |t, ctx| {
+        let config = parse("jwt", t)?;
+        Ok(Box::new(jwt::Jwt::build(config, ctx)?))
+    }),
 ];
 
 /// Plugin type names, in registry order.
@@ -175,6 +193,7 @@ pub const KNOWN: &[&str] = &[
     "owasp",
     "bad_inputs",
     "bot_control",
+    "jwt",
 ];
 
 fn parse<T: DeserializeOwned>(plugin: &'static str, table: toml::Table) -> Result<T, BuildError> {
@@ -203,6 +222,7 @@ pub(crate) mod tests {
     pub struct TestContext {
         internal: NetSet,
         files: Vec<(String, String)>,
+        keys: Vec<(String, std::sync::Arc<dyn crate::jws::KeySource>)>,
     }
 
     impl TestContext {
@@ -210,7 +230,18 @@ pub(crate) mod tests {
             TestContext {
                 internal: NetSet::new(["10.20.0.0/16".parse().expect("cidr")]),
                 files: Vec::new(),
+                keys: Vec::new(),
             }
+        }
+
+        /// Keys served for a JWKS URL.
+        pub fn with_keys(
+            mut self,
+            jwks_url: &str,
+            keys: std::sync::Arc<dyn crate::jws::KeySource>,
+        ) -> Self {
+            self.keys.push((jwks_url.to_string(), keys));
+            self
         }
 
         /// A rule file `name` holding `text`.
@@ -235,6 +266,17 @@ pub(crate) mod tests {
 
         fn internal_networks(&self) -> &NetSet {
             &self.internal
+        }
+
+        fn jwks(
+            &self,
+            issuer: &jwt::IssuerConfig,
+        ) -> Result<std::sync::Arc<dyn crate::jws::KeySource>, BuildError> {
+            self.keys
+                .iter()
+                .find(|(url, _)| *url == issuer.jwks_url)
+                .map(|(_, k)| k.clone())
+                .ok_or_else(|| BuildError::invalid("jwt", "no keys for this URL"))
         }
 
         fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {

@@ -1,6 +1,6 @@
 use std::net::IpAddr;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Everything a plugin may look at, built once per request by the proxy.
 ///
@@ -23,4 +23,26 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// The request body when it was read for inspection (see the proxy's body handling).
     pub body: Option<&'a [u8]>,
+    /// Who the caller is, once a plugin earlier in the chain (or an earlier stage) verified it.
+    pub identity: Option<&'a Identity>,
+}
+
+/// A caller whose credentials a plugin verified (a JWT's client), for the plugins after it
+/// (rate limits per client or team, bot exemptions) and for the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub client_id: Box<str>,
+    /// The team the client was onboarded for, if any.
+    pub team: Option<Box<str>>,
+    /// What the caller may do (a token's scopes, narrowed to what its client was onboarded for).
+    pub scopes: Box<[Box<str>]>,
+    /// Headers that tell the upstream who called. The plugin that sets them also consumes
+    /// them, so a copy sent by the client never travels.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Identity {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| &**s == scope)
+    }
 }

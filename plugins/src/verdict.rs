@@ -5,6 +5,7 @@ use std::pin::Pin;
 
 use http::{HeaderName, HeaderValue};
 
+use crate::request::Identity;
 use crate::RequestView;
 
 /// A security plugin: one decision over the request view.
@@ -30,7 +31,7 @@ pub trait Plugin: Send + Sync {
     /// A decision that needs a store shared with other instances (cluster rate limits): the
     /// chain awaits the future instead of calling [`Plugin::check_reporting`]. `None`, the
     /// default, means the plugin decides locally for this request.
-    fn check_shared<'a>(&'a self, _req: &'a RequestView<'a>) -> Option<VerdictFuture<'a>> {
+    fn check_shared<'a>(&'a self, _req: &'a RequestView<'_>) -> Option<VerdictFuture<'a>> {
         None
     }
 
@@ -55,7 +56,7 @@ pub trait Plugin: Send + Sync {
     /// Why this plugin decides what it decides, one line per finding, for `rampart rules test`.
     fn explain(&self, req: &RequestView<'_>) -> Vec<String> {
         match self.check(req) {
-            Verdict::Continue => Vec::new(),
+            Verdict::Continue | Verdict::Authenticated(_) => Vec::new(),
             Verdict::Deny(d) => vec![format!("refuses with {} ({})", d.status, d.rule)],
         }
     }
@@ -89,6 +90,9 @@ pub struct Finding<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Continue,
+    /// Continue, and this is who the caller is: later plugins see it in
+    /// [`RequestView::identity`].
+    Authenticated(std::sync::Arc<Identity>),
     Deny(Deny),
 }
 
@@ -100,6 +104,9 @@ pub struct Deny {
     pub rule: Cow<'static, str>,
     /// Headers the refusal carries (`Retry-After` on a 429, say).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The precise reason, for metrics and the log only, when the client is told less
+    /// (`jwt.expired` behind `jwt.invalid_token`).
+    pub detail: Option<&'static str>,
 }
 
 impl Deny {
@@ -108,7 +115,18 @@ impl Deny {
             status,
             rule: rule.into(),
             headers: Vec::new(),
+            detail: None,
         }
+    }
+
+    pub fn with_detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// What metrics and logs call this refusal: the detail when there is one.
+    pub fn reason(&self) -> &str {
+        self.detail.unwrap_or(&self.rule)
     }
 
     pub fn with_header(mut self, name: HeaderName, value: impl Into<HeaderValue>) -> Self {

@@ -49,6 +49,7 @@ fn refused_by(wafs: &[Waf], value: &str) -> Vec<String> {
         query: None,
         headers: &headers,
         body: Some(body.as_bytes()),
+        identity: None,
     };
     wafs.iter()
         .flat_map(|w| {

@@ -100,6 +100,7 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, Expl
         query,
         headers: &req.headers,
         body: (!req.body.is_empty()).then_some(req.body.as_slice()),
+        identity: None,
     };
     let mut out = String::new();
     let _ = writeln!(out, "{} {} on listener {listener}, route {route} (normalised path {path}), from an external peer", req.method, req.target);

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod explain;
 pub mod health;
+pub mod jwks;
 pub mod metrics;
 pub mod proxy;
 pub mod redis_windows;

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub store_errors: IntCounterVec,
     pub store_up: IntGauge,
+    pub jwks_fetches: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -108,6 +109,14 @@ impl Metrics {
             "rampart_rate_limit_store_up",
             "1 when the last call to the shared rate-limit store succeeded, 0 when it failed.",
         )?;
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "rampart_jwks_fetches_total",
+                "Fetches of token issuers' keys (JWKS), by result; a failure keeps the last good keys.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(jwks_fetches.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -136,6 +145,7 @@ impl Metrics {
             connections_refused,
             store_errors,
             store_up,
+            jwks_fetches,
         })
     }
 

@@ -13,7 +13,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use rampart_plugins::{forwarded, path, Deny, RequestView, Stage};
+use rampart_plugins::{forwarded, path, Deny, Identity, Judgement, RequestView, Stage};
 
 use crate::access_log;
 use crate::config::{BodyInspection, Oversize};
@@ -62,6 +62,8 @@ pub struct RequestCtx {
     request_id: String,
     /// A body being held back from the upstream until the chain has judged it.
     held: Option<HeldBody>,
+    /// The caller, once a plugin verified who it is.
+    identity: Option<Arc<Identity>>,
 }
 
 /// What the body phase needs to judge a body it collects chunk by chunk.
@@ -161,7 +163,7 @@ fn framing_problem(
 
 impl RampartProxy {
     /// Runs the listener's chain over the request (and its body, when it is here),
-    /// counting every match in the metrics. Returns the blocking denial, if any.
+    /// counting every match in the metrics.
     async fn judge(
         &self,
         session: &Session,
@@ -169,10 +171,13 @@ impl RampartProxy {
         path: &str,
         body: Option<&[u8]>,
         stage: Stage,
-    ) -> Option<(&'static str, Deny)> {
-        let snapshot = ctx.snapshot.as_ref()?;
-        let rules = snapshot.listeners.get(&*self.listener)?;
-        let route = ctx.route.as_ref()?;
+    ) -> Judgement {
+        let (Some(snapshot), Some(route)) = (ctx.snapshot.as_ref(), ctx.route.as_ref()) else {
+            return Judgement::default();
+        };
+        let Some(rules) = snapshot.listeners.get(&*self.listener) else {
+            return Judgement::default();
+        };
         let req = session.req_header();
         let view = RequestView {
             listener: &self.listener,
@@ -184,10 +189,11 @@ impl RampartProxy {
             query: req.uri.query(),
             headers: &req.headers,
             body,
+            identity: ctx.identity.as_deref(),
         };
         let metrics = &self.gateway.metrics;
         let mut first_block: Option<(&'static str, String, String, String)> = None;
-        let denied = rules
+        let judgement = rules
             .chain
             .evaluate(&view, stage, |hit| match hit.finding {
                 None => metrics
@@ -211,11 +217,11 @@ impl RampartProxy {
                 }
             })
             .await;
-        if let Some((plugin, deny)) = &denied {
+        if let Some((plugin, deny)) = &judgement.denied {
             if sampled(&ctx.request_id, rules.block_log_sample) {
                 let (rule_plugin, rule, location, excerpt) = first_block.unwrap_or((
                     plugin,
-                    deny.rule.to_string(),
+                    deny.reason().to_string(),
                     String::new(),
                     String::new(),
                 ));
@@ -230,7 +236,7 @@ impl RampartProxy {
                 );
             }
         }
-        denied
+        judgement
     }
 }
 
@@ -320,6 +326,7 @@ impl ProxyHttp for RampartProxy {
             upstream_error: None,
             request_id: request_id(),
             held: None,
+            identity: None,
         }
     }
 
@@ -393,10 +400,11 @@ impl ProxyHttp for RampartProxy {
         } else {
             Stage::All
         };
-        match self
+        let judgement = self
             .judge(session, ctx, &normalised, body.as_deref(), stage)
-            .await
-        {
+            .await;
+        ctx.identity = judgement.identity;
+        match judgement.denied {
             Some((plugin, deny)) => refuse_with(session, ctx, plugin, deny).await,
             None => Ok(false),
         }
@@ -435,12 +443,12 @@ impl ProxyHttp for RampartProxy {
             return Ok(());
         };
         let judged = &held.buf[..held.buf.len().min(limit)];
-        let verdict = self
+        let judgement = self
             .judge(session, ctx, &held.path, Some(judged), Stage::Body)
             .await;
-        if let Some((plugin, deny)) = verdict {
+        if let Some((plugin, deny)) = judgement.denied {
             let status = deny.status;
-            ctx.refused = Some((plugin, deny.rule));
+            ctx.refused = Some((plugin, deny.detail.map_or(deny.rule, Cow::Borrowed)));
             ctx.refused_headers = deny.headers;
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -487,6 +495,11 @@ impl ProxyHttp for RampartProxy {
         };
         for name in rules.chain.consumed_headers() {
             upstream.remove_header(name);
+        }
+        if let Some(who) = &ctx.identity {
+            for (name, value) in &who.upstream_headers {
+                upstream.insert_header(name.clone(), value.clone())?;
+            }
         }
         for name in HOP_BY_HOP {
             upstream.remove_header(*name);
@@ -633,10 +646,12 @@ async fn refuse_with(
         status,
         rule,
         headers,
+        detail,
     } = deny;
     respond_json(session, status, &rule, &ctx.request_id, &headers).await?;
     drain_unread_body(session).await;
-    ctx.refused = Some((by, rule));
+    // Logs and metrics get the precise reason; the client was told only `rule`.
+    ctx.refused = Some((by, detail.map_or(rule, Cow::Borrowed)));
     Ok(true)
 }
 

@@ -14,7 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::redis_windows::StoreMetrics;
-use crate::snapshot::{Carried, RuleSnapshot};
+use crate::snapshot::{Carried, RuleSnapshot, Running};
 
 /// Editors write a file in several steps; changes closer together than this are one reload.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -31,9 +31,12 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the rules for the first time; an error here stops the start-up.
     pub fn start(rules_dir: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
-        let carried = Carried::connected(StoreMetrics {
-            errors: metrics.store_errors.clone(),
-            up: metrics.store_up.clone(),
+        let carried = Carried::connected(Running {
+            store: StoreMetrics {
+                errors: metrics.store_errors.clone(),
+                up: metrics.store_up.clone(),
+            },
+            jwks_fetches: metrics.jwks_fetches.clone(),
         });
         let snapshot = RuleSnapshot::load(rules_dir, 1, None, &carried)?;
         let gateway = Gateway {

@@ -19,9 +19,12 @@ use crate::config::{
     BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, StoreConfig,
     GATEWAY_FILE,
 };
+use crate::jwks::JwksFetcher;
 use crate::redis_windows::{RedisWindows, StoreMetrics};
 use crate::secrets;
 use crate::upstream::UpstreamPool;
+use rampart_plugins::jws::{FixedKeys, KeySource};
+use rampart_plugins::plugins::jwt::IssuerConfig;
 
 pub struct RuleSnapshot {
     pub generation: u64,
@@ -285,8 +288,18 @@ pub struct Carried {
     rule_sets: Mutex<HashMap<u64, Weak<RuleSet>>>,
     windows: Mutex<HashMap<String, Weak<RateWindow>>>,
     store: Mutex<Option<Arc<RedisWindows>>>,
-    /// Set for a running gateway: the store then connects and reports in the metrics.
-    store_metrics: Option<StoreMetrics>,
+    /// Token issuers' key fetchers, by issuer settings.
+    jwks: Mutex<HashMap<String, Weak<JwksFetcher>>>,
+    /// Set for a running gateway: the store and key fetchers then connect and report in
+    /// the metrics.
+    running: Option<Running>,
+}
+
+/// The metrics that what a running gateway connects to reports in.
+#[derive(Clone)]
+pub struct Running {
+    pub store: StoreMetrics,
+    pub jwks_fetches: prometheus::IntCounterVec,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -294,13 +307,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Carried {
-    /// For a running gateway, whose shared store connects and reports in the metrics
-    /// (`Carried::default()` builds rules without connecting anywhere, for `rampart check`).
-    pub fn connected(store_metrics: StoreMetrics) -> Self {
+    /// For a running gateway, whose shared store and key fetchers connect and report in
+    /// the metrics (`Carried::default()` builds rules without connecting anywhere, for
+    /// `rampart check`).
+    pub fn connected(running: Running) -> Self {
         Carried {
-            store_metrics: Some(store_metrics),
+            running: Some(running),
             ..Carried::default()
         }
+    }
+
+    /// The key fetcher of `issuer`, kept while its settings do not change; without a
+    /// running gateway, no keys (nothing is fetched by `rampart check`).
+    fn jwks(&self, issuer: &IssuerConfig) -> Result<Arc<dyn KeySource>, String> {
+        let Some(running) = &self.running else {
+            return Ok(Arc::new(FixedKeys(Arc::default())));
+        };
+        let key = format!("{issuer:?}");
+        let mut fetchers = lock(&self.jwks);
+        if let Some(f) = fetchers.get(&key).and_then(Weak::upgrade) {
+            return Ok(f);
+        }
+        let f = JwksFetcher::start(issuer.clone(), Some(running.jwks_fetches.clone()))?;
+        fetchers.retain(|_, weak| weak.strong_count() > 0);
+        fetchers.insert(key, Arc::downgrade(&f));
+        Ok(f)
     }
 
     fn rule_set(&self, files: &[(String, String)]) -> Result<Arc<RuleSet>, BuildError> {
@@ -336,8 +367,9 @@ impl Carried {
         if let Some(s) = store.as_ref().filter(|s| s.config == *config) {
             return Ok(s.clone());
         }
-        let connect = self.store_metrics.is_some();
-        let s = RedisWindows::new(config.clone(), self.store_metrics.clone(), connect)?;
+        let metrics = self.running.as_ref().map(|r| r.store.clone());
+        let connect = metrics.is_some();
+        let s = RedisWindows::new(config.clone(), metrics, connect)?;
         *store = Some(s.clone());
         Ok(s)
     }
@@ -398,6 +430,15 @@ impl BuildContext for SnapshotContext<'_> {
                 reason,
             }),
         }
+    }
+
+    fn jwks(&self, issuer: &IssuerConfig) -> Result<Arc<dyn KeySource>, BuildError> {
+        self.carried
+            .jwks(issuer)
+            .map_err(|reason| BuildError::Invalid {
+                plugin: "jwt",
+                reason,
+            })
     }
 
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {

@@ -44,6 +44,10 @@ pub struct BotControlConfig {
     /// Routes whose callers are not judged at all (machine-to-machine APIs).
     #[serde(default)]
     pub exempt_routes: Vec<String>,
+    /// Callers a `jwt` plugin earlier in the chain verified are not judged: API clients
+    /// are bots by nature.
+    #[serde(default)]
+    pub exempt_authenticated: bool,
 }
 
 fn default_catalogue() -> Vec<String> {
@@ -116,6 +120,7 @@ pub struct BotControl {
     datacenters: PrefixTable,
     api_keys: Option<SharedSecret>,
     exempt_routes: Vec<String>,
+    exempt_authenticated: bool,
 }
 
 /// What bot control makes of a request.
@@ -225,11 +230,14 @@ impl BotControl {
                 .map(|name| ctx.secret(&name))
                 .transpose()?,
             exempt_routes: config.exempt_routes,
+            exempt_authenticated: config.exempt_authenticated,
         })
     }
 
     fn exempt(&self, req: &RequestView<'_>) -> bool {
-        if self.exempt_routes.iter().any(|r| r == req.route) {
+        if self.exempt_routes.iter().any(|r| r == req.route)
+            || (self.exempt_authenticated && req.identity.is_some())
+        {
             return true;
         }
         let Some(keys) = &self.api_keys else {
@@ -340,13 +348,13 @@ impl Plugin for BotControl {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::plugins::testing::TestRequest;
     use crate::registry::tests::TestContext;
 
     /// The shipped catalogue and lists.
-    fn ctx() -> TestContext {
+    pub(crate) fn ctx() -> TestContext {
         TestContext::new()
             .with_file(
                 "bots/catalogue.toml",
@@ -378,7 +386,7 @@ mod tests {
         let mut labels = Vec::new();
         let v = p.check_reporting(&req.view(), &mut |f| labels.push(f.rule.to_string()));
         match v {
-            Verdict::Continue => (200, labels),
+            Verdict::Continue | Verdict::Authenticated(_) => (200, labels),
             Verdict::Deny(d) => {
                 labels.push(d.rule.to_string());
                 (d.status, labels)

@@ -3,6 +3,7 @@
 pub mod admin_secret;
 pub mod bot_control;
 pub mod ip_reputation;
+pub mod jwt;
 pub mod origin_verify;
 pub mod owasp;
 pub mod rate_limit;
@@ -52,6 +53,7 @@ pub(crate) mod testing {
                 query: None,
                 headers: &self.headers,
                 body: None,
+                identity: None,
             }
         }
     }

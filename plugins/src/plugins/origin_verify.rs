@@ -126,7 +126,7 @@ mod tests {
 
     fn status(p: &OriginVerify, req: &TestRequest) -> Option<String> {
         match p.check(&req.view()) {
-            Verdict::Continue => None,
+            Verdict::Continue | Verdict::Authenticated(_) => None,
             Verdict::Deny(d) => Some(format!("{} {}", d.status, d.rule)),
         }
     }

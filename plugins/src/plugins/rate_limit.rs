@@ -53,7 +53,8 @@ pub struct LimitConfig {
     pub name: String,
     pub requests: u32,
     pub window_seconds: u64,
-    /// `client_ip` (default), `peer_ip`, `route`, or `header:<name>`.
+    /// `client_ip` (default), `peer_ip`, `route`, `header:<name>`, or, after a `jwt` plugin
+    /// in the chain, `jwt_client_id` or `team`. A request without the key is not counted.
     #[serde(default = "default_key")]
     pub key: String,
     /// Route names the limit applies to; all routes when empty.
@@ -84,6 +85,10 @@ enum KeyKind {
     PeerIp,
     Route,
     Header(HeaderName),
+    /// The verified caller's client id (a JWT's `client_id`).
+    ClientId,
+    /// The verified caller's team, from client onboarding.
+    Team,
 }
 
 impl KeyKind {
@@ -92,6 +97,8 @@ impl KeyKind {
             "client_ip" => KeyKind::ClientIp,
             "peer_ip" => KeyKind::PeerIp,
             "route" => KeyKind::Route,
+            "jwt_client_id" => KeyKind::ClientId,
+            "team" => KeyKind::Team,
             _ => {
                 KeyKind::Header(HeaderName::from_bytes(s.strip_prefix("header:")?.as_bytes()).ok()?)
             }
@@ -120,6 +127,11 @@ impl Limit {
             KeyKind::PeerIp => Some(self.ip_key(req.peer)),
             KeyKind::Route => Some(fnv128(req.route.as_bytes())),
             KeyKind::Header(h) => req.headers.get(h).map(|v| fnv128(v.as_bytes())),
+            KeyKind::ClientId => req.identity.map(|who| fnv128(who.client_id.as_bytes())),
+            KeyKind::Team => req
+                .identity
+                .and_then(|who| who.team.as_deref())
+                .map(|team| fnv128(team.as_bytes())),
         }
     }
 
@@ -318,7 +330,7 @@ impl Plugin for RateLimit {
         self.check_local(req, now_ms())
     }
 
-    fn check_shared<'a>(&'a self, req: &'a RequestView<'a>) -> Option<VerdictFuture<'a>> {
+    fn check_shared<'a>(&'a self, req: &'a RequestView<'_>) -> Option<VerdictFuture<'a>> {
         let store = self.shared.as_deref()?;
         if self.exempt(req) {
             return None;
@@ -371,7 +383,7 @@ mod tests {
 
     fn status(p: &RateLimit, req: &TestRequest) -> u16 {
         match p.check(&req.view()) {
-            Verdict::Continue => 200,
+            Verdict::Continue | Verdict::Authenticated(_) => 200,
             Verdict::Deny(d) => d.status,
         }
     }
@@ -542,7 +554,7 @@ mod tests {
             None => p.check(&view),
         };
         match verdict {
-            Verdict::Continue => 200,
+            Verdict::Continue | Verdict::Authenticated(_) => 200,
             Verdict::Deny(d) => d.status,
         }
     }

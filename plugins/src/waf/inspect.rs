@@ -437,6 +437,7 @@ mod tests {
             query: None,
             headers: &headers,
             body: Some(body),
+            identity: None,
         };
         Inspection::new(&view, profile)
             .fields
