@@ -20,6 +20,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
+pub mod identity;
+
 /// A peer inside the test's "internal" network (the test config's `internal_cidrs`).
 pub const INTERNAL_PEER: &str = "127.0.0.2";
 /// A peer outside it: the public internet, as far as rampart can tell.

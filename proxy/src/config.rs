@@ -27,6 +27,53 @@ pub struct GatewayConfig {
     pub listeners: Vec<Spanned<ListenerConfig>>,
     /// Where `rate_limit` plugins with `shared = true` count (Redis).
     pub rate_limit_store: Option<StoreConfig>,
+    /// How secrets with an `aws` source are read.
+    #[serde(default)]
+    pub secrets_manager: SecretsManagerConfig,
+}
+
+/// AWS Secrets Manager. Credentials come from the standard chain (environment, profile,
+/// ECS task role, instance role); the region too unless set here.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsManagerConfig {
+    pub region: Option<String>,
+    /// Another endpoint than AWS's (a VPC endpoint's DNS name, or a test double).
+    pub endpoint_url: Option<String>,
+    /// How often each secret is read again.
+    #[serde(default = "default_secrets_refresh")]
+    pub refresh_seconds: u64,
+}
+
+fn default_secrets_refresh() -> u64 {
+    300
+}
+
+impl Default for SecretsManagerConfig {
+    fn default() -> Self {
+        SecretsManagerConfig {
+            region: None,
+            endpoint_url: None,
+            refresh_seconds: default_secrets_refresh(),
+        }
+    }
+}
+
+/// A secret in AWS Secrets Manager.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSecretSpec {
+    /// Name or ARN (`stargate-sandbox/origin-verify-secret`).
+    pub secret_id: String,
+    /// Also accept the `AWSPREVIOUS` version, so that a rotation locks no one out.
+    #[serde(default = "default_true")]
+    pub previous: bool,
+    /// The secret is a JSON object; its value is this field.
+    pub json_key: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The Redis that instances share rate-limit counters through.
@@ -106,6 +153,8 @@ pub struct SecretSpec {
     pub env: Vec<String>,
     /// A file with one value a line (`#` comments and blank lines ignored).
     pub file: Option<PathBuf>,
+    /// AWS Secrets Manager; when set, the only source of this secret.
+    pub aws: Option<AwsSecretSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

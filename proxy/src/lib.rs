@@ -6,6 +6,7 @@
 pub mod accept;
 pub mod access_log;
 pub mod admin;
+pub mod aws_secrets;
 pub mod config;
 pub mod explain;
 pub mod health;

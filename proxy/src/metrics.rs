@@ -21,6 +21,7 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_up: IntGauge,
     pub jwks_fetches: IntCounterVec,
+    pub secret_refreshes: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -117,6 +118,14 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(jwks_fetches.clone()))?;
+        let secret_refreshes = IntCounterVec::new(
+            Opts::new(
+                "rampart_secret_refreshes_total",
+                "Background reads of secrets from AWS Secrets Manager, by result; a failure keeps the last good values.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(secret_refreshes.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -146,6 +155,7 @@ impl Metrics {
             store_errors,
             store_up,
             jwks_fetches,
+            secret_refreshes,
         })
     }
 

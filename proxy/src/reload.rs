@@ -37,6 +37,7 @@ impl Gateway {
                 up: metrics.store_up.clone(),
             },
             jwks_fetches: metrics.jwks_fetches.clone(),
+            secret_refreshes: metrics.secret_refreshes.clone(),
         });
         let snapshot = RuleSnapshot::load(rules_dir, 1, None, &carried)?;
         let gateway = Gateway {

@@ -75,8 +75,13 @@ pub fn resolve(name: &str, spec: &SecretSpec) -> Result<SecretValues, SecretErro
     for source in sources(spec) {
         values.extend(source.fetch(name)?);
     }
+    Ok(usable(values))
+}
+
+/// The values that may serve as a secret: placeholders and empty values are dropped.
+pub fn usable(mut values: Vec<Vec<u8>>) -> SecretValues {
     values.retain(|v| !PLACEHOLDERS.iter().any(|p| v.as_slice() == p.as_bytes()));
-    Ok(SecretValues::new(values))
+    SecretValues::new(values)
 }
 
 #[cfg(test)]
@@ -95,6 +100,7 @@ mod tests {
         let spec = SecretSpec {
             env: vec![],
             file: Some(f.path().to_path_buf()),
+            aws: None,
         };
         let v = resolve("origin", &spec).expect("reads");
         assert_eq!(v.len(), 2);
@@ -107,6 +113,7 @@ mod tests {
         let spec = SecretSpec {
             env: vec![],
             file: Some("/nonexistent/rampart-secret".into()),
+            aws: None,
         };
         let e = resolve("admin-header", &spec)
             .expect_err("missing")
@@ -122,6 +129,7 @@ mod tests {
         let spec = SecretSpec {
             env: vec!["RAMPART_TEST_SURELY_UNSET_VAR".into()],
             file: None,
+            aws: None,
         };
         assert!(resolve("x", &spec).expect("ok").is_empty());
     }

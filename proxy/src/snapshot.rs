@@ -15,6 +15,8 @@ use rampart_plugins::registry::{self, BuildContext, BuildError};
 use rampart_plugins::waf::RuleSet;
 use rampart_plugins::{Chain, SharedSecret};
 
+use crate::aws_secrets::AwsSecrets;
+use crate::config::SecretsManagerConfig;
 use crate::config::{
     BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, StoreConfig,
     GATEWAY_FILE,
@@ -290,6 +292,8 @@ pub struct Carried {
     store: Mutex<Option<Arc<RedisWindows>>>,
     /// Token issuers' key fetchers, by issuer settings.
     jwks: Mutex<HashMap<String, Weak<JwksFetcher>>>,
+    /// The Secrets Manager client and the secrets it keeps fresh.
+    aws: Mutex<Option<Arc<AwsSecrets>>>,
     /// Set for a running gateway: the store and key fetchers then connect and report in
     /// the metrics.
     running: Option<Running>,
@@ -300,6 +304,7 @@ pub struct Carried {
 pub struct Running {
     pub store: StoreMetrics,
     pub jwks_fetches: prometheus::IntCounterVec,
+    pub secret_refreshes: prometheus::IntCounterVec,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -315,6 +320,18 @@ impl Carried {
             running: Some(running),
             ..Carried::default()
         }
+    }
+
+    /// The Secrets Manager client for `config`, kept while its settings do not change.
+    fn aws(&self, config: &SecretsManagerConfig) -> Result<Arc<AwsSecrets>, String> {
+        let mut aws = lock(&self.aws);
+        if let Some(a) = aws.as_ref().filter(|a| a.config == *config) {
+            return Ok(a.clone());
+        }
+        let refreshes = self.running.as_ref().map(|r| r.secret_refreshes.clone());
+        let a = Arc::new(AwsSecrets::new(config.clone(), refreshes)?);
+        *aws = Some(a.clone());
+        Ok(a)
     }
 
     /// The key fetcher of `issuer`, kept while its settings do not change; without a
@@ -395,12 +412,26 @@ impl BuildContext for SnapshotContext<'_> {
             .secrets
             .get(name)
             .ok_or_else(|| BuildError::UnknownSecret(name.to_string()))?;
-        let values = secrets::resolve(name, spec)
-            .map_err(|e| BuildError::SecretUnavailable(e.to_string()))?;
-        if values.is_empty() {
-            return Err(BuildError::EmptySecret(name.to_string()));
-        }
-        let shared = SharedSecret::new(name, values);
+        let shared = match &spec.aws {
+            Some(_) if !spec.env.is_empty() || spec.file.is_some() => {
+                return Err(BuildError::SecretUnavailable(format!(
+                    "secret {name:?}: `aws` is its only source; remove `env` and `file`"
+                )))
+            }
+            Some(aws) => self
+                .carried
+                .aws(&self.config.secrets_manager)
+                .and_then(|client| client.secret(name, aws))
+                .map_err(BuildError::SecretUnavailable)?,
+            None => {
+                let values = secrets::resolve(name, spec)
+                    .map_err(|e| BuildError::SecretUnavailable(e.to_string()))?;
+                if values.is_empty() {
+                    return Err(BuildError::EmptySecret(name.to_string()));
+                }
+                SharedSecret::new(name, values)
+            }
+        };
         self.resolved
             .borrow_mut()
             .insert(name.to_string(), shared.clone());

@@ -1,0 +1,189 @@
+//! Peers for identity tests: a JWKS endpoint the test controls, and moto standing in for
+//! AWS Secrets Manager and Cognito.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::{free_port, send_raw, RawResponse};
+
+/// A JWKS endpoint on loopback: serves what the test sets (status and body) and counts
+/// the fetches.
+#[derive(Clone)]
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    served: Arc<Mutex<(u16, String)>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    pub async fn start(body: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind JWKS");
+        let addr = listener.local_addr().expect("addr");
+        let served = Arc::new(Mutex::new((200, body.to_string())));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (s, f) = (served.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (s, f) = (s.clone(), f.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = s.lock().map(|g| g.clone()).unwrap_or_default();
+                        async move {
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap_or_default(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            addr,
+            served,
+            fetches,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/.well-known/jwks.json", self.addr)
+    }
+
+    pub fn serve(&self, status: u16, body: &str) {
+        if let Ok(mut g) = self.served.lock() {
+            *g = (status, body.to_string());
+        }
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// A program of the test virtualenv (`.venv` at the workspace root, or `RAMPART_VENV`),
+/// which `make test` fills from PyPI.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("RAMPART_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join(".venv")
+        });
+    let bin = venv.join("bin").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make test` (scripts/deps.sh test fills the virtualenv)",
+        bin.display()
+    );
+    bin
+}
+
+/// `moto_server` on a free port: AWS Secrets Manager and Cognito for the tests.
+pub struct Moto {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+pub const MOTO_REGION: &str = "us-east-1";
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new(venv_bin("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let moto = Moto {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        for _ in 0..200 {
+            if send_raw(
+                moto.addr,
+                "127.0.0.1",
+                b"GET /moto-api/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .is_ok()
+            {
+                return moto;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("moto_server did not come up on port {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// One AWS JSON-protocol call (`target` such as `secretsmanager.CreateSecret`), as an SDK
+    /// would send it; moto does not check signatures.
+    pub async fn call(&self, service: &str, target: &str, body: &Value) -> Value {
+        let body = body.to_string();
+        let raw = format!(
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/x-amz-json-1.1\r\nX-Amz-Target: {target}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/{MOTO_REGION}/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len(),
+            addr = self.addr,
+        );
+        let resp: RawResponse = send_raw(self.addr, "127.0.0.1", raw.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert_eq!(
+            resp.status,
+            200,
+            "{target}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        resp.json()
+    }
+
+    pub async fn secrets(&self, op: &str, body: Value) -> Value {
+        self.call("secretsmanager", &format!("secretsmanager.{op}"), &body)
+            .await
+    }
+
+    pub async fn cognito(&self, op: &str, body: Value) -> Value {
+        self.call(
+            "cognito-idp",
+            &format!("AWSCognitoIdentityProviderService.{op}"),
+            &body,
+        )
+        .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
