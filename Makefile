@@ -14,6 +14,7 @@ run:
 # The whole test suite: unit tests and the end-to-end tests against the real binary.
 test:
 	bash scripts/deps.sh test
+	bash scripts/venv.sh
 	cargo build -p rampart --bin rampart
 	cargo test --workspace
 

@@ -187,3 +187,67 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// `llmock serve` on a free port: an OpenAI-compatible server.
+pub struct Llmock {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Llmock {
+    pub async fn start() -> Llmock {
+        let port = free_port();
+        let child = Command::new(venv_bin("llmock"))
+            .args(["serve", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--log-level", "warning"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start llmock");
+        let llmock = Llmock {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        for _ in 0..200 {
+            if let Ok(r) = send_raw(
+                llmock.addr,
+                "127.0.0.1",
+                b"GET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            {
+                if r.status == 200 {
+                    return llmock;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("llmock did not come up on port {port}");
+    }
+}
+
+impl Drop for Llmock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `integration/scripts/openai_client.py` (the official `openai` client) against
+/// `base_url`, and returns the JSON line it prints.
+pub fn openai_client(base_url: &str, api_key: &str, origin: &str, stream: bool) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/openai_client.py");
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(script).args([base_url, api_key, origin]);
+    if stream {
+        cmd.arg("stream");
+    }
+    let out = cmd.output().expect("run the openai client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        panic!(
+            "openai client printed {text:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

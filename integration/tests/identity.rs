@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rampart_integration::identity::{JwksServer, Moto, MOTO_REGION};
+use rampart_integration::identity::{openai_client, JwksServer, Llmock, Moto, MOTO_REGION};
 use rampart_integration::*;
 use rampart_plugins::testing::TestIssuer;
 use serde_json::json;
@@ -469,4 +469,65 @@ async fn a_placeholder_or_unreachable_secrets_manager_stops_the_start() {
         err.contains("origin-verify") && err.contains("stargate-sandbox/origin-verify-secret"),
         "{err}"
     );
+}
+
+/// The official `openai` Python client sends its token as the API key, through the `:80`
+/// policy (X-Origin-Verify from CloudFront, then the JWT), to an OpenAI-compatible server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_client_gets_through_with_a_token_and_401_without() {
+    let issuer = TestIssuer::new(ISS, "sdk");
+    let jwks = JwksServer::start(&issuer.jwks()).await;
+    let llmock = Llmock::start().await;
+    let plugins = format!(
+        r#"
+[[listeners.plugins]]
+type = "origin_verify"
+accept = ["header"]
+secret = "origin-verify"
+
+[[listeners.plugins]]
+type = "jwt"
+issuers = [{{ issuer = "{ISS}", jwks_url = "{url}" }}]
+"#,
+        url = jwks.url()
+    );
+    let toml = format!(
+        r#"
+[secrets.origin-verify]
+env = ["RAMPART_ORIGIN_VERIFY_SECRET"]
+
+[upstreams.llm]
+addrs = ["{llm}"]
+
+[[listeners]]
+name = "web"
+listen = "0.0.0.0:80"
+{plugins}
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "llm"
+"#,
+        llm = llmock.addr
+    );
+    let rampart = Rampart::start_opts(&toml, &["web"], &[], &[]).await;
+    let via = format!("http://{}/v1", rampart.addr("web"));
+    let direct = format!("http://{}/v1", llmock.addr);
+    let token = issuer.sign("RS256", &issuer.access_claims("sdk-client", INVOKE, now()));
+    for stream in [false, true] {
+        let through = openai_client(&via, &token, ORIGIN_SECRET, stream);
+        assert_eq!(through["ok"], true, "{through}");
+        let reference = openai_client(&direct, "sk-anything", ORIGIN_SECRET, stream);
+        assert_eq!(through["content"], reference["content"], "stream: {stream}");
+    }
+    let bad = openai_client(&via, &format!("{token}x"), ORIGIN_SECRET, false);
+    assert_eq!(
+        (bad["status"].as_u64(), bad["error"].as_str()),
+        (Some(401), Some("AuthenticationError"))
+    );
+    // The client cannot send no key at all; an OpenAI key instead of a token is the case.
+    let none = openai_client(&via, "sk-proj-not-a-token", ORIGIN_SECRET, false);
+    assert_eq!(none["status"].as_u64(), Some(401), "{none}");
+    let no_origin = openai_client(&via, &token, "wrong-origin", false);
+    assert_eq!(no_origin["status"].as_u64(), Some(403), "{no_origin}");
 }
