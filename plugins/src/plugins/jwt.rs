@@ -1056,6 +1056,34 @@ mod tests {
     }
 
     #[test]
+    fn several_issuers_each_with_their_own_keys() {
+        let other_iss = "https://cognito-idp.us-west-2.amazonaws.com/us-west-2_Other";
+        let other = TestIssuer::new(other_iss, "o1");
+        let other_url = "http://keys.other/jwks.json";
+        let config: JwtConfig = toml::from_str(&format!(
+            "issuers = [{{ issuer = \"{ISS}\", jwks_url = \"{URL}\" }}, {{ issuer = \"{other_iss}\", jwks_url = \"{other_url}\" }}]"
+        ))
+        .expect("config");
+        let ctx = TestContext::new()
+            .with_keys(URL, Arc::new(FixedKeys(keys(issuer()))))
+            .with_keys(other_url, Arc::new(FixedKeys(keys(&other))));
+        let p = Jwt::build(config, &ctx).expect("builds");
+        assert_eq!(outcome(&p, &request("/", &token(&claims()))), "ok client-a");
+        let theirs = other.sign("RS256", &other.access_claims("west", INVOKE, now()));
+        assert_eq!(outcome(&p, &request("/", &theirs)), "ok west");
+        // One issuer's key cannot vouch for the other's name, even with a kid they share.
+        let crossed = other.sign_with_header(
+            &json!({ "alg": "RS256", "kid": "k1-rsa" }),
+            &with(
+                other.access_claims("west", INVOKE, now()),
+                "iss",
+                json!(ISS),
+            ),
+        );
+        assert_eq!(outcome(&p, &request("/", &crossed)), "401 jwt.signature");
+    }
+
+    #[test]
     fn later_plugins_see_the_identity() {
         let clients = "[clients.client-a]\nteam = \"search\"\n[clients.client-b]\nteam = \"search\"\n[clients.client-c]\nteam = \"ads\"\n";
         let ctx = crate::plugins::bot_control::tests::ctx()
