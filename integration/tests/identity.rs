@@ -57,6 +57,9 @@ const CLIENTS: &str = r#"
 [clients.search-bot]
 team = "search"
 
+[clients.search-bot-2]
+team = "search"
+
 [clients.ads-bot]
 team = "ads"
 scopes = ["https://gateway.internal/invoke"]
@@ -530,4 +533,52 @@ upstream = "llm"
     assert_eq!(none["status"].as_u64(), Some(401), "{none}");
     let no_origin = openai_client(&via, &token, "wrong-origin", false);
     assert_eq!(no_origin["status"].as_u64(), Some(403), "{no_origin}");
+}
+
+/// Limits per client id and per team, counted on the identity the `jwt` plugin verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_count_per_client_and_per_team() {
+    let issuer = TestIssuer::new(ISS, "rl");
+    let jwks = JwksServer::start(&issuer.jwks()).await;
+    let up = RecordingUpstream::start("app").await;
+    let plugins = format!(
+        r#"{jwt}
+[[listeners.plugins]]
+type = "rate_limit"
+limits = [
+  {{ name = "PerClient", requests = 2, window_seconds = 60, key = "jwt_client_id" }},
+  {{ name = "PerTeam", requests = 3, window_seconds = 60, key = "team" }},
+]
+"#,
+        jwt = jwt_plugin(ISS, &jwks.url())
+    );
+    let rampart = Rampart::start_full(
+        &[
+            ("gateway.toml", &gateway(&up, "", &plugins)),
+            ("clients.toml", CLIENTS),
+        ],
+        &["web"],
+        &[],
+        &[],
+    )
+    .await;
+    let tokens: Vec<String> = ["search-bot", "search-bot-2", "ads-bot"]
+        .iter()
+        .map(|c| issuer.sign("RS256", &issuer.access_claims(c, INVOKE, now())))
+        .collect();
+    let mut got = Vec::new();
+    for who in [0, 0, 0, 1, 1, 2] {
+        let r = call(&rampart, "/v1/models", Some(&tokens[who]), &[]).await;
+        got.push((
+            r.status,
+            r.json()["rule"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    let statuses: Vec<u16> = got.iter().map(|g| g.0).collect();
+    assert_eq!(statuses, [200, 200, 429, 200, 429, 200], "{got:?}");
+    assert_eq!(got[2].1, "PerClient");
+    assert_eq!(
+        got[4].1, "PerTeam",
+        "search-bot's refused request was not charged to the team"
+    );
 }
