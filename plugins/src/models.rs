@@ -1,0 +1,412 @@
+//! The model table: which provider targets serve a model named in an OpenAI-style request.
+//!
+//! Pure data and matching, read from a rule file (`rules/models.toml`); the proxy resolves
+//! the providers' keys and connects. Every provider is reached through its OpenAI-compatible
+//! surface, so a request body travels unchanged; only the path and the key header differ.
+//!
+//! ```toml
+//! [providers.openai]
+//! kind = "openai"
+//! base_url = "https://api.openai.com"
+//! key = "openai-api-key"            # a [secrets] entry
+//!
+//! [[models]]
+//! name = "gpt-4o"                   # exact, or a glob: "gpt-*"
+//! aliases = ["gpt4"]
+//! targets = [{ provider = "openai" }, { provider = "azure", deployment = "gpt-4o-prod" }]
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::registry::line_at;
+
+/// How a provider's OpenAI-compatible API is addressed and authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// `https://api.openai.com/v1/...`, `Authorization: Bearer`.
+    Openai,
+    /// Anthropic's OpenAI SDK compatibility layer, `https://api.anthropic.com/v1/...`.
+    Anthropic,
+    /// Gemini's OpenAI compatibility, `https://generativelanguage.googleapis.com/v1beta/openai/...`.
+    Gemini,
+    /// Azure OpenAI deployments, `/openai/deployments/{deployment}/...?api-version=`, `api-key`.
+    Azure,
+}
+
+/// The OpenAI endpoints rampart routes by model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// The endpoint a client path names (`/v1/chat/completions`), if any.
+    pub fn of_path(path: &str) -> Option<Self> {
+        match path.trim_end_matches('/') {
+            "/v1/chat/completions" | "/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/v1/embeddings" | "/embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        }
+    }
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+impl ProviderKind {
+    /// The header that carries the provider's key, and how its value is written.
+    pub fn key_header(self) -> (&'static str, KeyFormat) {
+        match self {
+            ProviderKind::Azure => ("api-key", KeyFormat::Plain),
+            _ => ("authorization", KeyFormat::Bearer),
+        }
+    }
+
+    /// The path and query of `endpoint` at this provider, below its base URL.
+    pub fn path(self, endpoint: Endpoint, target: &Target, provider: &Provider) -> String {
+        let suffix = endpoint.suffix();
+        match self {
+            ProviderKind::Openai | ProviderKind::Anthropic => format!("/v1/{suffix}"),
+            ProviderKind::Gemini => format!("/v1beta/openai/{suffix}"),
+            ProviderKind::Azure => format!(
+                "/openai/deployments/{}/{suffix}?api-version={}",
+                target.deployment.as_deref().unwrap_or_default(),
+                provider.api_version.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFormat {
+    /// `Bearer <key>`
+    Bearer,
+    /// The key as is.
+    Plain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    pub kind: ProviderKind,
+    /// Scheme, host and port (`https://api.openai.com`); configurable so tests use loopback.
+    pub base_url: String,
+    /// The `[secrets]` entry holding the key.
+    pub key: String,
+    /// Azure's `api-version` query parameter.
+    pub api_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub provider: String,
+    /// The model name the provider knows, when it is not the requested one.
+    pub model: Option<String>,
+    /// Azure's deployment name.
+    pub deployment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// An exact name, or a glob with `*` (`claude-*`).
+    pub name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Tried in order (failover).
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    #[serde(default)]
+    providers: BTreeMap<String, toml::Spanned<Provider>>,
+    #[serde(default)]
+    models: Vec<toml::Spanned<ModelEntry>>,
+}
+
+/// A models file that does not parse or does not hold together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ModelsError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+#[derive(Debug, Default)]
+pub struct ModelTable {
+    pub providers: BTreeMap<String, Provider>,
+    /// Exact names and aliases, to the entry's index.
+    exact: BTreeMap<String, usize>,
+    /// Globs in file order.
+    globs: Vec<usize>,
+    entries: Vec<ModelEntry>,
+}
+
+impl ModelTable {
+    pub fn parse(file: &str, text: &str) -> Result<Self, ModelsError> {
+        let error = |offset: Option<usize>, message: String| ModelsError {
+            file: file.to_string(),
+            line: offset.map(|o| line_at(text, o)),
+            message,
+        };
+        let parsed: ModelsFile = toml::from_str(text)
+            .map_err(|e| error(e.span().map(|s| s.start), e.message().to_string()))?;
+        for (name, p) in &parsed.providers {
+            if p.get_ref().kind == ProviderKind::Azure && p.get_ref().api_version.is_none() {
+                return Err(error(
+                    Some(p.span().start),
+                    format!("provider {name:?}: Azure needs `api_version`"),
+                ));
+            }
+        }
+        let mut table = ModelTable {
+            providers: parsed
+                .providers
+                .into_iter()
+                .map(|(name, p)| (name, p.into_inner()))
+                .collect(),
+            ..ModelTable::default()
+        };
+        for (i, spanned) in parsed.models.iter().enumerate() {
+            let (entry, here) = (spanned.get_ref(), Some(spanned.span().start));
+            if entry.targets.is_empty() {
+                return Err(error(
+                    here,
+                    format!("model {:?} has no targets", entry.name),
+                ));
+            }
+            for t in &entry.targets {
+                let Some(p) = table.providers.get(&t.provider) else {
+                    return Err(error(
+                        here,
+                        format!("model {:?}: unknown provider {:?}", entry.name, t.provider),
+                    ));
+                };
+                if p.kind == ProviderKind::Azure && t.deployment.is_none() {
+                    return Err(error(
+                        here,
+                        format!("model {:?}: Azure target needs `deployment`", entry.name),
+                    ));
+                }
+            }
+            if entry.name.contains('*') {
+                table.globs.push(i);
+            }
+            let names = std::iter::once(&entry.name).filter(|n| !n.contains('*'));
+            for name in names.chain(&entry.aliases) {
+                if table.exact.insert(name.clone(), i).is_some() {
+                    return Err(error(here, format!("model name {name:?} appears twice")));
+                }
+            }
+        }
+        table.entries = parsed
+            .models
+            .into_iter()
+            .map(toml::Spanned::into_inner)
+            .collect();
+        Ok(table)
+    }
+
+    /// The entry serving `model`: an exact name or alias first, then the first glob.
+    pub fn resolve(&self, model: &str) -> Option<&ModelEntry> {
+        let index = self.exact.get(model).copied().or_else(|| {
+            self.globs
+                .iter()
+                .copied()
+                .find(|&i| glob(&self.entries[i].name, model))
+        })?;
+        self.entries.get(index)
+    }
+}
+
+/// `*` matches any run of characters (none included); everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty();
+    };
+    for middle in parts {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// The `model` field of an OpenAI-style JSON body, if it has one.
+pub fn requested_model(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Body {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<Body>(body).ok()?.model
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[providers.openai]
+kind = "openai"
+base_url = "https://api.openai.com"
+key = "openai-api-key"
+
+[providers.anthropic]
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+key = "anthropic-api-key"
+
+[providers.gemini]
+kind = "gemini"
+base_url = "https://generativelanguage.googleapis.com"
+key = "google-api-key"
+
+[providers.azure]
+kind = "azure"
+base_url = "https://example.openai.azure.com"
+key = "azure-api-key"
+api_version = "2024-10-21"
+
+[[models]]
+name = "gpt-4o"
+aliases = ["gpt4", "default"]
+targets = [{ provider = "openai" }, { provider = "azure", deployment = "gpt-4o-prod" }]
+
+[[models]]
+name = "gpt-*"
+targets = [{ provider = "openai" }]
+
+[[models]]
+name = "claude-*"
+targets = [{ provider = "anthropic" }]
+
+[[models]]
+name = "gemini-*-flash*"
+targets = [{ provider = "gemini" }]
+"#;
+
+    fn table() -> ModelTable {
+        ModelTable::parse("models.toml", FILE).expect("parses")
+    }
+
+    fn providers_of(t: &ModelTable, model: &str) -> Vec<String> {
+        t.resolve(model)
+            .map(|e| e.targets.iter().map(|t| t.provider.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn exact_names_and_aliases_beat_globs() {
+        let t = table();
+        assert_eq!(providers_of(&t, "gpt-4o"), ["openai", "azure"]);
+        assert_eq!(providers_of(&t, "gpt4"), ["openai", "azure"]);
+        assert_eq!(providers_of(&t, "gpt-4.1-mini"), ["openai"]);
+        assert_eq!(providers_of(&t, "claude-sonnet-4-5"), ["anthropic"]);
+        assert_eq!(providers_of(&t, "gemini-2.5-flash-lite"), ["gemini"]);
+        assert!(t.resolve("gemini-2.5-pro").is_none());
+        assert!(t.resolve("llama-3").is_none());
+        assert!(t.resolve("").is_none());
+    }
+
+    #[test]
+    fn globs_match_whole_names() {
+        assert!(glob("gpt-*", "gpt-"));
+        assert!(glob("a*b*c", "abc") && glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy") && !glob("gpt-*", "xgpt-4"));
+        assert!(glob("*", "anything") && glob("*-mini", "o4-mini"));
+        assert!(!glob("ab*ba", "aba"), "the ends may not overlap");
+    }
+
+    #[test]
+    fn each_provider_has_its_path_and_key_header() {
+        let t = table();
+        let path = |model: &str, endpoint| {
+            let entry = t.resolve(model).expect("known");
+            entry
+                .targets
+                .iter()
+                .map(|target| {
+                    let p = &t.providers[&target.provider];
+                    (p.kind.path(endpoint, target, p), p.kind.key_header().0)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            path("gpt-4o", Endpoint::ChatCompletions),
+            [
+                ("/v1/chat/completions".to_string(), "authorization"),
+                (
+                    "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+                        .to_string(),
+                    "api-key"
+                )
+            ]
+        );
+        assert_eq!(
+            path("gemini-2.0-flash", Endpoint::Embeddings)[0].0,
+            "/v1beta/openai/embeddings"
+        );
+        assert_eq!(
+            path("claude-x", Endpoint::ChatCompletions)[0].0,
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            Endpoint::of_path("/v1/chat/completions/"),
+            Some(Endpoint::ChatCompletions)
+        );
+        assert_eq!(Endpoint::of_path("/v1/models"), None);
+    }
+
+    #[test]
+    fn mistakes_name_the_file_and_line() {
+        let cases = [
+            // An entry's errors point at its `[[models]]` line.
+            ("[[models]]\nname = \"x\"\ntargets = [{ provider = \"nope\" }]\n", 1, "unknown provider"),
+            ("\n[[models]]\nname = \"x\"\ntargets = []\n", 2, "no targets"),
+            ("[providers.a]\nkind = \"azure\"\nbase_url = \"https://a\"\nkey = \"k\"\n", 1, "api_version"),
+            ("[providers.a]\nkind = \"bedrock\"\n", 2, "bedrock"),
+            (
+                "[providers.o]\nkind = \"openai\"\nbase_url = \"u\"\nkey = \"k\"\n[[models]]\nname = \"a\"\ntargets = [{ provider = \"o\" }]\n[[models]]\nname = \"b\"\naliases = [\"a\"]\ntargets = [{ provider = \"o\" }]\n",
+                8,
+                "twice",
+            ),
+        ];
+        for (text, line, words) in cases {
+            let e = ModelTable::parse("models.toml", text).expect_err(text);
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.to_string().contains(words), "{e}");
+            assert!(
+                e.to_string().starts_with(&format!("models.toml:{line}:")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_model_is_read_from_the_body() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"model\": \"x\""}],"model":"gpt-4o","stream":true}"#;
+        assert_eq!(requested_model(body).as_deref(), Some("gpt-4o"));
+        assert_eq!(requested_model(br#"{"messages":[]}"#), None);
+        assert_eq!(requested_model(br#"{"model": 4}"#), None);
+        assert_eq!(requested_model(b"not json"), None);
+    }
+}
