@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod forwarded;
 pub mod jws;
+pub mod llm_usage;
 pub mod models;
 pub mod net;
 pub mod path;

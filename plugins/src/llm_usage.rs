@@ -1,0 +1,212 @@
+//! Token usage of OpenAI-style responses, read as they pass without holding them back.
+//!
+//! A JSON answer carries `usage` at the top level; a streamed answer (server-sent events)
+//! carries it in its last `data:` event when the request asked for
+//! `stream_options.include_usage`, which [`with_usage_requested`] adds.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    usage: Option<Usage>,
+}
+
+/// The usage of a whole JSON answer.
+pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+}
+
+/// A longer SSE line is skipped, not buffered: usage events are small.
+const MAX_LINE: usize = 1 << 20;
+
+/// Reads the events of a streamed answer as its chunks pass.
+#[derive(Debug, Default)]
+pub struct SseUsage {
+    /// The start of a line that the last chunk cut.
+    partial: Vec<u8>,
+    /// Skipping the rest of an over-long line.
+    skipping: bool,
+    usage: Option<Usage>,
+    events: u64,
+}
+
+impl SseUsage {
+    /// Reads one chunk; returns whether it held the stream's first `data:` event (the first
+    /// token, for time-to-first-token).
+    pub fn feed(&mut self, chunk: &[u8]) -> bool {
+        let before = self.events;
+        let mut rest = chunk;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = (&rest[..end], &rest[end + 1..]);
+            if self.skipping {
+                self.skipping = false;
+            } else if self.partial.is_empty() {
+                self.line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole);
+            }
+            rest = after;
+        }
+        if !self.skipping {
+            if self.partial.len() + rest.len() > MAX_LINE {
+                self.partial.clear();
+                self.skipping = true;
+            } else {
+                self.partial.extend_from_slice(rest);
+            }
+        }
+        before == 0 && self.events > 0
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
+        let data = data.trim_ascii();
+        if data == b"[DONE]" {
+            return;
+        }
+        self.events += 1;
+        // Only the event that carries usage is parsed; the others are passed over.
+        if memchr_usage(data) {
+            if let Some(u) = usage_of_json(data) {
+                self.usage = Some(u);
+            }
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// `data:` events seen, `[DONE]` aside.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+fn memchr_usage(data: &[u8]) -> bool {
+    data.windows(7).any(|w| w == b"\"usage\"")
+}
+
+/// For a streaming request (`"stream": true`), the body with
+/// `stream_options.include_usage` set, so that the stream reports its usage; `None` when
+/// nothing needs to change (not streaming, already asked, or not a JSON object).
+pub fn with_usage_requested(body: &[u8]) -> Option<Vec<u8>> {
+    let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
+    if object.get("stream") != Some(&Value::Bool(true)) {
+        return None;
+    }
+    let options = object
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(options) = options else {
+        return None;
+    };
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return None;
+    }
+    options.insert("include_usage".into(), Value::Bool(true));
+    serde_json::to_vec(&object).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &str = "data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"Hel\"}}],\"usage\":null}\n\n\
+        data: {\"id\":\"c1\",\"choices\":[{\"delta\":{\"content\":\"lo\"}}],\"usage\":null}\n\n\
+        data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":2,\"total_tokens\":14}}\n\n\
+        data: [DONE]\n\n";
+
+    #[test]
+    fn usage_is_found_whatever_the_chunking() {
+        let bytes = STREAM.as_bytes();
+        for size in [1, 2, 3, 7, 64, bytes.len()] {
+            let mut sse = SseUsage::default();
+            let firsts: Vec<bool> = bytes.chunks(size).map(|c| sse.feed(c)).collect();
+            assert_eq!(
+                sse.usage(),
+                Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 2
+                }),
+                "chunks of {size}"
+            );
+            assert_eq!(sse.events(), 3);
+            assert_eq!(firsts.iter().filter(|&&f| f).count(), 1, "one first event");
+        }
+    }
+
+    #[test]
+    fn crlf_and_missing_usage() {
+        let mut sse = SseUsage::default();
+        sse.feed(b"event: x\r\ndata: {\"choices\":[]}\r\n\r\ndata: [DONE]\r\n\r\n");
+        assert_eq!((sse.usage(), sse.events()), (None, 1));
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_not_held() {
+        let mut sse = SseUsage::default();
+        let huge = vec![b'a'; MAX_LINE + 10];
+        sse.feed(b"data: ");
+        sse.feed(&huge);
+        assert!(sse.partial.is_empty());
+        sse.feed(b"tail\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n");
+        assert_eq!(sse.usage().map(|u| u.prompt_tokens), Some(1));
+    }
+
+    #[test]
+    fn json_answers_carry_usage_at_the_top() {
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+        assert_eq!(
+            usage_of_json(body),
+            Some(Usage {
+                prompt_tokens: 5,
+                completion_tokens: 7
+            })
+        );
+        assert_eq!(usage_of_json(b"{}"), None);
+    }
+
+    #[test]
+    fn streaming_requests_ask_for_usage() {
+        let body = br#"{"model":"m","stream":true,"messages":[]}"#;
+        let changed = with_usage_requested(body).expect("changed");
+        let v: Value = serde_json::from_slice(&changed).expect("json");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+        let kept = br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let v: Value =
+            serde_json::from_slice(&with_usage_requested(kept).expect("changed")).expect("json");
+        assert_eq!(
+            (
+                v["stream_options"]["include_usage"].clone(),
+                v["stream_options"]["x"].clone()
+            ),
+            (Value::Bool(true), Value::from(1))
+        );
+        assert_eq!(with_usage_requested(br#"{"stream":false}"#), None);
+        assert_eq!(
+            with_usage_requested(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
+            None
+        );
+        assert_eq!(
+            with_usage_requested(br#"{"stream":true,"stream_options":3}"#),
+            None
+        );
+        assert_eq!(with_usage_requested(b"[1]"), None);
+    }
+}
