@@ -138,7 +138,16 @@ async fn tokens_are_verified_and_the_caller_reaches_the_upstream() {
         assert_eq!(r.json()["rule"], "jwt.invalid_token");
         assert!(!String::from_utf8_lossy(&r.body).contains("expired"));
     }
-    // The reason is in the metrics.
+    // The reason is in the metrics and the access log, next to who called.
+    let log = rampart.stdout_text();
+    assert!(
+        log.contains(r#""client_id":"search-bot","team":"search""#),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#""refused_by":["jwt","jwt.expired"]"#),
+        "{log}"
+    );
     let m = rampart.metrics().await;
     assert_eq!(
         metric_value(

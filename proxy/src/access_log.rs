@@ -19,6 +19,11 @@ pub struct Entry<'a> {
     pub duration: Duration,
     pub peer: IpAddr,
     pub client: IpAddr,
+    /// The verified caller (a JWT's client id and team), when a plugin verified one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<&'a str>,
     /// (plugin, rule id) when the request was refused.
     pub refused_by: Option<(&'static str, &'a str)>,
     pub request_id: &'a str,

@@ -619,6 +619,8 @@ impl ProxyHttp for RampartProxy {
             duration: elapsed,
             peer: ctx.peer,
             client: ctx.client,
+            client_id: ctx.identity.as_deref().map(|who| &*who.client_id),
+            team: ctx.identity.as_deref().and_then(|who| who.team.as_deref()),
             refused_by: ctx.refused.as_ref().map(|(p, r)| (*p, r.as_ref())),
             request_id: &ctx.request_id,
             upstream_error: ctx.upstream_error,
