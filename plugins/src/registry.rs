@@ -118,6 +118,15 @@ pub fn line_at(text: &str, offset: usize) -> usize {
         + 1
 }
 
+/// A TOML rule file read as `T`; a mistake is reported with the file and line.
+pub fn parse_rule_file<T: DeserializeOwned>(file: &str, text: &str) -> Result<T, BuildError> {
+    toml::from_str(text).map_err(|e| BuildError::RuleFile {
+        file: file.to_string(),
+        line: e.span().map(|s| line_at(text, s.start)),
+        message: e.message().to_string(),
+    })
+}
+
 impl From<crate::prefix_table::ListError> for BuildError {
     fn from(e: crate::prefix_table::ListError) -> Self {
         BuildError::RuleFile {

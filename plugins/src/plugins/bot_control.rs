@@ -13,7 +13,7 @@ use http::header::USER_AGENT;
 use serde::Deserialize;
 
 use crate::prefix_table::PrefixTable;
-use crate::registry::{line_at, BuildContext, BuildError};
+use crate::registry::{parse_rule_file, BuildContext, BuildError};
 use crate::{Deny, Finding, Plugin, RequestView, SharedSecret, Verdict};
 
 /// What bot control does with a category or signal.
@@ -140,11 +140,7 @@ impl BotControl {
         };
         for path in &config.catalogue {
             for (file, text) in ctx.rule_files(path)? {
-                let part: Catalogue = toml::from_str(&text).map_err(|e| BuildError::RuleFile {
-                    line: e.span().map(|s| line_at(&text, s.start)),
-                    message: e.message().to_string(),
-                    file: file.clone(),
-                })?;
+                let part: Catalogue = parse_rule_file(&file, &text)?;
                 catalogue.signals.extend(part.signals);
                 catalogue.categories.extend(part.categories);
             }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::jws::{Algorithm, KeySource, Token, TokenError};
 use crate::path::has_segment_prefix;
-use crate::registry::{line_at, BuildContext, BuildError};
+use crate::registry::{parse_rule_file, BuildContext, BuildError};
 use crate::request::Identity;
 use crate::verdict::VerdictFuture;
 use crate::{Deny, Plugin, RequestView, Verdict};
@@ -285,28 +285,26 @@ impl Jwt {
 
     /// All the checks a token passes once, whatever the route.
     fn verify(&self, text: &str, now: u64) -> Result<Verified, Rejected> {
-        let (_, rest) = text
-            .split_once('.')
-            .ok_or(Rejected::Because("jwt.malformed"))?;
-        let payload = rest.split('.').next().unwrap_or_default();
+        let token = Token::parse(text).map_err(Rejected::token)?;
+        let claims: Claims = serde_json::from_slice(&token.payload)
+            .map_err(|_| Rejected::Because("jwt.malformed"))?;
         // The issuer is read before the signature is checked only to pick whose keys
-        // check it; nothing else in the payload is believed until then.
-        let unverified: Claims = base64_json(payload).ok_or(Rejected::Because("jwt.malformed"))?;
-        let iss = unverified.iss.as_deref().unwrap_or_default();
+        // check it; nothing else in the claims is believed until then.
+        let iss = claims.iss.as_deref().unwrap_or_default();
         let issuer_index = self
             .issuers
             .iter()
             .position(|i| i.iss == iss)
             .ok_or(Rejected::Because("jwt.issuer"))?;
         let issuer = &self.issuers[issuer_index];
-        let token = Token::parse(text, &issuer.algorithms).map_err(Rejected::token)?;
+        if !issuer.algorithms.contains(&token.alg) {
+            return Err(Rejected::Because("jwt.algorithm"));
+        }
         match issuer.keys.keys().verify(&token) {
             Ok(()) => {}
             Err(TokenError::UnknownKid) => return Err(Rejected::UnknownKid(issuer_index)),
             Err(e) => return Err(Rejected::token(e)),
         }
-        let claims: Claims = serde_json::from_slice(&token.payload)
-            .map_err(|_| Rejected::Because("jwt.malformed"))?;
         let leeway = self.leeway as f64;
         let now_f = now as f64;
         let exp = claims.exp.ok_or(Rejected::Because("jwt.claims"))?;
@@ -417,14 +415,6 @@ impl Rejected {
     }
 }
 
-fn base64_json<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
-    use base64::Engine;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(part)
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 struct Missing;
 
 /// The token of the one `Authorization: Bearer` header: `Err` when there is none,
@@ -451,11 +441,7 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, Missing> {
 fn read_clients(files: Vec<(String, String)>) -> Result<HashMap<String, Client>, BuildError> {
     let mut clients = HashMap::new();
     for (file, text) in files {
-        let parsed: ClientsFile = toml::from_str(&text).map_err(|e| BuildError::RuleFile {
-            line: e.span().map(|s| line_at(&text, s.start)),
-            file: file.clone(),
-            message: e.message().to_string(),
-        })?;
+        let parsed: ClientsFile = parse_rule_file(&file, &text)?;
         clients.extend(parsed.clients);
     }
     Ok(clients)
