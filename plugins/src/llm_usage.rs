@@ -80,7 +80,7 @@ impl SseUsage {
         }
         self.events += 1;
         // Only the event that carries usage is parsed; the others are passed over.
-        if memchr_usage(data) {
+        if mentions_usage(data) {
             if let Some(u) = usage_of_json(data) {
                 self.usage = Some(u);
             }
@@ -97,7 +97,7 @@ impl SseUsage {
     }
 }
 
-fn memchr_usage(data: &[u8]) -> bool {
+fn mentions_usage(data: &[u8]) -> bool {
     data.windows(7).any(|w| w == b"\"usage\"")
 }
 

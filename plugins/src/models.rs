@@ -69,17 +69,19 @@ impl ProviderKind {
             _ => ("authorization", KeyFormat::Bearer),
         }
     }
+}
 
-    /// The path and query of `endpoint` at this provider, below its base URL.
-    pub fn path(self, endpoint: Endpoint, target: &Target, provider: &Provider) -> String {
+impl Provider {
+    /// The path and query of `endpoint` for `target` at this provider, below its base URL.
+    pub fn path(&self, endpoint: Endpoint, target: &Target) -> String {
         let suffix = endpoint.suffix();
-        match self {
+        match self.kind {
             ProviderKind::Openai | ProviderKind::Anthropic => format!("/v1/{suffix}"),
             ProviderKind::Gemini => format!("/v1beta/openai/{suffix}"),
             ProviderKind::Azure => format!(
                 "/openai/deployments/{}/{suffix}?api-version={}",
                 target.deployment.as_deref().unwrap_or_default(),
-                provider.api_version.as_deref().unwrap_or_default()
+                self.api_version.as_deref().unwrap_or_default()
             ),
         }
     }
@@ -346,7 +348,7 @@ targets = [{ provider = "gemini" }]
                 .iter()
                 .map(|target| {
                     let p = &t.providers[&target.provider];
-                    (p.kind.path(endpoint, target, p), p.kind.key_header().0)
+                    (p.path(endpoint, target), p.kind.key_header().0)
                 })
                 .collect::<Vec<_>>()
         };

@@ -25,13 +25,20 @@ use crate::secrets::usable;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The client, its runtime (one worker thread, named `secrets`), and the secrets it keeps
-/// fresh, by name and settings.
+/// fresh, by name.
 pub struct AwsSecrets {
     pub config: SecretsManagerConfig,
     runtime: tokio::runtime::Runtime,
     client: Client,
-    kept: Mutex<HashMap<String, (SharedSecret, tokio::task::JoinHandle<()>)>>,
+    kept: Mutex<HashMap<String, Kept>>,
     refreshes: Option<IntCounterVec>,
+}
+
+/// A secret being kept fresh, with the settings it was read with.
+struct Kept {
+    spec: AwsSecretSpec,
+    secret: SharedSecret,
+    refresher: tokio::task::JoinHandle<()>,
 }
 
 impl AwsSecrets {
@@ -68,10 +75,9 @@ impl AwsSecrets {
 
     /// The secret `name`, read now if it is new (or its settings changed), then kept fresh.
     pub fn secret(&self, name: &str, spec: &AwsSecretSpec) -> Result<SharedSecret, String> {
-        let key = format!("{name}\u{0}{spec:?}");
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((secret, _)) = kept.get(&key) {
-            return Ok(secret.clone());
+        if let Some(k) = kept.get(name).filter(|k| k.spec == *spec) {
+            return Ok(k.secret.clone());
         }
         let (client, spec_c) = (self.client.clone(), spec.clone());
         let values = wait(&self.runtime, CALL_TIMEOUT * 2, async move {
@@ -79,36 +85,32 @@ impl AwsSecrets {
         })
         .map_err(|e| format!("secret {name:?} ({}): {e}", spec.secret_id))?;
         let secret = SharedSecret::new(name, values);
-        let task = self.runtime.spawn(refresh(
+        let refresher = self.runtime.spawn(refresh(
             self.client.clone(),
             spec.clone(),
             secret.clone(),
             Duration::from_secs(self.config.refresh_seconds.max(1)),
             self.refreshes.clone(),
         ));
-        // Settings of this name that changed: their refresher stops.
-        kept.retain(|k, (_, task)| {
-            let same_name = k.split('\u{0}').next() == Some(name);
-            if same_name {
-                task.abort();
-            }
-            !same_name
-        });
-        kept.insert(key, (secret.clone(), task));
+        let fresh = Kept {
+            spec: spec.clone(),
+            secret: secret.clone(),
+            refresher,
+        };
+        // The same name with other settings: its refresher stops.
+        if let Some(old) = kept.insert(name.to_string(), fresh) {
+            old.refresher.abort();
+        }
         Ok(secret)
     }
 }
 
 impl Drop for AwsSecrets {
     fn drop(&mut self) {
-        for (_, task) in self
-            .kept
-            .get_mut()
-            .map(|k| k.values())
-            .into_iter()
-            .flatten()
-        {
-            task.abort();
+        if let Ok(kept) = self.kept.get_mut() {
+            for k in kept.values() {
+                k.refresher.abort();
+            }
         }
     }
 }
