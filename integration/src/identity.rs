@@ -101,9 +101,55 @@ pub fn venv_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// A server program of the test virtualenv on a free loopback port, stopped when dropped.
+struct VenvServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl VenvServer {
+    /// Starts `program` with the arguments `args` gives for the port, and waits until a GET
+    /// of `probe` gets an answer that `ready` accepts.
+    async fn start(
+        program: &str,
+        args: impl FnOnce(&str) -> Vec<String>,
+        probe: &str,
+        ready: fn(u16) -> bool,
+    ) -> VenvServer {
+        let port = free_port();
+        let child = Command::new(venv_bin(program))
+            .args(args(&port.to_string()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {program}: {e}"));
+        let server = VenvServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let raw = format!("GET {probe} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        for _ in 0..200 {
+            if let Ok(r) = send_raw(server.addr, "127.0.0.1", raw.as_bytes()).await {
+                if ready(r.status) {
+                    return server;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{program} did not come up on port {port}");
+    }
+}
+
+impl Drop for VenvServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `moto_server` on a free port: AWS Secrets Manager and Cognito for the tests.
 pub struct Moto {
-    child: Child,
+    _server: VenvServer,
     pub addr: SocketAddr,
 }
 
@@ -111,31 +157,17 @@ pub const MOTO_REGION: &str = "us-east-1";
 
 impl Moto {
     pub async fn start() -> Moto {
-        let port = free_port();
-        let child = Command::new(venv_bin("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let moto = Moto {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        for _ in 0..200 {
-            if send_raw(
-                moto.addr,
-                "127.0.0.1",
-                b"GET /moto-api/ HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            .is_ok()
-            {
-                return moto;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let server = VenvServer::start(
+            "moto_server",
+            |port| ["-H", "127.0.0.1", "-p", port].map(String::from).to_vec(),
+            "/moto-api/",
+            |_| true,
+        )
+        .await;
+        Moto {
+            addr: server.addr,
+            _server: server,
         }
-        panic!("moto_server did not come up on port {port}");
     }
 
     pub fn url(&self) -> String {
@@ -181,55 +213,37 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `llmock serve` on a free port: an OpenAI-compatible server.
 pub struct Llmock {
-    child: Child,
+    _server: VenvServer,
     pub addr: SocketAddr,
 }
 
 impl Llmock {
     pub async fn start() -> Llmock {
-        let port = free_port();
-        let child = Command::new(venv_bin("llmock"))
-            .args(["serve", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .args(["--log-level", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start llmock");
-        let llmock = Llmock {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        for _ in 0..200 {
-            if let Ok(r) = send_raw(
-                llmock.addr,
-                "127.0.0.1",
-                b"GET /v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            )
-            .await
-            {
-                if r.status == 200 {
-                    return llmock;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let server = VenvServer::start(
+            "llmock",
+            |port| {
+                [
+                    "serve",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    port,
+                    "--log-level",
+                    "warning",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+            "/v1/models",
+            |status| status == 200,
+        )
+        .await;
+        Llmock {
+            addr: server.addr,
+            _server: server,
         }
-        panic!("llmock did not come up on port {port}");
-    }
-}
-
-impl Drop for Llmock {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -502,6 +502,32 @@ pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// One listener, `web`, in front of one upstream at `upstream` (route `/` to `app`), on the
+/// test network (internal peer 127.0.0.2, trusted proxy 127.0.0.5). `head` is more top-level
+/// TOML (secrets, stores); `plugins` are the listener's `[[listeners.plugins]]`.
+pub fn one_listener(upstream: SocketAddr, head: &str, plugins: &str) -> String {
+    format!(
+        r#"
+[network]
+internal_cidrs = ["{INTERNAL_PEER}/32"]
+trusted_proxies = ["{TRUSTED_PROXY_PEER}/32"]
+{head}
+
+[upstreams.app]
+addrs = ["{upstream}"]
+
+[[listeners]]
+name = "web"
+listen = "0.0.0.0:80"
+{plugins}
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "app"
+"#
+    )
+}
+
 /// The four upstreams of the seed's layout.
 pub struct SeedUpstreams {
     pub litellm: Vec<RecordingUpstream>,

@@ -47,24 +47,13 @@ impl Drop for RedisServer {
     }
 }
 
+/// One listener whose rate limit counts in the Redis on `redis_port`.
 fn gateway(up: &RecordingUpstream, redis_port: u16, limit: u32) -> String {
-    format!(
+    let store = format!(
+        "[rate_limit_store]\nredis = \"redis://127.0.0.1:{redis_port}\"\ntimeout_ms = 100\nretry_ms = 300"
+    );
+    let plugins = format!(
         r#"
-[network]
-internal_cidrs = ["{INTERNAL_PEER}/32"]
-
-[rate_limit_store]
-redis = "redis://127.0.0.1:{redis_port}"
-timeout_ms = 100
-retry_ms = 300
-
-[upstreams.app]
-addrs = ["{addr}"]
-
-[[listeners]]
-name = "web"
-listen = "0.0.0.0:80"
-
 [[listeners.plugins]]
 type = "rate_limit"
 shared = true
@@ -73,13 +62,9 @@ shared = true
 name = "gateway"
 requests = {limit}
 window_seconds = 300
-
-[[listeners.routes]]
-prefix = "/"
-upstream = "app"
-"#,
-        addr = up.addr
-    )
+"#
+    );
+    one_listener(up.addr, &store, &plugins)
 }
 
 async fn get(rampart: &Rampart, from: &str) -> u16 {

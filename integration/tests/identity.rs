@@ -19,28 +19,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// One listener, `web`, in front of one recording upstream, with `plugins` (TOML) first.
-fn gateway(up: &RecordingUpstream, head: &str, plugins: &str) -> String {
-    format!(
-        r#"
-{head}
-
-[upstreams.app]
-addrs = ["{addr}"]
-
-[[listeners]]
-name = "web"
-listen = "0.0.0.0:80"
-{plugins}
-
-[[listeners.routes]]
-prefix = "/"
-upstream = "app"
-"#,
-        addr = up.addr
-    )
-}
-
 fn jwt_plugin(issuer: &str, jwks_url: &str) -> String {
     format!(
         r#"
@@ -88,7 +66,7 @@ async fn tokens_are_verified_and_the_caller_reaches_the_upstream() {
         &[
             (
                 "gateway.toml",
-                &gateway(&up, "", &jwt_plugin(ISS, &jwks.url())),
+                &one_listener(up.addr, "", &jwt_plugin(ISS, &jwks.url())),
             ),
             ("clients.toml", CLIENTS),
         ],
@@ -306,7 +284,8 @@ required_scope = "aws.cognito.signin.user.admin"
 issuers = [{{ issuer = "{issuer}", jwks_url = "{jwks_url}" }}]
 "#
     );
-    let rampart = Rampart::start_opts(&gateway(&up, "", &plugins), &["web"], &[], &[]).await;
+    let rampart =
+        Rampart::start_opts(&one_listener(up.addr, "", &plugins), &["web"], &[], &[]).await;
     let r = call(&rampart, "/v1/models", Some(&token), &[]).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(
@@ -365,7 +344,7 @@ async fn secrets_rotate_in_secrets_manager_without_locking_anyone_out() {
     .await;
     let up = RecordingUpstream::start("app").await;
     let rampart = Rampart::start_opts(
-        &gateway(&up, &secrets_head(&moto), ORIGIN),
+        &one_listener(up.addr, &secrets_head(&moto), ORIGIN),
         &["web"],
         AWS_ENV,
         &[],
@@ -455,7 +434,7 @@ async fn a_placeholder_or_unreachable_secrets_manager_stops_the_start() {
     let rules = tempfile::tempdir().expect("dir");
     std::fs::write(
         rules.path().join("gateway.toml"),
-        gateway(&up, &secrets_head(&moto), ORIGIN),
+        one_listener(up.addr, &secrets_head(&moto), ORIGIN),
     )
     .expect("write");
     let run = || {
@@ -503,25 +482,8 @@ issuers = [{{ issuer = "{ISS}", jwks_url = "{url}" }}]
 "#,
         url = jwks.url()
     );
-    let toml = format!(
-        r#"
-[secrets.origin-verify]
-env = ["RAMPART_ORIGIN_VERIFY_SECRET"]
-
-[upstreams.llm]
-addrs = ["{llm}"]
-
-[[listeners]]
-name = "web"
-listen = "0.0.0.0:80"
-{plugins}
-
-[[listeners.routes]]
-prefix = "/"
-upstream = "llm"
-"#,
-        llm = llmock.addr
-    );
+    let head = "[secrets.origin-verify]\nenv = [\"RAMPART_ORIGIN_VERIFY_SECRET\"]";
+    let toml = one_listener(llmock.addr, head, &plugins);
     let rampart = Rampart::start_opts(&toml, &["web"], &[], &[]).await;
     let via = format!("http://{}/v1", rampart.addr("web"));
     let direct = format!("http://{}/v1", llmock.addr);
@@ -563,7 +525,7 @@ limits = [
     );
     let rampart = Rampart::start_full(
         &[
-            ("gateway.toml", &gateway(&up, "", &plugins)),
+            ("gateway.toml", &one_listener(up.addr, "", &plugins)),
             ("clients.toml", CLIENTS),
         ],
         &["web"],

@@ -4,30 +4,6 @@ use std::time::Duration;
 
 use rampart_integration::*;
 
-/// One listener, `web`, in front of one recording upstream, with `plugins` (TOML) first.
-fn gateway(up: &RecordingUpstream, plugins: &str) -> String {
-    format!(
-        r#"
-[network]
-internal_cidrs = ["{INTERNAL_PEER}/32"]
-trusted_proxies = ["{TRUSTED_PROXY_PEER}/32"]
-
-[upstreams.app]
-addrs = ["{addr}"]
-
-[[listeners]]
-name = "web"
-listen = "0.0.0.0:80"
-{plugins}
-
-[[listeners.routes]]
-prefix = "/"
-upstream = "app"
-"#,
-        addr = up.addr
-    )
-}
-
 const LISTS: &str = r#"
 [[listeners.plugins]]
 type = "ip_reputation"
@@ -65,7 +41,7 @@ async fn ip_lists_block_count_and_drop_at_accept_and_reload() {
     let up = RecordingUpstream::start("app").await;
     let rampart = Rampart::start_full(
         &[
-            ("gateway.toml", &gateway(&up, LISTS)),
+            ("gateway.toml", &one_listener(up.addr, "", LISTS)),
             (
                 "ip/reputation.txt",
                 "; Spamhaus-style list\n127.0.0.3/32 ; SBL000\n127.0.0.2\n",
@@ -153,7 +129,7 @@ window_seconds = 300
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_a_thousand_pass_then_429_and_counts_survive_a_reload() {
     let up = RecordingUpstream::start("app").await;
-    let config = gateway(&up, LIMIT);
+    let config = one_listener(up.addr, "", LIMIT);
     let rampart = Rampart::start(&config, &["web"]).await;
 
     // The seed checklist: "trigger 1000+ requests" from one address.
@@ -234,7 +210,7 @@ datacenter_networks = ["bots/datacenters.txt"]
 "#;
     let rampart = Rampart::start_full(
         &[
-            ("gateway.toml", &gateway(&up, plugins)),
+            ("gateway.toml", &one_listener(up.addr, "", plugins)),
             ("bots/catalogue.toml", &shipped("catalogue.toml")),
             ("bots/search-engines.txt", &shipped("search-engines.txt")),
             ("bots/datacenters.txt", &shipped("datacenters.txt")),
