@@ -33,8 +33,8 @@ pub struct JwksFetcher {
 }
 
 impl JwksFetcher {
-    /// Starts fetching `issuer`'s keys, and waits (up to [`FETCH_TIMEOUT`]) for the first
-    /// fetch so that the first requests find keys. If it fails, rampart still starts: tokens
+    /// Starts fetching `issuer`'s keys, and waits for the first fetch to end (it takes at
+    /// most [`FETCH_TIMEOUT`]) so that the first requests find keys. If it fails, rampart still starts: tokens
     /// are refused until a later fetch succeeds.
     pub fn start(
         issuer: IssuerConfig,
@@ -63,7 +63,10 @@ impl JwksFetcher {
             .name("jwks".into())
             .spawn(move || runtime.block_on(run(weak, client, first_tx)))
             .map_err(|e| format!("JWKS thread: {e}"))?;
-        if first_rx.recv_timeout(FETCH_TIMEOUT * 2).is_err() {
+        // The first fetch ends (well or not) within FETCH_TIMEOUT; the margin is for the
+        // thread's start.
+        let _ = first_rx.recv_timeout(FETCH_TIMEOUT * 2);
+        if fetcher.keys.load().is_empty() {
             log::warn!(
                 "JWKS of {}: no keys yet; tokens are refused until a fetch succeeds",
                 fetcher.issuer.issuer
@@ -112,9 +115,6 @@ async fn run(weak: Weak<JwksFetcher>, client: reqwest::Client, first: std::sync:
                 log::info!("JWKS {url}: {} keys", keys.len());
                 fetcher.keys.store(Arc::new(keys));
                 fetcher.count("success");
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(());
-                }
                 Duration::from_secs(fetcher.issuer.refresh_seconds.max(1))
             }
             Err(e) => {
@@ -124,6 +124,9 @@ async fn run(weak: Weak<JwksFetcher>, client: reqwest::Client, first: std::sync:
             }
         };
         fetcher.fetched.send_modify(|n| *n += 1);
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
         // Wait without holding the fetcher, so that dropping it ends this loop; check now
         // and then whether it is gone.
         let deadline = tokio::time::Instant::now() + next;
