@@ -7,6 +7,7 @@
 pub mod chain;
 pub mod forwarded;
 pub mod jws;
+pub mod llm_request;
 pub mod llm_usage;
 pub mod models;
 pub mod net;
@@ -17,6 +18,7 @@ pub mod rate_window;
 pub mod registry;
 pub mod request;
 pub mod secret;
+pub mod token_budget;
 #[cfg(any(test, feature = "test-issuer"))]
 pub mod testing;
 pub mod verdict;

@@ -2,10 +2,9 @@
 //!
 //! A JSON answer carries `usage` at the top level; a streamed answer (server-sent events)
 //! carries it in its last `data:` event when the request asked for
-//! `stream_options.include_usage`, which [`with_usage_requested`] adds.
+//! `stream_options.include_usage`, which `LlmRequest::body_for` adds.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
@@ -101,27 +100,6 @@ fn mentions_usage(data: &[u8]) -> bool {
     data.windows(7).any(|w| w == b"\"usage\"")
 }
 
-/// For a streaming request (`"stream": true`), the body with
-/// `stream_options.include_usage` set, so that the stream reports its usage; `None` when
-/// nothing needs to change (not streaming, already asked, or not a JSON object).
-pub fn with_usage_requested(body: &[u8]) -> Option<Vec<u8>> {
-    let mut object: Map<String, Value> = serde_json::from_slice(body).ok()?;
-    if object.get("stream") != Some(&Value::Bool(true)) {
-        return None;
-    }
-    let options = object
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Value::Object(options) = options else {
-        return None;
-    };
-    if options.get("include_usage") == Some(&Value::Bool(true)) {
-        return None;
-    }
-    options.insert("include_usage".into(), Value::Bool(true));
-    serde_json::to_vec(&object).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,34 +157,5 @@ mod tests {
             })
         );
         assert_eq!(usage_of_json(b"{}"), None);
-    }
-
-    #[test]
-    fn streaming_requests_ask_for_usage() {
-        let body = br#"{"model":"m","stream":true,"messages":[]}"#;
-        let changed = with_usage_requested(body).expect("changed");
-        let v: Value = serde_json::from_slice(&changed).expect("json");
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(v["model"], "m");
-        let kept = br#"{"stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
-        let v: Value =
-            serde_json::from_slice(&with_usage_requested(kept).expect("changed")).expect("json");
-        assert_eq!(
-            (
-                v["stream_options"]["include_usage"].clone(),
-                v["stream_options"]["x"].clone()
-            ),
-            (Value::Bool(true), Value::from(1))
-        );
-        assert_eq!(with_usage_requested(br#"{"stream":false}"#), None);
-        assert_eq!(
-            with_usage_requested(br#"{"stream":true,"stream_options":{"include_usage":true}}"#),
-            None
-        );
-        assert_eq!(
-            with_usage_requested(br#"{"stream":true,"stream_options":3}"#),
-            None
-        );
-        assert_eq!(with_usage_requested(b"[1]"), None);
     }
 }

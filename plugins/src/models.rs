@@ -6,8 +6,7 @@
 //!
 //! ```toml
 //! [providers.openai]
-//! kind = "openai"
-//! base_url = "https://api.openai.com"
+//! kind = "openai"                   # base_url defaults to https://api.openai.com/v1
 //! key = "openai-api-key"            # a [secrets] entry
 //!
 //! [[models]]
@@ -44,11 +43,11 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint a client path names (`/v1/chat/completions`), if any.
+    /// The endpoint a client path names below the route (`/chat/completions`), if any.
     pub fn of_path(path: &str) -> Option<Self> {
         match path.trim_end_matches('/') {
-            "/v1/chat/completions" | "/chat/completions" => Some(Endpoint::ChatCompletions),
-            "/v1/embeddings" | "/embeddings" => Some(Endpoint::Embeddings),
+            "/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/embeddings" => Some(Endpoint::Embeddings),
             _ => None,
         }
     }
@@ -62,28 +61,76 @@ impl Endpoint {
 }
 
 impl ProviderKind {
-    /// The header that carries the provider's key, and how its value is written.
+    /// The header that carries the key on the OpenAI-compatible surface, and its form.
     pub fn key_header(self) -> (&'static str, KeyFormat) {
         match self {
             ProviderKind::Azure => ("api-key", KeyFormat::Plain),
             _ => ("authorization", KeyFormat::Bearer),
         }
     }
+
+    /// The header that carries the key on the provider's own API.
+    pub fn native_key_header(self) -> (&'static str, KeyFormat) {
+        match self {
+            ProviderKind::Anthropic => ("x-api-key", KeyFormat::Plain),
+            ProviderKind::Gemini => ("x-goog-api-key", KeyFormat::Plain),
+            other => other.key_header(),
+        }
+    }
+
+    /// Where the OpenAI-compatible surface lives (what the OpenAI SDK's `base_url` would be).
+    fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
+            ProviderKind::Azure => None,
+        }
+    }
+
+    /// The root of the provider's own API, for native pass-through routes.
+    fn default_native_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::Openai => Some("https://api.openai.com"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Azure => None,
+        }
+    }
 }
 
 impl Provider {
-    /// The path and query of `endpoint` for `target` at this provider, below its base URL.
-    pub fn path(&self, endpoint: Endpoint, target: &Target) -> String {
+    /// The URL of `endpoint` for `target` at this provider.
+    pub fn url(&self, endpoint: Endpoint, target: &Target) -> String {
+        let base = self.base_url();
         let suffix = endpoint.suffix();
         match self.kind {
-            ProviderKind::Openai | ProviderKind::Anthropic => format!("/v1/{suffix}"),
-            ProviderKind::Gemini => format!("/v1beta/openai/{suffix}"),
             ProviderKind::Azure => format!(
-                "/openai/deployments/{}/{suffix}?api-version={}",
+                "{base}/openai/deployments/{}/{suffix}?api-version={}",
                 target.deployment.as_deref().unwrap_or_default(),
                 self.api_version.as_deref().unwrap_or_default()
             ),
+            _ => format!("{base}/{suffix}"),
         }
+    }
+
+    /// The URL of a native API call: `rest` is the path and query below the route's prefix.
+    pub fn native_url(&self, rest: &str) -> String {
+        let root = self
+            .native_url
+            .as_deref()
+            .or(self.kind.default_native_url())
+            .unwrap_or_else(|| self.base_url());
+        format!("{}/{}", root.trim_end_matches('/'), rest.trim_start_matches('/'))
+    }
+
+    /// The OpenAI-compatible API root, without a trailing slash.
+    pub fn base_url(&self) -> &str {
+        self.base_url
+            .as_deref()
+            .or(self.kind.default_base_url())
+            .unwrap_or_default()
+            .trim_end_matches('/')
     }
 }
 
@@ -99,8 +146,11 @@ pub enum KeyFormat {
 #[serde(deny_unknown_fields)]
 pub struct Provider {
     pub kind: ProviderKind,
-    /// Scheme, host and port (`https://api.openai.com`); configurable so tests use loopback.
-    pub base_url: String,
+    /// The OpenAI-compatible API root, as the OpenAI SDK's `base_url` would be; each kind
+    /// but Azure has a default. Configurable so that tests use loopback.
+    pub base_url: Option<String>,
+    /// The root of the provider's own API, for native routes (`/anthropic/...`).
+    pub native_url: Option<String>,
     /// The `[secrets]` entry holding the key.
     pub key: String,
     /// Azure's `api-version` query parameter.
@@ -166,11 +216,25 @@ impl ModelTable {
         let parsed: ModelsFile = toml::from_str(text)
             .map_err(|e| error(e.span().map(|s| s.start), e.message().to_string()))?;
         for (name, p) in &parsed.providers {
-            if p.get_ref().kind == ProviderKind::Azure && p.get_ref().api_version.is_none() {
-                return Err(error(
-                    Some(p.span().start),
-                    format!("provider {name:?}: Azure needs `api_version`"),
-                ));
+            let (at, provider) = (Some(p.span().start), p.get_ref());
+            if provider.kind == ProviderKind::Azure {
+                if provider.api_version.is_none() {
+                    let message = format!("provider {name:?}: Azure needs `api_version`");
+                    return Err(error(at, message));
+                }
+                if provider.base_url.is_none() {
+                    let message = format!(
+                        "provider {name:?}: Azure needs `base_url` (https://RESOURCE.openai.azure.com)"
+                    );
+                    return Err(error(at, message));
+                }
+            }
+            for url in [&provider.base_url, &provider.native_url].into_iter().flatten() {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    let message =
+                        format!("provider {name:?}: {url:?} is not an http:// or https:// URL");
+                    return Err(error(at, message));
+                }
             }
         }
         let mut table = ModelTable {
@@ -221,6 +285,13 @@ impl ModelTable {
         Ok(table)
     }
 
+    /// The names a client may ask for by name (exact names and aliases), for `/v1/models`.
+    pub fn model_ids(&self) -> impl Iterator<Item = (&str, &ModelEntry)> {
+        self.exact
+            .iter()
+            .filter_map(|(name, &i)| Some((name.as_str(), self.entries.get(i)?)))
+    }
+
     /// The entry serving `model`: an exact name or alias first, then the first glob.
     pub fn resolve(&self, model: &str) -> Option<&ModelEntry> {
         let index = self.exact.get(model).copied().or_else(|| {
@@ -253,15 +324,6 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// The `model` field of an OpenAI-style JSON body, if it has one.
-pub fn requested_model(body: &[u8]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Body {
-        model: Option<String>,
-    }
-    serde_json::from_slice::<Body>(body).ok()?.model
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,18 +331,16 @@ mod tests {
     const FILE: &str = r#"
 [providers.openai]
 kind = "openai"
-base_url = "https://api.openai.com"
 key = "openai-api-key"
 
 [providers.anthropic]
 kind = "anthropic"
-base_url = "https://api.anthropic.com"
 key = "anthropic-api-key"
 
 [providers.gemini]
 kind = "gemini"
-base_url = "https://generativelanguage.googleapis.com"
 key = "google-api-key"
+native_url = "http://127.0.0.1:9/gemini/"
 
 [providers.azure]
 kind = "azure"
@@ -339,43 +399,53 @@ targets = [{ provider = "gemini" }]
     }
 
     #[test]
-    fn each_provider_has_its_path_and_key_header() {
+    fn each_provider_has_its_url_and_key_header() {
         let t = table();
-        let path = |model: &str, endpoint| {
+        let urls = |model: &str, endpoint| {
             let entry = t.resolve(model).expect("known");
             entry
                 .targets
                 .iter()
                 .map(|target| {
                     let p = &t.providers[&target.provider];
-                    (p.path(endpoint, target), p.kind.key_header().0)
+                    (p.url(endpoint, target), p.kind.key_header().0)
                 })
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            path("gpt-4o", Endpoint::ChatCompletions),
+            urls("gpt-4o", Endpoint::ChatCompletions),
             [
-                ("/v1/chat/completions".to_string(), "authorization"),
+                ("https://api.openai.com/v1/chat/completions".to_string(), "authorization"),
                 (
-                    "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+                    "https://example.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
                         .to_string(),
                     "api-key"
                 )
             ]
         );
         assert_eq!(
-            path("gemini-2.0-flash", Endpoint::Embeddings)[0].0,
-            "/v1beta/openai/embeddings"
+            urls("gemini-2.0-flash", Endpoint::Embeddings)[0].0,
+            "https://generativelanguage.googleapis.com/v1beta/openai/embeddings"
         );
         assert_eq!(
-            path("claude-x", Endpoint::ChatCompletions)[0].0,
-            "/v1/chat/completions"
+            urls("claude-x", Endpoint::ChatCompletions)[0].0,
+            "https://api.anthropic.com/v1/chat/completions"
         );
+        let native = |p: &str, rest| t.providers[p].native_url(rest);
+        assert_eq!(native("anthropic", "/v1/messages"), "https://api.anthropic.com/v1/messages");
         assert_eq!(
-            Endpoint::of_path("/v1/chat/completions/"),
+            native("gemini", "/v1beta/models/g:generateContent?alt=sse"),
+            "http://127.0.0.1:9/gemini/v1beta/models/g:generateContent?alt=sse"
+        );
+        assert_eq!(ProviderKind::Anthropic.native_key_header().0, "x-api-key");
+        assert_eq!(ProviderKind::Gemini.native_key_header().0, "x-goog-api-key");
+        assert_eq!(
+            Endpoint::of_path("/chat/completions/"),
             Some(Endpoint::ChatCompletions)
         );
-        assert_eq!(Endpoint::of_path("/v1/models"), None);
+        assert_eq!(Endpoint::of_path("/models"), None);
+        let ids: Vec<&str> = t.model_ids().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["default", "gpt-4o", "gpt4"]);
     }
 
     #[test]
@@ -385,10 +455,12 @@ targets = [{ provider = "gemini" }]
             ("[[models]]\nname = \"x\"\ntargets = [{ provider = \"nope\" }]\n", 1, "unknown provider"),
             ("\n[[models]]\nname = \"x\"\ntargets = []\n", 2, "no targets"),
             ("[providers.a]\nkind = \"azure\"\nbase_url = \"https://a\"\nkey = \"k\"\n", 1, "api_version"),
+            ("[providers.a]\nkind = \"azure\"\napi_version = \"1\"\nkey = \"k\"\n", 1, "base_url"),
+            ("[providers.a]\nkind = \"openai\"\nbase_url = \"api.openai.com\"\nkey = \"k\"\n", 1, "not an http"),
             ("[providers.a]\nkind = \"bedrock\"\n", 2, "bedrock"),
             (
-                "[providers.o]\nkind = \"openai\"\nbase_url = \"u\"\nkey = \"k\"\n[[models]]\nname = \"a\"\ntargets = [{ provider = \"o\" }]\n[[models]]\nname = \"b\"\naliases = [\"a\"]\ntargets = [{ provider = \"o\" }]\n",
-                8,
+                "[providers.o]\nkind = \"openai\"\nkey = \"k\"\n[[models]]\nname = \"a\"\ntargets = [{ provider = \"o\" }]\n[[models]]\nname = \"b\"\naliases = [\"a\"]\ntargets = [{ provider = \"o\" }]\n",
+                7,
                 "twice",
             ),
         ];
@@ -401,14 +473,5 @@ targets = [{ provider = "gemini" }]
                 "{e}"
             );
         }
-    }
-
-    #[test]
-    fn the_model_is_read_from_the_body() {
-        let body = br#"{"messages":[{"role":"user","content":"hi \"model\": \"x\""}],"model":"gpt-4o","stream":true}"#;
-        assert_eq!(requested_model(body).as_deref(), Some("gpt-4o"));
-        assert_eq!(requested_model(br#"{"messages":[]}"#), None);
-        assert_eq!(requested_model(br#"{"model": 4}"#), None);
-        assert_eq!(requested_model(b"not json"), None);
     }
 }

@@ -69,7 +69,7 @@ impl Slots {
     }
 
     fn total(&self) -> u32 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0u32, |t, &c| t.saturating_add(c))
     }
 
     /// Milliseconds from `now_ms` until the count falls below `below`.
@@ -82,7 +82,7 @@ impl Slots {
             if total < below {
                 break;
             }
-            total -= self.counts[(later % BUCKETS as u64) as usize];
+            total = total.saturating_sub(self.counts[(later % BUCKETS as u64) as usize]);
             if total < below {
                 return (later * width).saturating_sub(now_ms);
             }
@@ -123,13 +123,24 @@ impl RateWindow {
 
     /// Counts a request for `key` at `now_ms` if the limit allows it.
     pub fn hit(&self, key: u128, now_ms: u64) -> WindowState {
-        self.apply(key, now_ms, true)
+        self.apply(key, now_ms, true, 1)
+    }
+
+    /// Whether `key` is below its limit at `now_ms`, counting nothing (a token budget is
+    /// checked before a request and charged after its response).
+    pub fn peek(&self, key: u128, now_ms: u64) -> WindowState {
+        self.apply(key, now_ms, true, 0)
+    }
+
+    /// Counts `amount` for `key` whatever the limit says (tokens a response used).
+    pub fn add(&self, key: u128, now_ms: u64, amount: u32) {
+        self.apply(key, now_ms, false, amount);
     }
 
     /// Counts a request whatever the limit says (a shared store decided already: the local
     /// count is kept so that a fallback starts from what this instance saw).
     pub fn record(&self, key: u128, now_ms: u64) {
-        self.apply(key, now_ms, false);
+        self.apply(key, now_ms, false, 1);
     }
 
     /// Takes back a request counted at `now_ms` (another limit refused it).
@@ -144,7 +155,7 @@ impl RateWindow {
         }
     }
 
-    fn apply(&self, key: u128, now_ms: u64, enforce: bool) -> WindowState {
+    fn apply(&self, key: u128, now_ms: u64, enforce: bool, amount: u32) -> WindowState {
         let slot = now_ms / self.spec.slot_ms();
         let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         if !shard.contains_key(&key) && shard.len() >= self.per_shard {
@@ -158,9 +169,14 @@ impl RateWindow {
         let total = slots.total();
         let allowed = !enforce || total < self.spec.limit;
         if allowed {
-            slots.counts[(slot % BUCKETS as u64) as usize] += 1;
+            let c = &mut slots.counts[(slot % BUCKETS as u64) as usize];
+            *c = c.saturating_add(amount);
         }
-        let count = if allowed { total + 1 } else { total };
+        let count = if allowed {
+            total.saturating_add(amount)
+        } else {
+            total
+        };
         let below = if allowed { count } else { self.spec.limit };
         WindowState {
             allowed,

@@ -169,7 +169,7 @@ impl Limit {
 }
 
 /// FNV-1a, 128 bits: the same on every instance, so that shared keys agree.
-fn fnv128(bytes: &[u8]) -> u128 {
+pub(crate) fn fnv128(bytes: &[u8]) -> u128 {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013b;
     bytes
