@@ -18,9 +18,9 @@ pub mod rate_window;
 pub mod registry;
 pub mod request;
 pub mod secret;
-pub mod token_budget;
 #[cfg(any(test, feature = "test-issuer"))]
 pub mod testing;
+pub mod token_budget;
 pub mod verdict;
 pub mod waf;
 

@@ -143,6 +143,8 @@ mod tests {
 
         let not_streaming = br#"{"model":"m","stream":false}"#;
         let req = LlmRequest::parse(not_streaming).expect("parses");
-        assert!(json(&req.body_for(Some("n"))).get("stream_options").is_none());
+        assert!(json(&req.body_for(Some("n")))
+            .get("stream_options")
+            .is_none());
     }
 }

@@ -1,27 +1,55 @@
-//! Token usage of OpenAI-style responses, read as they pass without holding them back.
+//! Token usage of LLM answers, read as they pass without holding them back.
 //!
-//! A JSON answer carries `usage` at the top level; a streamed answer (server-sent events)
-//! carries it in its last `data:` event when the request asked for
-//! `stream_options.include_usage`, which `LlmRequest::body_for` adds.
+//! An OpenAI-style JSON answer carries `usage` at the top level; a streamed one (server-sent
+//! events) carries it in its last `data:` event when the request asked for
+//! `stream_options.include_usage`, which `LlmRequest::body_for` adds. The native APIs of
+//! the native routes say it their own way: Anthropic's `usage` (`input_tokens`, and in a
+//! stream `message_start`'s `message.usage` then running totals in `message_delta`), and
+//! Gemini's `usageMetadata` (running totals in every chunk). Counts only grow within one
+//! answer, so the largest seen of each is the answer's.
 
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens", alias = "promptTokenCount")]
     pub prompt_tokens: u64,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens", alias = "candidatesTokenCount")]
     pub completion_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    fn max(self, other: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.max(other.prompt_tokens),
+            completion_tokens: self.completion_tokens.max(other.completion_tokens),
+        }
+    }
 }
 
 #[derive(Deserialize)]
 struct WithUsage {
     usage: Option<Usage>,
+    #[serde(rename = "usageMetadata")]
+    usage_metadata: Option<Usage>,
+    message: Option<Message>,
 }
 
-/// The usage of a whole JSON answer.
+#[derive(Deserialize)]
+struct Message {
+    usage: Option<Usage>,
+}
+
+/// The usage of a whole JSON answer (or of one event of a stream).
 pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+    let w = serde_json::from_slice::<WithUsage>(body).ok()?;
+    w.usage
+        .or(w.usage_metadata)
+        .or(w.message.and_then(|m| m.usage))
 }
 
 /// A longer SSE line is skipped, not buffered: usage events are small.
@@ -81,7 +109,7 @@ impl SseUsage {
         // Only the event that carries usage is parsed; the others are passed over.
         if mentions_usage(data) {
             if let Some(u) = usage_of_json(data) {
-                self.usage = Some(u);
+                self.usage = Some(self.usage.map_or(u, |seen| seen.max(u)));
             }
         }
     }
@@ -97,7 +125,8 @@ impl SseUsage {
 }
 
 fn mentions_usage(data: &[u8]) -> bool {
-    data.windows(7).any(|w| w == b"\"usage\"")
+    // `"usage"` and `"usageMetadata"`.
+    data.windows(6).any(|w| w == b"\"usage")
 }
 
 #[cfg(test)]
@@ -157,5 +186,31 @@ mod tests {
             })
         );
         assert_eq!(usage_of_json(b"{}"), None);
+        let anthropic = br#"{"id":"msg_1","usage":{"input_tokens":9,"output_tokens":3}}"#;
+        assert_eq!(usage_of_json(anthropic).map(|u| u.total()), Some(12));
+        let gemini = br#"{"candidates":[],"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":6,"totalTokenCount":10}}"#;
+        assert_eq!(usage_of_json(gemini).map(|u| u.total()), Some(10));
+    }
+
+    #[test]
+    fn native_streams_report_running_totals() {
+        let anthropic = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+            event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"Hi\"}}\n\n\
+            event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+        let mut sse = SseUsage::default();
+        sse.feed(anthropic.as_bytes());
+        assert_eq!(
+            sse.usage(),
+            Some(Usage {
+                prompt_tokens: 25,
+                completion_tokens: 15
+            })
+        );
+        let gemini =
+            "data: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":1}}\r\n\r\n\
+            data: {\"usageMetadata\":{\"promptTokenCount\":4,\"candidatesTokenCount\":8}}\r\n\r\n";
+        let mut sse = SseUsage::default();
+        sse.feed(gemini.as_bytes());
+        assert_eq!(sse.usage().map(|u| u.total()), Some(12));
     }
 }

@@ -121,7 +121,11 @@ impl Provider {
             .as_deref()
             .or(self.kind.default_native_url())
             .unwrap_or_else(|| self.base_url());
-        format!("{}/{}", root.trim_end_matches('/'), rest.trim_start_matches('/'))
+        format!(
+            "{}/{}",
+            root.trim_end_matches('/'),
+            rest.trim_start_matches('/')
+        )
     }
 
     /// The OpenAI-compatible API root, without a trailing slash.
@@ -229,7 +233,10 @@ impl ModelTable {
                     return Err(error(at, message));
                 }
             }
-            for url in [&provider.base_url, &provider.native_url].into_iter().flatten() {
+            for url in [&provider.base_url, &provider.native_url]
+                .into_iter()
+                .flatten()
+            {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     let message =
                         format!("provider {name:?}: {url:?} is not an http:// or https:// URL");
@@ -432,7 +439,10 @@ targets = [{ provider = "gemini" }]
             "https://api.anthropic.com/v1/chat/completions"
         );
         let native = |p: &str, rest| t.providers[p].native_url(rest);
-        assert_eq!(native("anthropic", "/v1/messages"), "https://api.anthropic.com/v1/messages");
+        assert_eq!(
+            native("anthropic", "/v1/messages"),
+            "https://api.anthropic.com/v1/messages"
+        );
         assert_eq!(
             native("gemini", "/v1beta/models/g:generateContent?alt=sse"),
             "http://127.0.0.1:9/gemini/v1beta/models/g:generateContent?alt=sse"

@@ -30,6 +30,11 @@ impl SecretValues {
         self.0.is_empty()
     }
 
+    /// The current value (sources list it first), for a key rampart sends rather than checks.
+    pub fn first(&self) -> Option<&[u8]> {
+        self.0.first().map(|v| &**v)
+    }
+
     /// Constant time in the secret's content: every value is compared, no early exit, and the
     /// work depends only on the candidate's length, which the caller already knows.
     pub fn matches(&self, candidate: &[u8]) -> bool {

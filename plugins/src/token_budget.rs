@@ -172,7 +172,9 @@ mod tests {
         b.charge(caller(&a1), t0, 600);
         assert_eq!(b.check(caller(&a2), t0), Ok(()), "600 of 1000 used");
         b.charge(caller(&a2), t0 + 10, 400);
-        let spent = b.check(caller(&a1), t0 + 20).expect_err("1000 of 1000 used");
+        let spent = b
+            .check(caller(&a1), t0 + 20)
+            .expect_err("1000 of 1000 used");
         assert_eq!(spent.limit, "TeamTPM");
         assert!((1..=64).contains(&spent.retry_after_seconds), "{spent:?}");
         assert_eq!(b.check(caller(&b1), t0 + 20), Ok(()), "another team");

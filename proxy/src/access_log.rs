@@ -28,6 +28,11 @@ pub struct Entry<'a> {
     pub refused_by: Option<(&'static str, &'a str)>,
     pub request_id: &'a str,
     pub upstream_error: Option<&'static str>,
+    /// Tokens an LLM provider reported for its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -74,16 +74,31 @@ impl AwsSecrets {
     }
 
     /// The secret `name`, read now if it is new (or its settings changed), then kept fresh.
-    pub fn secret(&self, name: &str, spec: &AwsSecretSpec) -> Result<SharedSecret, String> {
+    /// A secret that is not `required` (a provider's key: only its provider's requests need
+    /// it) may start without a value; the refresh fills it in once one is set.
+    pub fn secret(
+        &self,
+        name: &str,
+        spec: &AwsSecretSpec,
+        required: bool,
+    ) -> Result<SharedSecret, String> {
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = kept.get(name).filter(|k| k.spec == *spec) {
             return Ok(k.secret.clone());
         }
         let (client, spec_c) = (self.client.clone(), spec.clone());
-        let values = wait(&self.runtime, CALL_TIMEOUT * 2, async move {
+        let read = wait(&self.runtime, CALL_TIMEOUT * 2, async move {
             read(&client, &spec_c).await
         })
-        .map_err(|e| format!("secret {name:?} ({}): {e}", spec.secret_id))?;
+        .map_err(|e| format!("secret {name:?} ({}): {e}", spec.secret_id));
+        let values = match read {
+            Ok(values) => values,
+            Err(e) if !required => {
+                log::warn!("{e}; requests that need it are refused until a refresh finds a value");
+                SecretValues::default()
+            }
+            Err(e) => return Err(e),
+        };
         let secret = SharedSecret::new(name, values);
         let refresher = self.runtime.spawn(refresh(
             self.client.clone(),

@@ -30,6 +30,85 @@ pub struct GatewayConfig {
     /// How secrets with an `aws` source are read.
     #[serde(default)]
     pub secrets_manager: SecretsManagerConfig,
+    /// How routes to LLM providers call them.
+    #[serde(default)]
+    pub llm: LlmConfig,
+}
+
+/// Provider routes (`models = true` or `provider = "..."`): the model table and how
+/// providers are called.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmConfig {
+    /// The model table, relative to the rules directory; read only when a route needs it.
+    #[serde(default = "default_models_file")]
+    pub models: String,
+    #[serde(default = "default_llm_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Until the provider's response header; a non-streamed answer is generated whole first.
+    #[serde(default = "default_first_byte_timeout")]
+    pub first_byte_timeout_ms: u64,
+    /// The longest pause between two chunks of an answer.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_ms: u64,
+    /// Targets tried per request, the first included.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    /// A request body larger than this is refused (413).
+    #[serde(default = "default_llm_body")]
+    pub max_body_bytes: usize,
+    /// Consecutive failures after which a target is skipped for `cooldown_seconds`.
+    #[serde(default = "default_cooldown_failures")]
+    pub cooldown_after_failures: u32,
+    #[serde(default = "default_cooldown_seconds")]
+    pub cooldown_seconds: u64,
+    /// Extra trusted roots (PEM) for provider certificates, beside the public ones.
+    pub ca_file: Option<PathBuf>,
+    /// Token budgets, checked before a call and charged from its reported usage.
+    #[serde(default)]
+    pub token_limits: Vec<rampart_plugins::token_budget::TokenLimitConfig>,
+}
+
+fn default_models_file() -> String {
+    "models.toml".to_string()
+}
+fn default_llm_connect_timeout() -> u64 {
+    5_000
+}
+fn default_first_byte_timeout() -> u64 {
+    300_000
+}
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+fn default_max_attempts() -> usize {
+    3
+}
+fn default_llm_body() -> usize {
+    8 << 20
+}
+fn default_cooldown_failures() -> u32 {
+    3
+}
+fn default_cooldown_seconds() -> u64 {
+    30
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            models: default_models_file(),
+            connect_timeout_ms: default_llm_connect_timeout(),
+            first_byte_timeout_ms: default_first_byte_timeout(),
+            idle_timeout_ms: default_idle_timeout(),
+            max_attempts: default_max_attempts(),
+            max_body_bytes: default_llm_body(),
+            cooldown_after_failures: default_cooldown_failures(),
+            cooldown_seconds: default_cooldown_seconds(),
+            ca_file: None,
+            token_limits: Vec::new(),
+        }
+    }
 }
 
 /// AWS Secrets Manager. Credentials come from the standard chain (environment, profile,
@@ -275,7 +354,12 @@ pub struct RouteConfig {
     pub name: Option<String>,
     /// Path prefix, matched segment-wise on the normalised path; the longest match wins.
     pub prefix: String,
-    pub upstream: String,
+    /// Where the route goes: exactly one of an upstream pool, the model table (OpenAI-style
+    /// endpoints routed by the body's `model`), or one provider's native API.
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub models: bool,
+    pub provider: Option<String>,
 }
 
 /// A rules error that names the file and, where known, the line.

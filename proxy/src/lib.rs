@@ -11,6 +11,7 @@ pub mod config;
 pub mod explain;
 pub mod health;
 pub mod jwks;
+pub mod llm;
 pub mod metrics;
 pub mod proxy;
 pub mod redis_windows;

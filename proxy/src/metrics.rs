@@ -22,6 +22,11 @@ pub struct Metrics {
     pub store_up: IntGauge,
     pub jwks_fetches: IntCounterVec,
     pub secret_refreshes: IntCounterVec,
+    pub llm_attempts: IntCounterVec,
+    pub llm_cooldowns: IntCounterVec,
+    pub llm_time_to_first_token: HistogramVec,
+    pub llm_duration: HistogramVec,
+    pub llm_tokens: IntCounterVec,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -126,6 +131,48 @@ impl Metrics {
             &["result"],
         )?;
         registry.register(Box::new(secret_refreshes.clone()))?;
+        let llm_attempts = IntCounterVec::new(
+            Opts::new(
+                "rampart_llm_attempts_total",
+                "Calls to LLM providers, by provider and result (ok, client_error, rate_limited, server_error, connect, tls, timeout, key_missing, stream_broken); a failure before the answer's first byte moves on to the model's next target.",
+            ),
+            &["provider", "result"],
+        )?;
+        registry.register(Box::new(llm_attempts.clone()))?;
+        let llm_cooldowns = IntCounterVec::new(
+            Opts::new(
+                "rampart_llm_cooldowns_total",
+                "Provider targets sent to rest after repeated failures or a Retry-After.",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(llm_cooldowns.clone()))?;
+        let llm_time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "rampart_llm_time_to_first_token_seconds",
+                "From the request's arrival to the first byte of the provider's answer reaching the client.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        registry.register(Box::new(llm_time_to_first_token.clone()))?;
+        let llm_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rampart_llm_request_duration_seconds",
+                "From the request's arrival to the end of the provider's answer.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        registry.register(Box::new(llm_duration.clone()))?;
+        let llm_tokens = IntCounterVec::new(
+            Opts::new(
+                "rampart_llm_tokens_total",
+                "Tokens LLM providers reported, by provider, model table entry, team and kind (prompt or completion).",
+            ),
+            &["provider", "model", "team", "kind"],
+        )?;
+        registry.register(Box::new(llm_tokens.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -156,6 +203,11 @@ impl Metrics {
             store_up,
             jwks_fetches,
             secret_refreshes,
+            llm_attempts,
+            llm_cooldowns,
+            llm_time_to_first_token,
+            llm_duration,
+            llm_tokens,
         })
     }
 

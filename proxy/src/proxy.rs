@@ -17,9 +17,10 @@ use rampart_plugins::{forwarded, path, Deny, Identity, Judgement, RequestView, S
 
 use crate::access_log;
 use crate::config::{BodyInspection, Oversize};
+use crate::llm::{self, Exchange, Outcome};
 use crate::metrics::status_class;
 use crate::reload::Gateway;
-use crate::snapshot::{Route, RuleSnapshot};
+use crate::snapshot::{Route, RouteTarget, RuleSnapshot};
 
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
 
@@ -64,6 +65,8 @@ pub struct RequestCtx {
     held: Option<HeldBody>,
     /// The caller, once a plugin verified who it is.
     identity: Option<Arc<Identity>>,
+    /// What a provider route did.
+    llm: Option<Outcome>,
 }
 
 /// What the body phase needs to judge a body it collects chunk by chunk.
@@ -94,8 +97,13 @@ impl RequestCtx {
         self.route.as_ref().map_or("none", |r| r.name.as_str())
     }
 
+    /// The upstream pool, or for a provider route the provider that answered or was tried last.
     fn upstream_name(&self) -> Option<&str> {
-        self.route.as_ref().map(|r| r.upstream.name.as_str())
+        let route = self.route.as_ref()?;
+        match route.pool() {
+            Some(pool) => Some(pool.name.as_str()),
+            None => self.llm.as_ref()?.provider.as_deref(),
+        }
     }
 }
 
@@ -240,6 +248,117 @@ impl RampartProxy {
     }
 }
 
+/// A provider route's body must arrive within this time.
+const LLM_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a provider route's body could not be read whole.
+enum BodyProblem {
+    TooLarge,
+    Slow,
+}
+
+/// Reads the whole request body, up to `limit` bytes.
+async fn read_whole_body(
+    session: &mut Session,
+    limit: usize,
+) -> Result<std::result::Result<Bytes, BodyProblem>> {
+    if content_length(session.req_header()).is_some_and(|n| n > limit as u64) {
+        return Ok(Err(BodyProblem::TooLarge));
+    }
+    let read = async {
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = session.read_request_body().await? {
+            if buf.len() + chunk.len() > limit {
+                return Ok(Err(BodyProblem::TooLarge));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Ok(buf.freeze()))
+    };
+    match tokio::time::timeout(LLM_BODY_TIME, read).await {
+        Ok(result) => result,
+        Err(_) => Ok(Err(BodyProblem::Slow)),
+    }
+}
+
+impl RampartProxy {
+    /// A provider route: the chain judges the headers, then the whole body, and the request
+    /// goes to the providers with rampart's own client (see [`crate::llm`]).
+    async fn serve_llm(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        path: String,
+    ) -> Result<bool> {
+        let (Some(snapshot), Some(route)) = (ctx.snapshot.clone(), ctx.route.clone()) else {
+            return refuse(session, ctx, 500, "proxy", "route.none").await;
+        };
+        let (Some(rules), Some(llm_rules), RouteTarget::Llm(target)) = (
+            snapshot.listeners.get(&*self.listener),
+            snapshot.llm.as_ref(),
+            &route.target,
+        ) else {
+            return refuse(session, ctx, 503, "proxy", "llm.not_configured").await;
+        };
+        let inspects = rules.chain.inspects_body();
+        let stage = if inspects { Stage::Headers } else { Stage::All };
+        let judgement = self.judge(session, ctx, &path, None, stage).await;
+        ctx.identity = judgement.identity;
+        if let Some((plugin, deny)) = judgement.denied {
+            return refuse_with(session, ctx, plugin, deny).await;
+        }
+        let body = match read_whole_body(session, llm_rules.settings.max_body_bytes).await? {
+            Ok(body) => body,
+            Err(BodyProblem::TooLarge) => {
+                return refuse(session, ctx, 413, "proxy", "body.too_large").await
+            }
+            Err(BodyProblem::Slow) => {
+                return refuse(session, ctx, 408, "proxy", "body.timeout").await
+            }
+        };
+        if inspects {
+            let limit = rules.body.limit_bytes;
+            if body.len() > limit && rules.body.oversize == Oversize::Refuse {
+                return refuse(session, ctx, 413, "proxy", "body.too_large").await;
+            }
+            let judged = &body[..body.len().min(limit)];
+            let judgement = self
+                .judge(session, ctx, &path, Some(judged), Stage::Body)
+                .await;
+            if let Some((plugin, deny)) = judgement.denied {
+                return refuse_with(session, ctx, plugin, deny).await;
+            }
+        }
+        let exchange = Exchange {
+            rules: llm_rules,
+            metrics: &self.gateway.metrics,
+            target,
+            rest: &path[route.prefix.trim_end_matches('/').len()..],
+            caller: rampart_plugins::token_budget::Caller {
+                identity: ctx.identity.as_deref(),
+                client: ctx.client,
+            },
+            consumed: rules.chain.consumed_headers(),
+            start: ctx.start,
+        };
+        let mut outcome = Outcome::default();
+        let served = llm::serve(session, exchange, body, &mut outcome).await;
+        if let Some(reason) = outcome.refused.take() {
+            ctx.refused = Some(("llm", reason));
+        }
+        if let (Some(kind), Some(provider)) = (outcome.upstream_error, &outcome.provider) {
+            self.gateway
+                .metrics
+                .upstream_errors
+                .with_label_values(&[provider, kind])
+                .inc();
+            ctx.upstream_error = Some(kind);
+        }
+        ctx.llm = Some(outcome);
+        served.map(|()| true)
+    }
+}
+
 /// A body up to this size is read and dropped after a refusal; a larger one is cut off.
 const DRAIN_LIMIT: u64 = 8 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
@@ -327,6 +446,7 @@ impl ProxyHttp for RampartProxy {
             request_id: request_id(),
             held: None,
             identity: None,
+            llm: None,
         }
     }
 
@@ -365,6 +485,9 @@ impl ProxyHttp for RampartProxy {
         };
         ctx.route = Some(route.clone());
         let normalised = normalised.into_owned();
+        if let RouteTarget::Llm(_) = route.target {
+            return self.serve_llm(session, ctx, normalised).await;
+        }
 
         // Bodies that plugins inspect never reach an upstream unjudged: a small body with a
         // known length is read now, anything else is held in the body phase.
@@ -464,11 +587,10 @@ impl ProxyHttp for RampartProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let pool = &ctx
-            .route
-            .as_ref()
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route chosen"))?
-            .upstream;
+        let pool =
+            ctx.route.as_ref().and_then(|r| r.pool()).ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "no upstream pool chosen")
+            })?;
         match pool.select() {
             Some(peer) => Ok(Box::new(peer)),
             None => Err(Error::explain(
@@ -563,7 +685,7 @@ impl ProxyHttp for RampartProxy {
                 ErrorSource::Internal | ErrorSource::Unset => (500, "internal"),
             },
         };
-        if code >= 500 && ctx.refused.is_none() {
+        if code >= 500 && ctx.refused.is_none() && ctx.upstream_error.is_none() {
             let upstream = ctx.upstream_name().unwrap_or("none");
             self.gateway
                 .metrics
@@ -606,6 +728,7 @@ impl ProxyHttp for RampartProxy {
             .with_label_values(&[&self.listener, route, status_class(status)])
             .inc();
         let elapsed = ctx.start.elapsed();
+        let usage = ctx.llm.as_ref().and_then(|o| o.usage);
         m.request_duration
             .with_label_values(&[&self.listener, route])
             .observe(elapsed.as_secs_f64());
@@ -624,6 +747,8 @@ impl ProxyHttp for RampartProxy {
             refused_by: ctx.refused.as_ref().map(|(p, r)| (*p, r.as_ref())),
             request_id: &ctx.request_id,
             upstream_error: ctx.upstream_error,
+            prompt_tokens: usage.map(|u| u.prompt_tokens),
+            completion_tokens: usage.map(|u| u.completion_tokens),
         });
     }
 }

@@ -21,12 +21,17 @@ use crate::config::{
     BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, StoreConfig,
     GATEWAY_FILE,
 };
+use crate::config::{LlmConfig, RouteConfig};
 use crate::jwks::JwksFetcher;
+use crate::llm::cooldown::Cooldowns;
+use crate::llm::{LlmRules, LlmTarget};
 use crate::redis_windows::{RedisWindows, StoreMetrics};
 use crate::secrets;
 use crate::upstream::UpstreamPool;
 use rampart_plugins::jws::{FixedKeys, KeySource};
+use rampart_plugins::models::ModelTable;
 use rampart_plugins::plugins::jwt::IssuerConfig;
+use rampart_plugins::token_budget::TokenBudget;
 
 pub struct RuleSnapshot {
     pub generation: u64,
@@ -35,6 +40,8 @@ pub struct RuleSnapshot {
     pub trusted_proxies: NetSet,
     pub listeners: HashMap<String, ListenerRules>,
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
+    /// The model table and provider settings, when a route goes to providers.
+    pub llm: Option<Arc<LlmRules>>,
 }
 
 pub struct ListenerRules {
@@ -49,7 +56,24 @@ pub struct ListenerRules {
 pub struct Route {
     pub name: String,
     pub prefix: String,
-    pub upstream: Arc<UpstreamPool>,
+    pub target: RouteTarget,
+}
+
+pub enum RouteTarget {
+    /// Proxied by Pingora to a pool of replicas.
+    Pool(Arc<UpstreamPool>),
+    /// Called by rampart's own client (see [`crate::llm`]).
+    Llm(LlmTarget),
+}
+
+impl Route {
+    /// The upstream pool's name, or `None` for a provider route.
+    pub fn pool(&self) -> Option<&Arc<UpstreamPool>> {
+        match &self.target {
+            RouteTarget::Pool(pool) => Some(pool),
+            RouteTarget::Llm(_) => None,
+        }
+    }
 }
 
 impl ListenerRules {
@@ -111,6 +135,11 @@ impl RuleSnapshot {
             internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
             resolved: RefCell::new(HashMap::new()),
         };
+        let routes = config.listeners.iter().flat_map(|l| &l.get_ref().routes);
+        let llm = match routes.clone().any(|r| r.models || r.provider.is_some()) {
+            true => Some(Arc::new(build_llm(source, &ctx)?)),
+            false => None,
+        };
         let mut listeners = HashMap::new();
         let mut addresses = HashSet::new();
         for spanned in &config.listeners {
@@ -128,10 +157,12 @@ impl RuleSnapshot {
             if !addresses.insert(addr) {
                 return Err(source.error(at, format!("listen address {addr} is used twice")));
             }
-            let rules = build_listener(listener, &upstreams, &ctx).map_err(|e| match e {
-                ListenerError::RuleFile(e) => e,
-                ListenerError::At(offset, msg) => source.error(offset.or(at), msg),
-            })?;
+            let rules = build_listener(listener, &upstreams, llm.as_deref(), &ctx).map_err(
+                |e| match e {
+                    ListenerError::RuleFile(e) => e,
+                    ListenerError::At(offset, msg) => source.error(offset.or(at), msg),
+                },
+            )?;
             if listeners.insert(listener.name.clone(), rules).is_some() {
                 return Err(source.error(
                     at,
@@ -145,6 +176,7 @@ impl RuleSnapshot {
             trusted_proxies: NetSet::new(config.network.trusted_proxies.iter().copied()),
             listeners,
             upstreams,
+            llm,
             config,
         })
     }
@@ -171,9 +203,60 @@ enum ListenerError {
     RuleFile(ConfigError),
 }
 
+/// The model table, provider keys, budgets and client of provider routes.
+fn build_llm(source: &SourceFile, ctx: &SnapshotContext<'_>) -> Result<LlmRules, ConfigError> {
+    let settings = ctx.config.llm.clone();
+    let path = ctx.rules_dir.join(&settings.models);
+    let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+        file: path.clone(),
+        line: None,
+        message: format!("cannot read the model table (llm.models): {e}"),
+    })?;
+    let table = ModelTable::parse(&path.display().to_string(), &text).map_err(|e| ConfigError {
+        file: e.file.into(),
+        line: e.line,
+        message: e.message,
+    })?;
+    let mut keys = HashMap::new();
+    for (name, provider) in &table.providers {
+        let key = ctx
+            .provider_key(&provider.key)
+            .map_err(|message| ConfigError {
+                file: path.clone(),
+                line: None,
+                message: format!("provider {name:?}: {message}"),
+            })?;
+        keys.insert(name.clone(), key);
+    }
+    let budget = TokenBudget::new(
+        settings
+            .token_limits
+            .iter()
+            .map(|l| {
+                let spec = l.spec();
+                let key = format!("tokens:{l:?}");
+                (l.clone(), ctx.carried.window_by(&key, spec, l.max_keys))
+            })
+            .collect(),
+    );
+    let client = ctx
+        .carried
+        .llm_client(&settings)
+        .map_err(|e| source.error(None, e))?;
+    Ok(LlmRules {
+        settings,
+        table,
+        keys,
+        budget,
+        client,
+        cooldowns: ctx.carried.cooldowns.clone(),
+    })
+}
+
 fn build_listener(
     listener: &ListenerConfig,
     upstreams: &BTreeMap<String, Arc<UpstreamPool>>,
+    llm: Option<&LlmRules>,
     ctx: &SnapshotContext<'_>,
 ) -> Result<ListenerRules, ListenerError> {
     let name = &listener.name;
@@ -204,19 +287,39 @@ fn build_listener(
                 ),
             ));
         }
-        let upstream = upstreams.get(&r.upstream).ok_or_else(|| {
+        let problem = |what: String| {
             ListenerError::At(
                 None,
-                format!(
-                    "listener {name:?}: route {:?} names unknown upstream {:?}",
-                    r.prefix, r.upstream
-                ),
+                format!("listener {name:?}: route {:?} {what}", r.prefix),
             )
-        })?;
+        };
+        let target = match (&r.upstream, r.models, &r.provider) {
+            (Some(upstream), false, None) => {
+                let pool = upstreams
+                    .get(upstream)
+                    .ok_or_else(|| problem(format!("names unknown upstream {upstream:?}")))?;
+                RouteTarget::Pool(pool.clone())
+            }
+            (None, true, None) => RouteTarget::Llm(LlmTarget::ByModel),
+            (None, false, Some(provider)) => {
+                let known = llm.is_some_and(|l| l.table.providers.contains_key(provider));
+                if !known {
+                    return Err(problem(format!(
+                        "names provider {provider:?}, which the model table does not define"
+                    )));
+                }
+                RouteTarget::Llm(LlmTarget::Native(provider.clone()))
+            }
+            _ => {
+                return Err(problem(
+                    "needs exactly one of `upstream`, `models = true` and `provider`".into(),
+                ))
+            }
+        };
         routes.push(Arc::new(Route {
-            name: r.name.clone().unwrap_or_else(|| r.upstream.clone()),
+            name: r.name.clone().unwrap_or_else(|| default_route_name(r)),
             prefix: r.prefix.clone(),
-            upstream: upstream.clone(),
+            target,
         }));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
@@ -227,6 +330,16 @@ fn build_listener(
         block_log_sample: listener.block_log_sample.clamp(0.0, 1.0),
         routes,
     })
+}
+
+/// A route's metrics and log name when it has none: its upstream, `llm` for the model
+/// table, or its provider.
+fn default_route_name(r: &RouteConfig) -> String {
+    match (&r.upstream, &r.provider) {
+        (Some(upstream), _) => upstream.clone(),
+        (None, Some(provider)) => provider.clone(),
+        (None, None) => "llm".to_string(),
+    }
 }
 
 /// A listener's chain built for `rampart rules test`: each plugin, or why it could not be
@@ -272,7 +385,7 @@ pub fn explain_chain(dir: &Path, listener: &str) -> Result<ExplainChain, ConfigE
         .map(|r| {
             (
                 r.prefix.clone(),
-                r.name.clone().unwrap_or_else(|| r.upstream.clone()),
+                r.name.clone().unwrap_or_else(|| default_route_name(r)),
             )
         })
         .collect();
@@ -294,9 +407,20 @@ pub struct Carried {
     jwks: Mutex<HashMap<String, Weak<JwksFetcher>>>,
     /// The Secrets Manager client and the secrets it keeps fresh.
     aws: Mutex<Option<Arc<AwsSecrets>>>,
+    /// The providers' HTTP client (its pooled connections), by the settings it was built with.
+    llm_client: Mutex<Option<(ClientSettings, reqwest::Client)>>,
+    /// Which provider targets rest; a reload must not send traffic back to one that is down.
+    cooldowns: Arc<Cooldowns>,
     /// Set for a running gateway: the store and key fetchers then connect and report in
     /// the metrics.
     running: Option<Running>,
+}
+
+/// What the providers' client is built from.
+#[derive(PartialEq, Eq)]
+struct ClientSettings {
+    ca_file: Option<PathBuf>,
+    connect_timeout_ms: u64,
 }
 
 /// The metrics that what a running gateway connects to reports in.
@@ -367,15 +491,33 @@ impl Carried {
     }
 
     fn window(&self, limit: &LimitConfig, spec: WindowSpec) -> Arc<RateWindow> {
-        let key = format!("{limit:?}");
+        self.window_by(&format!("{limit:?}"), spec, limit.max_keys)
+    }
+
+    /// The counters of the limit defined by `key`, kept while some snapshot uses them.
+    fn window_by(&self, key: &str, spec: WindowSpec, max_keys: usize) -> Arc<RateWindow> {
         let mut windows = lock(&self.windows);
-        if let Some(w) = windows.get(&key).and_then(Weak::upgrade) {
+        if let Some(w) = windows.get(key).and_then(Weak::upgrade) {
             return w;
         }
-        let w = Arc::new(RateWindow::new(spec, limit.max_keys));
+        let w = Arc::new(RateWindow::new(spec, max_keys));
         windows.retain(|_, weak| weak.strong_count() > 0);
-        windows.insert(key, Arc::downgrade(&w));
+        windows.insert(key.to_string(), Arc::downgrade(&w));
         w
+    }
+
+    fn llm_client(&self, settings: &LlmConfig) -> Result<reqwest::Client, String> {
+        let key = ClientSettings {
+            ca_file: settings.ca_file.clone(),
+            connect_timeout_ms: settings.connect_timeout_ms,
+        };
+        let mut kept = lock(&self.llm_client);
+        if let Some((_, client)) = kept.as_ref().filter(|(k, _)| *k == key) {
+            return Ok(client.clone());
+        }
+        let client = crate::llm::http_client(settings)?;
+        *kept = Some((key, client.clone()));
+        Ok(client)
     }
 
     /// The store for `config`, kept while its settings do not change.
@@ -402,6 +544,36 @@ struct SnapshotContext<'a> {
     resolved: RefCell<HashMap<String, SharedSecret>>,
 }
 
+impl SnapshotContext<'_> {
+    /// A provider's key. Unlike a plugin's secret it may have no value yet: the provider's
+    /// requests are then refused (503) while everything else is served.
+    fn provider_key(&self, name: &str) -> Result<SharedSecret, String> {
+        let spec = self
+            .config
+            .secrets
+            .get(name)
+            .ok_or_else(|| format!("key {name:?} is not a [secrets] entry"))?;
+        match &spec.aws {
+            Some(_) if !spec.env.is_empty() || spec.file.is_some() => Err(format!(
+                "secret {name:?}: `aws` is its only source; remove `env` and `file`"
+            )),
+            Some(aws) => self
+                .carried
+                .aws(&self.config.secrets_manager)?
+                .secret(name, aws, false),
+            None => {
+                let values = secrets::resolve(name, spec).map_err(|e| e.to_string())?;
+                if values.is_empty() {
+                    log::warn!(
+                        "secret {name:?} has no usable value; its provider's requests get 503"
+                    );
+                }
+                Ok(SharedSecret::new(name, values))
+            }
+        }
+    }
+}
+
 impl BuildContext for SnapshotContext<'_> {
     fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
         if let Some(s) = self.resolved.borrow().get(name) {
@@ -421,7 +593,7 @@ impl BuildContext for SnapshotContext<'_> {
             Some(aws) => self
                 .carried
                 .aws(&self.config.secrets_manager)
-                .and_then(|client| client.secret(name, aws))
+                .and_then(|client| client.secret(name, aws, true))
                 .map_err(BuildError::SecretUnavailable)?,
             None => {
                 let values = secrets::resolve(name, spec)

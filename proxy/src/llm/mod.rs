@@ -1,0 +1,742 @@
+//! Routes to LLM providers: OpenAI-style endpoints routed by the body's `model` through the
+//! model table, and native pass-through routes to one provider.
+//!
+//! Pingora replays a request body to an upstream only from its 64 KiB retry buffer, and a
+//! prompt is often larger, so provider calls do not take Pingora's proxy path: the body is
+//! read (bounded) and judged first, then sent with rampart's own pooled HTTP client, once
+//! per target until one answers. Failover ends when the first byte of an answer has gone to
+//! the client; from then on the answer streams through chunk by chunk as it arrives.
+
+pub mod cooldown;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use rampart_plugins::llm_request::LlmRequest;
+use rampart_plugins::llm_usage::{usage_of_json, SseUsage, Usage};
+use rampart_plugins::models::{Endpoint, KeyFormat, ModelTable, Provider};
+use rampart_plugins::token_budget::{Caller, TokenBudget};
+use rampart_plugins::SharedSecret;
+
+use crate::config::LlmConfig;
+use crate::metrics::Metrics;
+use cooldown::{CooldownPolicy, Cooldowns};
+
+/// Everything provider routes need, built with the rules snapshot.
+pub struct LlmRules {
+    pub settings: LlmConfig,
+    pub table: ModelTable,
+    /// Each provider's key, by provider name; refreshed in place by the secrets sources.
+    pub keys: HashMap<String, SharedSecret>,
+    pub budget: TokenBudget,
+    pub client: reqwest::Client,
+    pub cooldowns: Arc<Cooldowns>,
+}
+
+/// Where a provider route sends a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LlmTarget {
+    /// OpenAI-style endpoints, by the body's `model`.
+    ByModel,
+    /// One provider's own API, the path below the route's prefix passed on.
+    Native(String),
+}
+
+/// One request through a provider route.
+pub struct Exchange<'a> {
+    pub rules: &'a LlmRules,
+    pub metrics: &'a Metrics,
+    pub target: &'a LlmTarget,
+    /// The path below the route's prefix (`/chat/completions`).
+    pub rest: &'a str,
+    pub caller: Caller<'a>,
+    /// Headers plugins consumed (credentials for rampart), never sent on.
+    pub consumed: &'a [HeaderName],
+    pub start: Instant,
+}
+
+/// What became of the request, for the access log and the proxy's metrics.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The provider that answered (or was tried last).
+    pub provider: Option<String>,
+    /// Why rampart answered itself, when it did.
+    pub refused: Option<Cow<'static, str>>,
+    pub upstream_error: Option<&'static str>,
+    pub usage: Option<Usage>,
+}
+
+/// An answer in OpenAI's error shape, which the OpenAI SDKs turn into their exceptions.
+fn openai_error(kind: &str, code: &str, message: &str) -> Bytes {
+    Bytes::from(
+        serde_json::json!({
+            "error": { "message": message, "type": kind, "param": null, "code": code }
+        })
+        .to_string(),
+    )
+}
+
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    extra: &[(&str, String)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    for (name, value) in extra {
+        resp.insert_header(name.to_string(), value.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+/// What a target is: its provider, where to send, what to send, and how it is labelled.
+struct Attempt<'a> {
+    provider_name: &'a str,
+    provider: &'a Provider,
+    native: bool,
+    url: String,
+    body: Bytes,
+    /// Cooldown key: the provider and what it serves the request with.
+    target_id: String,
+    /// Bounded metrics label: the model table's entry name, or `native`.
+    model_label: &'a str,
+}
+
+/// Why a target did not answer.
+enum Failure {
+    /// No usable key: nothing was sent.
+    KeyMissing { provider: String },
+    /// Connect, TLS or timeout before any answer, or an answer that broke before its first
+    /// byte: kind for the metrics, and the status the client gets if no target answers.
+    Transport { kind: &'static str, status: u16 },
+    /// The provider answered 429 or 5xx; relayed as is if no target answers.
+    Answered {
+        status: u16,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+/// Headers that describe a connection or carry the client's own credentials for rampart;
+/// none of them goes to a provider.
+const NOT_FORWARDED: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cookie",
+    // The answer is read for its usage, so it must come uncompressed.
+    "accept-encoding",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Response headers that describe the provider's connection, not the answer.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+];
+
+/// An error answer of a provider is read up to this much, to be relayed if no target answers.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+/// A non-streamed answer is kept up to this much to read its usage; it streams on regardless.
+const USAGE_BODY_LIMIT: usize = 4 << 20;
+
+impl LlmRules {
+    pub fn policy(&self) -> CooldownPolicy {
+        CooldownPolicy {
+            after_failures: self.settings.cooldown_after_failures,
+            rest: Duration::from_secs(self.settings.cooldown_seconds),
+        }
+    }
+
+    /// The provider's current key, as its header value; `None` when it has no usable one.
+    fn key_header(
+        &self,
+        name: &str,
+        provider: &Provider,
+        native: bool,
+    ) -> Option<(HeaderName, HeaderValue)> {
+        let values = self.keys.get(name)?.load();
+        let key = values.first()?;
+        let (header, format) = if native {
+            provider.kind.native_key_header()
+        } else {
+            provider.kind.key_header()
+        };
+        let mut value = match format {
+            KeyFormat::Bearer => {
+                let mut v = b"Bearer ".to_vec();
+                v.extend_from_slice(key);
+                HeaderValue::from_bytes(&v).ok()?
+            }
+            KeyFormat::Plain => HeaderValue::from_bytes(key).ok()?,
+        };
+        value.set_sensitive(true);
+        Some((HeaderName::from_static(header), value))
+    }
+}
+
+/// Serves one request whose body has been read and judged.
+pub async fn serve(
+    session: &mut Session,
+    ex: Exchange<'_>,
+    body: Bytes,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let rules = ex.rules;
+    if let Err(spent) = rules.budget.check(ex.caller, now_ms()) {
+        let message = format!(
+            "Token budget {} is spent; retry in {} s.",
+            spent.limit, spent.retry_after_seconds
+        );
+        outcome.refused = Some(Cow::Owned(format!("token_limit.{}", spent.limit)));
+        let body = openai_error("tokens", "rate_limit_exceeded", &message);
+        let wait = spent.retry_after_seconds.to_string();
+        return respond(session, 429, body, &[("retry-after", wait)]).await;
+    }
+    let method = session.req_header().method.clone();
+    let plan = match ex.target {
+        LlmTarget::ByModel => {
+            let rest = ex.rest.trim_end_matches('/');
+            if rest == "/models" || rest.starts_with("/models/") {
+                return list_models(session, &rules.table, rest, outcome).await;
+            }
+            let Some(endpoint) = Endpoint::of_path(rest) else {
+                outcome.refused = Some("llm.unknown_endpoint".into());
+                let message = format!("Unknown endpoint {rest}: this route serves /chat/completions, /embeddings and /models.");
+                let body = openai_error("invalid_request_error", "unknown_url", &message);
+                return respond(session, 404, body, &[]).await;
+            };
+            if method != http::Method::POST {
+                outcome.refused = Some("llm.method".into());
+                let body = openai_error("invalid_request_error", "method_not_allowed", "Use POST.");
+                return respond(session, 405, body, &[("allow", "POST".into())]).await;
+            }
+            let request = match LlmRequest::parse(&body) {
+                Ok(r) => r,
+                Err(e) => {
+                    outcome.refused = Some("llm.bad_request".into());
+                    let body =
+                        openai_error("invalid_request_error", "invalid_body", &e.to_string());
+                    return respond(session, 400, body, &[]).await;
+                }
+            };
+            let Some(entry) = rules.table.resolve(&request.model) else {
+                outcome.refused = Some("llm.unknown_model".into());
+                let message = format!(
+                    "The model `{}` does not exist or is not served here; GET /v1/models lists the models.",
+                    request.model
+                );
+                let body = openai_error("invalid_request_error", "model_not_found", &message);
+                return respond(session, 400, body, &[]).await;
+            };
+            let mut plan = Vec::with_capacity(entry.targets.len());
+            for target in &entry.targets {
+                let Some(provider) = rules.table.providers.get(&target.provider) else {
+                    continue;
+                };
+                let served_as = target
+                    .deployment
+                    .as_deref()
+                    .or(target.model.as_deref())
+                    .unwrap_or(&request.model);
+                plan.push(Attempt {
+                    provider_name: &target.provider,
+                    provider,
+                    native: false,
+                    url: provider.url(endpoint, target),
+                    body: match request.body_for(target.model.as_deref()) {
+                        Cow::Borrowed(_) => body.clone(),
+                        Cow::Owned(rebuilt) => Bytes::from(rebuilt),
+                    },
+                    target_id: format!("{}/{served_as}", target.provider),
+                    model_label: &entry.name,
+                });
+            }
+            plan
+        }
+        LlmTarget::Native(name) => {
+            let Some(provider) = rules.table.providers.get(name) else {
+                outcome.refused = Some("llm.unknown_provider".into());
+                let body = openai_error("server_error", "provider_unknown", "No such provider.");
+                return respond(session, 503, body, &[]).await;
+            };
+            let query = session.req_header().uri.query().map(without_key_param);
+            let rest = match query.as_deref() {
+                Some(q) if !q.is_empty() => format!("{}?{q}", ex.rest),
+                _ => ex.rest.to_string(),
+            };
+            vec![Attempt {
+                provider_name: name,
+                provider,
+                native: true,
+                url: provider.native_url(&rest),
+                body,
+                target_id: format!("{name}/native"),
+                model_label: "native",
+            }]
+        }
+    };
+    let now = Instant::now();
+    let (mut ready, cooling): (Vec<_>, Vec<_>) = plan
+        .into_iter()
+        .partition(|a| !rules.cooldowns.cooling(&a.target_id, now));
+    // Resting targets are a last resort, not a refusal: with every target resting, the
+    // request is still tried.
+    ready.extend(cooling);
+    ready.truncate(rules.settings.max_attempts.max(1));
+
+    let mut last = None;
+    for attempt in &ready {
+        outcome.provider = Some(attempt.provider_name.to_string());
+        match call(session, &ex, &method, attempt, outcome).await? {
+            None => return Ok(()),
+            Some(failure) => {
+                let (result, retry_after) = match &failure {
+                    Failure::KeyMissing { .. } => ("key_missing", None),
+                    Failure::Transport { kind, .. } => (*kind, None),
+                    Failure::Answered {
+                        status, headers, ..
+                    } => (
+                        if *status == 429 {
+                            "rate_limited"
+                        } else {
+                            "server_error"
+                        },
+                        cooldown::retry_after(headers),
+                    ),
+                };
+                ex.metrics
+                    .llm_attempts
+                    .with_label_values(&[attempt.provider_name, result])
+                    .inc();
+                if !matches!(failure, Failure::KeyMissing { .. })
+                    && rules.cooldowns.failed(
+                        &attempt.target_id,
+                        Instant::now(),
+                        rules.policy(),
+                        retry_after,
+                    )
+                {
+                    ex.metrics
+                        .llm_cooldowns
+                        .with_label_values(&[attempt.provider_name])
+                        .inc();
+                }
+                log::info!(
+                    "llm: {} via {} failed ({result}); {} target(s) left",
+                    attempt.model_label,
+                    attempt.provider_name,
+                    ready.len().saturating_sub(1)
+                );
+                last = Some(failure);
+            }
+        }
+    }
+    match last {
+        Some(Failure::Answered {
+            status,
+            headers,
+            body,
+        }) => {
+            outcome.upstream_error = Some(if status == 429 {
+                "rate_limited"
+            } else {
+                "status"
+            });
+            let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
+            copy_answer_headers(&headers, &mut resp)?;
+            resp.insert_header("content-length", body.len().to_string())?;
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+        Some(Failure::KeyMissing { provider }) => {
+            outcome.refused = Some("llm.key_missing".into());
+            let message = format!(
+                "Provider {provider} has no API key configured; ask the gateway's operators."
+            );
+            let body = openai_error("server_error", "provider_key_missing", &message);
+            respond(session, 503, body, &[]).await
+        }
+        Some(Failure::Transport { kind, status }) => {
+            outcome.upstream_error = Some(kind);
+            let message = format!("No provider could be reached ({kind}).");
+            let body = openai_error("server_error", "upstream_unavailable", &message);
+            respond(session, status, body, &[]).await
+        }
+        None => {
+            outcome.refused = Some("llm.no_target".into());
+            let body = openai_error(
+                "server_error",
+                "no_target",
+                "No provider serves this model.",
+            );
+            respond(session, 503, body, &[]).await
+        }
+    }
+}
+
+/// One try at one target. `None` when it answered (and the answer went to the client),
+/// the failure when the next target may be tried.
+async fn call(
+    session: &mut Session,
+    ex: &Exchange<'_>,
+    method: &http::Method,
+    attempt: &Attempt<'_>,
+    outcome: &mut Outcome,
+) -> Result<Option<Failure>> {
+    let rules = ex.rules;
+    let Some((key_name, key_value)) =
+        rules.key_header(attempt.provider_name, attempt.provider, attempt.native)
+    else {
+        return Ok(Some(Failure::KeyMissing {
+            provider: attempt.provider_name.to_string(),
+        }));
+    };
+    let mut headers = HeaderMap::with_capacity(session.req_header().headers.len());
+    for (name, value) in &session.req_header().headers {
+        let dropped = NOT_FORWARDED.contains(&name.as_str())
+            || name.as_str().starts_with("x-rampart-")
+            || ex.consumed.contains(name);
+        if !dropped {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(key_name, key_value);
+    let request = rules
+        .client
+        .request(method.clone(), &attempt.url)
+        .headers(headers)
+        .body(attempt.body.clone());
+    let first_byte = Duration::from_millis(rules.settings.first_byte_timeout_ms);
+    let mut answer = match tokio::time::timeout(first_byte, request.send()).await {
+        Err(_) => return Ok(Some(transport("timeout", 504))),
+        Ok(Err(e)) => return Ok(Some(transport_error(&e))),
+        Ok(Ok(answer)) => answer,
+    };
+    let status = answer.status().as_u16();
+    let idle = Duration::from_millis(rules.settings.idle_timeout_ms);
+    if status == 429 || status >= 500 {
+        let headers = answer.headers().clone();
+        let mut body = BytesMut::new();
+        while body.len() < ERROR_BODY_LIMIT {
+            match tokio::time::timeout(idle, answer.chunk()).await {
+                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+        body.truncate(ERROR_BODY_LIMIT);
+        return Ok(Some(Failure::Answered {
+            status,
+            headers,
+            body: body.freeze(),
+        }));
+    }
+    // The first chunk is awaited before anything is written, so that an answer breaking
+    // before its first byte can still go to the next target.
+    let first = match tokio::time::timeout(idle, answer.chunk()).await {
+        Err(_) => return Ok(Some(transport("timeout", 504))),
+        Ok(Err(e)) => return Ok(Some(transport_error(&e))),
+        Ok(Ok(first)) => first,
+    };
+    rules.cooldowns.succeeded(&attempt.target_id);
+    let labels = [attempt.provider_name, attempt.model_label];
+    ex.metrics
+        .llm_attempts
+        .with_label_values(&[
+            attempt.provider_name,
+            if status < 400 { "ok" } else { "client_error" },
+        ])
+        .inc();
+
+    let mut resp = ResponseHeader::build(status, Some(answer.headers().len() + 1))?;
+    copy_answer_headers(answer.headers(), &mut resp)?;
+    match answer.content_length() {
+        Some(n) => resp.insert_header("content-length", n.to_string())?,
+        None => resp.insert_header("transfer-encoding", "chunked")?,
+    }
+    let streamed = answer
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let mut usage = UsageReader::new(streamed && status < 400);
+    session.write_response_header(Box::new(resp), false).await?;
+    let mut next = first;
+    let mut first_written = false;
+    while let Some(chunk) = next {
+        usage.feed(&chunk);
+        session.write_response_body(Some(chunk), false).await?;
+        if !first_written {
+            first_written = true;
+            ex.metrics
+                .llm_time_to_first_token
+                .with_label_values(&labels)
+                .observe(ex.start.elapsed().as_secs_f64());
+        }
+        next = match tokio::time::timeout(idle, answer.chunk()).await {
+            Ok(Ok(next)) => next,
+            Ok(Err(e)) => return Err(broken_stream(ex, attempt, outcome, &e.to_string())),
+            Err(_) => return Err(broken_stream(ex, attempt, outcome, "idle timeout")),
+        };
+    }
+    session.write_response_body(None, true).await?;
+    ex.metrics
+        .llm_duration
+        .with_label_values(&labels)
+        .observe(ex.start.elapsed().as_secs_f64());
+    if status < 400 {
+        if let Some(used) = usage.finish() {
+            outcome.usage = Some(used);
+            rules.budget.charge(ex.caller, now_ms(), used.total());
+            let team = ex
+                .caller
+                .identity
+                .and_then(|w| w.team.as_deref())
+                .unwrap_or("none");
+            let tokens = &ex.metrics.llm_tokens;
+            tokens
+                .with_label_values(&[attempt.provider_name, attempt.model_label, team, "prompt"])
+                .inc_by(used.prompt_tokens);
+            tokens
+                .with_label_values(&[
+                    attempt.provider_name,
+                    attempt.model_label,
+                    team,
+                    "completion",
+                ])
+                .inc_by(used.completion_tokens);
+        }
+    }
+    Ok(None)
+}
+
+/// An answer that broke after its first byte reached the client: the client's response is
+/// cut short (its connection closes without the final chunk), which it sees as an error.
+fn broken_stream(
+    ex: &Exchange<'_>,
+    attempt: &Attempt<'_>,
+    outcome: &mut Outcome,
+    why: &str,
+) -> Box<Error> {
+    ex.metrics
+        .llm_attempts
+        .with_label_values(&[attempt.provider_name, "stream_broken"])
+        .inc();
+    outcome.upstream_error = Some("stream_broken");
+    let mut e = Error::explain(
+        ErrorType::ReadError,
+        format!("{} answer broke mid-stream: {why}", attempt.provider_name),
+    );
+    e.esource = pingora_core::ErrorSource::Upstream;
+    e
+}
+
+fn transport(kind: &'static str, status: u16) -> Failure {
+    Failure::Transport { kind, status }
+}
+
+fn transport_error(e: &reqwest::Error) -> Failure {
+    if e.is_timeout() {
+        return transport("timeout", 504);
+    }
+    // reqwest reports certificate problems as connect errors; the source chain says which.
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if text.contains("certificate") || text.contains("tls") || text.contains("TLS") {
+            return transport("tls", 502);
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        transport("connect", 502)
+    } else {
+        transport("upstream", 502)
+    }
+}
+
+fn copy_answer_headers(from: &HeaderMap, to: &mut ResponseHeader) -> Result<()> {
+    for (name, value) in from {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            to.append_header(name.clone(), value.clone())?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads an answer's usage as it passes: from the SSE events of a stream, or from the
+/// JSON of a whole answer (kept up to a bound).
+enum UsageReader {
+    Stream(SseUsage),
+    Whole(Option<BytesMut>),
+}
+
+impl UsageReader {
+    fn new(streamed: bool) -> Self {
+        if streamed {
+            UsageReader::Stream(SseUsage::default())
+        } else {
+            UsageReader::Whole(Some(BytesMut::new()))
+        }
+    }
+
+    fn feed(&mut self, chunk: &[u8]) {
+        match self {
+            UsageReader::Stream(sse) => {
+                sse.feed(chunk);
+            }
+            UsageReader::Whole(kept) => {
+                if kept
+                    .as_ref()
+                    .is_some_and(|k| k.len() + chunk.len() > USAGE_BODY_LIMIT)
+                {
+                    *kept = None;
+                }
+                if let Some(k) = kept {
+                    k.extend_from_slice(chunk);
+                }
+            }
+        }
+    }
+
+    fn finish(self) -> Option<Usage> {
+        match self {
+            UsageReader::Stream(sse) => sse.usage(),
+            UsageReader::Whole(kept) => usage_of_json(&kept?),
+        }
+    }
+}
+
+/// `GET /v1/models` and `/v1/models/{id}`: the names the table serves, in OpenAI's shape.
+async fn list_models(
+    session: &mut Session,
+    table: &ModelTable,
+    rest: &str,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    let model = |id: &str, owner: &str| serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": owner });
+    let owner = |entry: &rampart_plugins::models::ModelEntry| {
+        entry
+            .targets
+            .first()
+            .map(|t| t.provider.clone())
+            .unwrap_or_default()
+    };
+    let body = match rest.strip_prefix("/models/") {
+        Some(id) => match table.model_ids().find(|(name, _)| *name == id) {
+            Some((name, entry)) => model(name, &owner(entry)),
+            None => {
+                outcome.refused = Some("llm.unknown_model".into());
+                let message = format!("The model `{id}` does not exist or is not served here.");
+                let body = openai_error("invalid_request_error", "model_not_found", &message);
+                return respond(session, 404, body, &[]).await;
+            }
+        },
+        None => {
+            let data: Vec<_> = table
+                .model_ids()
+                .map(|(name, entry)| model(name, &owner(entry)))
+                .collect();
+            serde_json::json!({ "object": "list", "data": data })
+        }
+    };
+    respond(session, 200, Bytes::from(body.to_string()), &[]).await
+}
+
+/// The query without `key=` parameters: Gemini accepts its key there, and the client's key
+/// is for rampart, never for the provider.
+fn without_key_param(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| pair.split('=').next() != Some("key"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The HTTP client for providers: pooled connections, TLS with SNI and certificate checks
+/// against the public roots (and `ca_file`'s), no redirects followed.
+pub fn http_client(settings: &LlmConfig) -> std::result::Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .use_rustls_tls();
+    if let Some(path) = &settings.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("llm.ca_file {}: {e}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("llm.ca_file {}: {e}", path.display()))?;
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+    }
+    builder.build().map_err(|e| format!("LLM HTTP client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clients_key_never_travels_in_the_query() {
+        assert_eq!(without_key_param("alt=sse&key=AIza123"), "alt=sse");
+        assert_eq!(without_key_param("key=x"), "");
+        assert_eq!(without_key_param("keys=1&alt=sse"), "keys=1&alt=sse");
+    }
+
+    #[test]
+    fn usage_is_read_from_streams_and_whole_answers() {
+        let mut whole = UsageReader::new(false);
+        whole.feed(br#"{"usage":{"prompt_tokens":3,"#);
+        whole.feed(br#""completion_tokens":4}}"#);
+        assert_eq!(whole.finish().map(|u| u.total()), Some(7));
+        let mut stream = UsageReader::new(true);
+        stream.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
+        assert_eq!(stream.finish().map(|u| u.total()), Some(3));
+    }
+
+    #[test]
+    fn errors_have_openais_shape() {
+        let body = openai_error("invalid_request_error", "model_not_found", "no");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+}
