@@ -221,20 +221,20 @@ pub struct Llmock {
 
 impl Llmock {
     pub async fn start() -> Llmock {
+        Self::start_with(&[]).await
+    }
+
+    /// With more `llmock serve` options (`--stream-chunk-delay-ms 10`).
+    pub async fn start_with(options: &[&str]) -> Llmock {
         let server = VenvServer::start(
             "llmock",
             |port| {
-                [
-                    "serve",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    port,
-                    "--log-level",
-                    "warning",
-                ]
-                .map(String::from)
-                .to_vec()
+                let mut args: Vec<String> = ["serve", "-h", "127.0.0.1", "-p", port]
+                    .map(String::from)
+                    .to_vec();
+                args.extend(["--log-level", "warning"].map(String::from));
+                args.extend(options.iter().map(|o| o.to_string()));
+                args
             },
             "/v1/models",
             |status| status == 200,

@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 pub mod identity;
+pub mod providers;
 
 /// A peer inside the test's "internal" network (the test config's `internal_cidrs`).
 pub const INTERNAL_PEER: &str = "127.0.0.2";

@@ -52,7 +52,7 @@ impl Cooldowns {
         let mut targets = self.lock();
         let health = targets.entry(target.to_string()).or_default();
         health.failures = health.failures.saturating_add(1);
-        let rest = match retry_after {
+        let rest = match retry_after.filter(|wait| !wait.is_zero()) {
             Some(wait) => Some(wait.min(MAX_RETRY_AFTER)),
             None if health.failures >= policy.after_failures.max(1) => Some(policy.rest),
             None => None,
@@ -126,6 +126,11 @@ mod tests {
         assert!(!c.cooling("p", t0 + Duration::from_secs(5)));
         c.failed("q", t0, POLICY, Some(Duration::from_secs(86_400)));
         assert!(!c.cooling("q", t0 + MAX_RETRY_AFTER), "capped");
+        assert!(
+            !c.failed("r", t0, POLICY, Some(Duration::ZERO)),
+            "no wait asked"
+        );
+        assert!(!c.cooling("r", t0));
     }
 
     #[test]

@@ -462,6 +462,8 @@ async fn call(
             body: body.freeze(),
         }));
     }
+    // Read before any chunk is: it shrinks as the body is read.
+    let length = answer.content_length();
     // The first chunk is awaited before anything is written, so that an answer breaking
     // before its first byte can still go to the next target.
     let first = match tokio::time::timeout(idle, answer.chunk()).await {
@@ -481,7 +483,7 @@ async fn call(
 
     let mut resp = ResponseHeader::build(status, Some(answer.headers().len() + 1))?;
     copy_answer_headers(answer.headers(), &mut resp)?;
-    match answer.content_length() {
+    match length {
         Some(n) => resp.insert_header("content-length", n.to_string())?,
         None => resp.insert_header("transfer-encoding", "chunked")?,
     }
