@@ -735,6 +735,22 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_model_table_holds_together() {
+        let text = include_str!("../../../rules/models.toml");
+        let table = ModelTable::parse("rules/models.toml", text).expect("the shipped table parses");
+        for model in [
+            "gpt-4o",
+            "gpt-4.1-mini",
+            "o3",
+            "claude-sonnet-4-5",
+            "gemini-2.5-flash",
+        ] {
+            assert!(table.resolve(model).is_some(), "{model}");
+        }
+        assert_eq!(table.providers.len(), 4);
+    }
+
+    #[test]
     fn errors_have_openais_shape() {
         let body = openai_error("invalid_request_error", "model_not_found", "no");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
