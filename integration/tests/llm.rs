@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rampart_integration::identity::{openai_client, venv_bin, JwksServer, Llmock};
+use rampart_integration::identity::{
+    openai_client, venv_bin, JwksServer, Llmock, Moto, MOTO_REGION,
+};
 use rampart_integration::providers::{test_ca, FakeProvider};
 use rampart_integration::*;
 use rampart_plugins::testing::TestIssuer;
@@ -546,9 +548,18 @@ targets = [{{ provider = "only", model = "solo-up" }}]
 [[models]]
 name = "gone"
 targets = [{{ provider = "dead" }}, {{ provider = "second", model = "secondary" }}]
+
+[providers.staller]
+kind = "openai"
+base_url = "http://{l}/v1"
+key = "openai-key"
+
+[[models]]
+name = "stally"
+targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second", model = "secondary" }}]
 "#
     );
-    let llm = "cooldown_after_failures = 2\ncooldown_seconds = 60";
+    let llm = "cooldown_after_failures = 2\ncooldown_seconds = 60\nidle_timeout_ms = 1000";
     let rampart = Rampart::start_full(
         &[
             ("gateway.toml", &gateway("", llm, "")),
@@ -643,8 +654,33 @@ targets = [{{ provider = "dead" }}, {{ provider = "second", model = "secondary" 
     assert_eq!(r.status, 200);
     assert!(!text(&r).contains("[DONE]"), "{}", text(&r));
 
+    // A stream that stalls longer than idle_timeout_ms before its first chunk moves on; one
+    // that stalls after chunks reached the client is cut.
+    let stall = |model: &str, after: u32| json!([{"type": "stream_fault", "kind": "stall", "after_chunks": after, "stall_seconds": 4, "match": {"model": model}}]);
+    scenario(stall("stall-up", 0)).await;
+    let r = post(&rampart, "/v1/chat/completions", &[], &chat("stally", true)).await;
+    assert_eq!(r.status, 200);
+    assert!(text(&r).contains("[DONE]"), "{}", text(&r));
+    scenario(stall("stall-up", 2)).await;
+    let started = Instant::now();
+    let r = post(&rampart, "/v1/chat/completions", &[], &chat("stally", true)).await;
+    assert!(!text(&r).contains("[DONE]"), "{}", text(&r));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "cut after the idle timeout, not the stall"
+    );
+
     let m = rampart.metrics().await;
     let sample = |s: &str| metric_value(&m, s).unwrap_or(0.0);
+    assert_eq!(
+        sample(r#"rampart_llm_attempts_total{provider="staller",result="timeout"}"#),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(r#"rampart_llm_attempts_total{provider="staller",result="stream_broken"}"#),
+        1.0
+    );
     assert_eq!(
         sample(r#"rampart_llm_attempts_total{provider="first",result="server_error"}"#),
         2.0,
@@ -874,4 +910,81 @@ async fn a_broken_model_table_is_refused_and_the_old_one_keeps_serving() {
     )
     .await;
     assert_eq!(r.status, 200);
+}
+
+/// A provider key in Secrets Manager may start as the seed's `REPLACE_ME`: that provider's
+/// requests get 503 until a value is set; then the current value is sent, and rotations follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_key_from_secrets_manager_is_picked_up_when_set_and_rotated() {
+    let moto = Moto::start().await;
+    let id = "ai-gateway/openai-api-key";
+    moto.secrets(
+        "CreateSecret",
+        json!({ "Name": id, "SecretString": "REPLACE_ME" }),
+    )
+    .await;
+    let fake = FakeProvider::start().await;
+    let head = format!(
+        "[secrets_manager]\nregion = \"{MOTO_REGION}\"\nendpoint_url = \"{}\"\nrefresh_seconds = 1\n\n[secrets.aws-openai-key]\naws = {{ secret_id = \"{id}\" }}\n",
+        moto.url()
+    );
+    let models = format!(
+        "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\nkey = \"aws-openai-key\"\n\n[[models]]\nname = \"gpt-*\"\ntargets = [{{ provider = \"openai\" }}]\n",
+        fake.addr
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let rampart = Rampart::start_full(
+        &[
+            ("gateway.toml", &gateway(&head, "", "")),
+            ("models.toml", &models),
+        ],
+        &["web"],
+        &[KEYS, &env[..]].concat(),
+        &[],
+    )
+    .await;
+    let r = post(
+        &rampart,
+        "/v1/chat/completions",
+        &[],
+        &chat("gpt-4o", false),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", text(&r));
+    assert_eq!(r.json()["error"]["code"], "provider_key_missing");
+    assert!(fake.requests().is_empty(), "nothing is sent without a key");
+
+    let sent_key = || {
+        fake.requests()
+            .last()
+            .and_then(|r| r.header("authorization").map(String::from))
+    };
+    for value in ["sk-from-secrets-manager-1", "sk-from-secrets-manager-2"] {
+        moto.secrets(
+            "PutSecretValue",
+            json!({ "SecretId": id, "SecretString": value }),
+        )
+        .await;
+        let expected = format!("Bearer {value}");
+        let picked_up = eventually(Duration::from_secs(10), || async {
+            let r = post(
+                &rampart,
+                "/v1/chat/completions",
+                &[],
+                &chat("gpt-4o", false),
+            )
+            .await;
+            r.status == 200 && sent_key().as_deref() == Some(expected.as_str())
+        })
+        .await;
+        assert!(
+            picked_up,
+            "{value} was not picked up; last sent {:?}",
+            sent_key()
+        );
+    }
 }
