@@ -155,6 +155,14 @@ pub struct Moto {
 
 pub const MOTO_REGION: &str = "us-east-1";
 
+/// Credentials for the AWS SDK inside rampart talking to moto (which checks none), and no
+/// instance metadata lookups.
+pub const AWS_TEST_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
 impl Moto {
     pub async fn start() -> Moto {
         let server = VenvServer::start(

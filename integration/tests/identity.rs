@@ -4,7 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rampart_integration::identity::{openai_client, JwksServer, Llmock, Moto, MOTO_REGION};
+use rampart_integration::identity::{
+    openai_client, JwksServer, Llmock, Moto, AWS_TEST_ENV, MOTO_REGION,
+};
 use rampart_integration::*;
 use rampart_plugins::testing::TestIssuer;
 use serde_json::json;
@@ -327,12 +329,6 @@ accept = ["header"]
 secret = "origin-verify"
 "#;
 
-const AWS_ENV: &[(&str, &str)] = &[
-    ("AWS_ACCESS_KEY_ID", "testing"),
-    ("AWS_SECRET_ACCESS_KEY", "testing"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_rotate_in_secrets_manager_without_locking_anyone_out() {
     let moto = Moto::start().await;
@@ -346,7 +342,7 @@ async fn secrets_rotate_in_secrets_manager_without_locking_anyone_out() {
     let rampart = Rampart::start_opts(
         &one_listener(up.addr, &secrets_head(&moto), ORIGIN),
         &["web"],
-        AWS_ENV,
+        AWS_TEST_ENV,
         &[],
     )
     .await;
@@ -443,7 +439,7 @@ async fn a_placeholder_or_unreachable_secrets_manager_stops_the_start() {
             .arg(rules.path())
             .args(["--admin", &format!("127.0.0.1:{}", free_port())])
             .args(["--listen", &format!("web=127.0.0.1:{}", free_port())])
-            .envs(AWS_ENV.iter().copied())
+            .envs(AWS_TEST_ENV.iter().copied())
             .output()
             .expect("runs");
         assert!(!out.status.success());

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rampart_integration::identity::{
-    openai_client, venv_bin, JwksServer, Llmock, Moto, MOTO_REGION,
+    openai_client, venv_bin, JwksServer, Llmock, Moto, AWS_TEST_ENV, MOTO_REGION,
 };
 use rampart_integration::providers::{test_ca, FakeProvider};
 use rampart_integration::*;
@@ -88,6 +88,18 @@ async fn post(rampart: &Rampart, path: &str, headers: &[(&str, &str)], body: &st
     send_raw(rampart.addr("web"), EXTERNAL_PEER, raw.as_bytes())
         .await
         .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// A model table with one OpenAI-kind provider at `addr` (key `key`) serving `models`.
+fn one_provider(addr: std::net::SocketAddr, key: &str, models: &str) -> String {
+    format!(
+        "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\nkey = \"{key}\"\n\n[[models]]\nname = \"{models}\"\ntargets = [{{ provider = \"openai\" }}]\n"
+    )
+}
+
+/// A chat completion for `model`, with no header beyond the origin secret.
+async fn complete(rampart: &Rampart, model: &str, stream: bool) -> RawResponse {
+    post(rampart, "/v1/chat/completions", &[], &chat(model, stream)).await
 }
 
 fn chat(model: &str, stream: bool) -> String {
@@ -230,7 +242,7 @@ targets = [{{ provider = "keyless" }}]
     assert_eq!(body_json(last)["model"], "gpt-4o");
 
     // An alias, a renamed target, embeddings.
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("fast", false)).await;
+    let r = complete(&rampart, "fast", false).await;
     assert_eq!(r.status, 200);
     assert_eq!(
         body_json(fake.requests().last().expect("call"))["model"],
@@ -271,13 +283,7 @@ targets = [{{ provider = "keyless" }}]
     assert_eq!(body_json(&last)["stream_options"]["include_usage"], true);
 
     // Gemini's OpenAI compatibility.
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("gemini-2.5-flash", false),
-    )
-    .await;
+    let r = complete(&rampart, "gemini-2.5-flash", false).await;
     assert_eq!(r.status, 200);
     let last = fake.requests().last().cloned().expect("call");
     assert_eq!(last.uri, "/v1beta/openai/chat/completions");
@@ -305,13 +311,7 @@ targets = [{{ provider = "keyless" }}]
     );
     // The certificate names localhost, not 127.0.0.1: the call is refused, nothing is sent.
     let before = azure.requests().len();
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("house-gpt-by-ip", false),
-    )
-    .await;
+    let r = complete(&rampart, "house-gpt-by-ip", false).await;
     assert_eq!(r.status, 502, "{}", text(&r));
     assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
     assert_eq!(azure.requests().len(), before);
@@ -346,13 +346,7 @@ targets = [{{ provider = "keyless" }}]
 
     // What rampart answers itself, in OpenAI's error shape, without calling anyone.
     let calls = fake.requests().len();
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("llama-3-70b", false),
-    )
-    .await;
+    let r = complete(&rampart, "llama-3-70b", false).await;
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "model_not_found");
     assert!(r.json()["error"]["message"]
@@ -366,13 +360,7 @@ targets = [{{ provider = "keyless" }}]
     );
     let r = post(&rampart, "/v1/chat/completions", &[], "not json").await;
     assert_eq!(r.status, 400);
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("orphan", false),
-    )
-    .await;
+    let r = complete(&rampart, "orphan", false).await;
     assert_eq!(r.status, 503, "{}", text(&r));
     assert_eq!(r.json()["error"]["code"], "provider_key_missing");
     assert!(
@@ -596,23 +584,11 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
     scenario(json!([{"type": "fail", "status": 500, "times": 2, "match": {"model": "primary"}}]))
         .await;
     for _ in 0..2 {
-        let r = post(
-            &rampart,
-            "/v1/chat/completions",
-            &[],
-            &chat("gpt-4o", false),
-        )
-        .await;
+        let r = complete(&rampart, "gpt-4o", false).await;
         assert_eq!(r.status, 200, "{}", text(&r));
     }
     // Now it rests: the next request goes straight to the secondary.
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("gpt-4o", false),
-    )
-    .await;
+    let r = complete(&rampart, "gpt-4o", false).await;
     assert_eq!(r.status, 200);
     let journal = send_raw(
         l,
@@ -630,13 +606,13 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
     assert_eq!(served("secondary").await, 3);
 
     // A connect error moves on too.
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("gone", true)).await;
+    let r = complete(&rampart, "gone", true).await;
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("[DONE]"));
 
     // A 429 with Retry-After, and no other target: the client gets it, Retry-After included.
     scenario(json!([{"type": "fail", "status": 429, "retry_after": 7, "times": 1, "match": {"model": "solo-up"}}])).await;
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("solo", false)).await;
+    let r = complete(&rampart, "solo", false).await;
     assert_eq!(r.status, 429, "{}", text(&r));
     assert_eq!(r.header("retry-after"), Some("7"));
 
@@ -644,13 +620,13 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
     // the primary is resting, so the secondary comes first and the primary (its rest
     // notwithstanding) is the last resort.
     scenario(json!([{"type": "stream_fault", "kind": "disconnect", "after_chunks": 0, "match": {"model": "secondary"}}])).await;
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("gpt-4o", true)).await;
+    let r = complete(&rampart, "gpt-4o", true).await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert!(text(&r).contains("[DONE]"), "a whole stream: {}", text(&r));
 
     // One that breaks after two chunks reached the client cannot be retried: it is cut short.
     scenario(json!([{"type": "stream_fault", "kind": "disconnect", "after_chunks": 2, "match": {"model": "solo-up"}}])).await;
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("solo", true)).await;
+    let r = complete(&rampart, "solo", true).await;
     assert_eq!(r.status, 200);
     assert!(!text(&r).contains("[DONE]"), "{}", text(&r));
 
@@ -658,12 +634,12 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
     // that stalls after chunks reached the client is cut.
     let stall = |model: &str, after: u32| json!([{"type": "stream_fault", "kind": "stall", "after_chunks": after, "stall_seconds": 4, "match": {"model": model}}]);
     scenario(stall("stall-up", 0)).await;
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("stally", true)).await;
+    let r = complete(&rampart, "stally", true).await;
     assert_eq!(r.status, 200);
     assert!(text(&r).contains("[DONE]"), "{}", text(&r));
     scenario(stall("stall-up", 2)).await;
     let started = Instant::now();
-    let r = post(&rampart, "/v1/chat/completions", &[], &chat("stally", true)).await;
+    let r = complete(&rampart, "stally", true).await;
     assert!(!text(&r).contains("[DONE]"), "{}", text(&r));
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -720,10 +696,7 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_hanging_up_ends_the_providers_stream() {
     let fake = FakeProvider::start().await;
-    let models = format!(
-        "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\nkey = \"openai-key\"\n\n[[models]]\nname = \"*\"\ntargets = [{{ provider = \"openai\" }}]\n",
-        fake.addr
-    );
+    let models = one_provider(fake.addr, "openai-key", "*");
     let rampart = Rampart::start_full(
         &[
             ("gateway.toml", &gateway("", "", "")),
@@ -767,13 +740,7 @@ async fn a_client_hanging_up_ends_the_providers_stream() {
     );
     assert!(after < Duration::from_secs(2), "{after:?}");
     // And rampart carries on.
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("gpt-4o", false),
-    )
-    .await;
+    let r = complete(&rampart, "gpt-4o", false).await;
     assert_eq!(r.status, 200);
 }
 
@@ -790,10 +757,7 @@ async fn a_teams_token_budget_is_charged_from_usage_and_refuses_once_spent() {
     let issuer = TestIssuer::new(ISS, "tok");
     let jwks = JwksServer::start(&issuer.jwks()).await;
     let fake = FakeProvider::start().await;
-    let models = format!(
-        "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\nkey = \"openai-key\"\n\n[[models]]\nname = \"gpt-*\"\ntargets = [{{ provider = \"openai\" }}]\n",
-        fake.addr
-    );
+    let models = one_provider(fake.addr, "openai-key", "gpt-*");
     let plugins = format!(
         "\n[[listeners.plugins]]\ntype = \"jwt\"\nclients = \"clients.toml\"\nissuers = [{{ issuer = \"{ISS}\", jwks_url = \"{}\" }}]\n",
         jwks.url()
@@ -878,10 +842,7 @@ async fn a_teams_token_budget_is_charged_from_usage_and_refuses_once_spent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_model_table_is_refused_and_the_old_one_keeps_serving() {
     let fake = FakeProvider::start().await;
-    let good = format!(
-        "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\nkey = \"openai-key\"\n\n[[models]]\nname = \"gpt-4o\"\ntargets = [{{ provider = \"openai\" }}]\n",
-        fake.addr
-    );
+    let good = one_provider(fake.addr, "openai-key", "gpt-4o");
     let rampart = Rampart::start_full(
         &[
             ("gateway.toml", &gateway("", "", "")),
@@ -902,13 +863,7 @@ async fn a_broken_model_table_is_refused_and_the_old_one_keeps_serving() {
         said.contains("models.toml:10") && said.contains("nope"),
         "{said}"
     );
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("gpt-4o", false),
-    )
-    .await;
+    let r = complete(&rampart, "gpt-4o", false).await;
     assert_eq!(r.status, 200);
 }
 
@@ -928,32 +883,18 @@ async fn a_provider_key_from_secrets_manager_is_picked_up_when_set_and_rotated()
         "[secrets_manager]\nregion = \"{MOTO_REGION}\"\nendpoint_url = \"{}\"\nrefresh_seconds = 1\n\n[secrets.aws-openai-key]\naws = {{ secret_id = \"{id}\" }}\n",
         moto.url()
     );
-    let models = format!(
-        "[providers.openai]\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\nkey = \"aws-openai-key\"\n\n[[models]]\nname = \"gpt-*\"\ntargets = [{{ provider = \"openai\" }}]\n",
-        fake.addr
-    );
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
+    let models = one_provider(fake.addr, "aws-openai-key", "gpt-*");
     let rampart = Rampart::start_full(
         &[
             ("gateway.toml", &gateway(&head, "", "")),
             ("models.toml", &models),
         ],
         &["web"],
-        &[KEYS, &env[..]].concat(),
+        &[KEYS, AWS_TEST_ENV].concat(),
         &[],
     )
     .await;
-    let r = post(
-        &rampart,
-        "/v1/chat/completions",
-        &[],
-        &chat("gpt-4o", false),
-    )
-    .await;
+    let r = complete(&rampart, "gpt-4o", false).await;
     assert_eq!(r.status, 503, "{}", text(&r));
     assert_eq!(r.json()["error"]["code"], "provider_key_missing");
     assert!(fake.requests().is_empty(), "nothing is sent without a key");
@@ -971,13 +912,7 @@ async fn a_provider_key_from_secrets_manager_is_picked_up_when_set_and_rotated()
         .await;
         let expected = format!("Bearer {value}");
         let picked_up = eventually(Duration::from_secs(10), || async {
-            let r = post(
-                &rampart,
-                "/v1/chat/completions",
-                &[],
-                &chat("gpt-4o", false),
-            )
-            .await;
+            let r = complete(&rampart, "gpt-4o", false).await;
             r.status == 200 && sent_key().as_deref() == Some(expected.as_str())
         })
         .await;
