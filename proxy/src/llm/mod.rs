@@ -483,9 +483,11 @@ async fn call(
 
     let mut resp = ResponseHeader::build(status, Some(answer.headers().len() + 1))?;
     copy_answer_headers(answer.headers(), &mut resp)?;
+    let bodiless = matches!(status, 100..=199 | 204 | 304) || *method == http::Method::HEAD;
     match length {
         Some(n) => resp.insert_header("content-length", n.to_string())?,
-        None => resp.insert_header("transfer-encoding", "chunked")?,
+        None if !bodiless => resp.insert_header("transfer-encoding", "chunked")?,
+        None => {}
     }
     let streamed = answer
         .headers()
