@@ -26,8 +26,13 @@ lint:
 check:
 	cargo run -q -p rampart -- check rules
 
+# Criterion benches of the plugins, then the side-by-side load run against nginx and
+# nginx + ModSecurity + CRS (report in target/bench/report.md; see docs/benchmarks.md).
 bench:
+	bash scripts/deps.sh bench
 	cargo bench -p rampart-benches
+	cargo build --release -p rampart --bin rampart -p rampart-benches --examples
+	python3 benches/load/run.py
 
 certs:
 	bash certs/make-dev-cert.sh certs/dev

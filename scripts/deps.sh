@@ -3,6 +3,9 @@
 # needs, when they are missing. Used by `make demo`, `make test` and CI.
 set -euo pipefail
 want=(cmake pkg-config curl)   # cmake: libz-ng-sys, a C dependency of Pingora
+if [ "${1:-}" = bench ]; then   # the load run: its load generator, the contenders, valgrind
+  want+=(nginx wrk valgrind libnginx-mod-http-modsecurity modsecurity-crs)
+fi
 if [ "${1:-}" = test ]; then
   want+=(openssl prometheus redis-server)   # dev certificates; promtool and a real Prometheus; shared rate limits
 fi

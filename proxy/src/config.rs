@@ -33,6 +33,16 @@ pub struct GatewayConfig {
     /// How routes to LLM providers call them.
     #[serde(default)]
     pub llm: LlmConfig,
+    /// Process settings, read at start (a reload does not change them).
+    #[serde(default)]
+    pub server: ServerSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Worker threads per listener; all cores when unset (`--threads` overrides).
+    pub threads: Option<usize>,
 }
 
 /// Provider routes (`models = true` or `provider = "..."`): the model table and how

@@ -61,7 +61,7 @@ struct RunArgs {
     /// Override the admin listener's address.
     #[arg(long)]
     admin: Option<String>,
-    /// Worker threads per listener (default: one per core).
+    /// Worker threads per listener (default: `[server] threads`, else one per core).
     #[arg(long)]
     threads: Option<usize>,
     /// Do not watch the rules directory (SIGHUP and POST /reload still reload).

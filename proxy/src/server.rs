@@ -52,6 +52,8 @@ pub fn build(opts: RunOptions) -> Result<Server, StartError> {
     let conf = ServerConf {
         threads: opts
             .threads
+            .or(snapshot.config.server.threads)
+            .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),

@@ -1,0 +1,629 @@
+#!/usr/bin/env python3
+"""Side-by-side load benchmark: rampart against nginx and nginx + ModSecurity + CRS.
+
+Everything runs on loopback in one run, alternating, so that the machine's noise falls on every
+contender alike. The proxy under test is pinned to one core; the load generator (wrk) and the
+upstream (nginx `return 200`) share the other.
+
+Contenders:
+  direct        wrk straight to the upstream (no proxy)
+  nginx         nginx as a plain reverse proxy (keep-alive upstream)
+  bare          rampart with no plugin (the Pingora path alone)
+  full          rampart with the whole default pipeline (IP reputation, origin verify, rate
+                limit, known bad inputs and OWASP at paranoia 1, bot control, admin secret, JWT)
+  modsecurity   nginx + ModSecurity 3 + OWASP CRS 3.3.4 at paranoia 1 (Debian packages)
+
+Requests: a GET with a token, a 4 KB form POST, a 16 KB chat-completion POST (which goes through
+the WAF's `llm` profile in `full`).
+
+Reports, in BENCH_OUT (default target/bench/report.md, with the raw figures in report.json):
+throughput and wrk's p50/p99 at saturation, CPU microseconds per request of the proxy process,
+each as a ratio to `bare`; added p50/p99 over direct at a fixed rate of half of `full`'s
+saturation (open loop, latency from when each request was due); instructions per request under
+valgrind; and memory (RSS idle, with 10,000 idle keep-alive connections, with a million client
+addresses in the rate limiter).
+
+Settings (environment): BENCH_SECONDS (5), BENCH_ROUNDS (3), BENCH_SKIP (comma list of
+sections to skip: valgrind, memory, latency).
+"""
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+WORK = TARGET / "bench"
+RAMPART = TARGET / "release" / "rampart"
+EXAMPLES = TARGET / "release" / "examples"
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+ORIGIN = "bench-origin-3f9a1c7e5b2d4a6f8e0c1b3d5f7a9c2e"
+ADMIN = "bench-admin-8b6d4f2a0c9e7b5d3f1a8c6e4b2d0f9a"
+ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Bench"
+LOAD_CORE, PROXY_CORE = "0", "1"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+PORTS = {"upstream": 18080, "nginx": 18081, "modsecurity": 18082, "bare": 18083, "full": 18084}
+ADMIN_PORTS = {"bare": 18093, "full": 18094}
+JWKS_PORT = 18099
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+# --- the contenders -----------------------------------------------------------------------
+
+def nginx_conf(name, body):
+    d = WORK / name
+    d.mkdir(parents=True, exist_ok=True)
+    temp = "\n".join(f"  {t}_temp_path {d}/{t};" for t in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = f"""
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log crit;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+{temp}
+  client_body_buffer_size 64k;
+  client_max_body_size 16m;
+  keepalive_requests 1000000;
+{body}
+}}
+"""
+    path = d / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+def proxy_block(port, extra=""):
+    return f"""
+  upstream app {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+{extra}
+    location / {{
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}"""
+
+
+def modsecurity_rules():
+    path = WORK / "modsecurity" / "main.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "Include /etc/nginx/modsecurity.conf\n"
+        "SecRuleEngine On\nSecAuditEngine Off\n"
+        # The package's owasp-crs.load uses IncludeOptional, which libmodsecurity 3 lacks.
+        "Include /etc/modsecurity/crs/crs-setup.conf\n"
+        "Include /usr/share/modsecurity-crs/rules/*.conf\n"
+    )
+    return path
+
+
+MODSECURITY = Path("/usr/lib/nginx/modules/ngx_http_modsecurity_module.so")
+
+
+def modsecurity_argv(name):
+    """nginx with ModSecurity 3 and the CRS in blocking mode (anomaly scoring, paranoia 1)."""
+    conf = nginx_conf(name, proxy_block(
+        PORTS["modsecurity"], f"    modsecurity on;\n    modsecurity_rules_file {modsecurity_rules()};"))
+    conf.write_text(f"load_module {MODSECURITY};\n" + conf.read_text())
+    return ["nginx", "-c", str(conf), "-p", str(WORK / name)]
+
+
+def rampart_rules(name, full):
+    d = WORK / f"rules-{name}"
+    if d.exists():
+        shutil.rmtree(d)
+    shutil.copytree(ROOT / "rules", d)
+    plugins = ""
+    if full:
+        plugins = f"""
+[[listeners.plugins]]
+type = "ip_reputation"
+allow = ["10.20.0.0/16"]
+lists = [
+  {{ name = "AWSManagedIPReputationList", files = ["ip/reputation.txt"] }},
+  {{ name = "AWSManagedReconnaissanceList", files = ["ip/reconnaissance.txt"], action = "count" }},
+  {{ name = "AWSManagedIPDDoSList", files = ["ip/ddos.txt"] }},
+]
+
+[[listeners.plugins]]
+type = "origin_verify"
+accept = ["header", "internal"]
+secret = "origin-verify"
+
+[[listeners.plugins]]
+type = "jwt"
+issuers = [{{ issuer = "{ISSUER}", jwks_url = "http://127.0.0.1:{JWKS_PORT}/jwks.json" }}]
+
+[[listeners.plugins]]
+type = "rate_limit"
+exempt_internal = true
+limits = [{{ name = "RateLimitPerIP", requests = 4000000000, window_seconds = 300, max_keys = 2000000 }}]
+
+[[listeners.plugins]]
+type = "bad_inputs"
+routes = {{ litellm = "llm" }}
+
+[[listeners.plugins]]
+type = "owasp"
+paranoia = 1
+threshold = 5
+routes = {{ litellm = "llm" }}
+
+[[listeners.plugins]]
+type = "bot_control"
+datacenter_networks = ["bots/datacenters.txt"]
+exempt_authenticated = true
+
+[[listeners.plugins]]
+type = "admin_secret"
+secret = "admin-header"
+paths = ["/key/", "/user/", "/model/", "/spend/"]
+"""
+    (d / "gateway.toml").write_text(f"""
+[network]
+internal_cidrs = ["10.20.0.0/16"]
+trusted_proxies = ["127.0.0.1/32"]
+
+[secrets.origin-verify]
+env = ["RAMPART_ORIGIN_VERIFY_SECRET"]
+[secrets.admin-header]
+env = ["RAMPART_ADMIN_HEADER_SECRET"]
+
+[upstreams.app]
+addrs = ["127.0.0.1:{PORTS['upstream']}"]
+
+[[listeners]]
+name = "web"
+listen = "127.0.0.1:{PORTS[name]}"
+{plugins}
+[[listeners.routes]]
+prefix = "/v1/"
+name = "litellm"
+upstream = "app"
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "app"
+""")
+    return d
+
+
+class Proc:
+    """A server process, pinned to a core; CPU time summed over it and its children."""
+
+    def __init__(self, name, argv, core, env=None):
+        self.name = name
+        out = open(WORK / f"{name}.log", "wb")
+        self.p = subprocess.Popen(["taskset", "-c", core] + argv, stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **(env or {})}, preexec_fn=raise_nofile)
+
+    def pids(self):
+        pids = [self.p.pid]
+        try:
+            kids = subprocess.run(["pgrep", "-P", str(self.p.pid)], capture_output=True, text=True).stdout
+            pids += [int(k) for k in kids.split()]
+        except OSError:
+            pass
+        return pids
+
+    def cpu_seconds(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / CLK_TCK
+
+    def rss_kib(self):
+        total = 0
+        for pid in self.pids():
+            try:
+                m = re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())
+                total += int(m.group(1)) if m else 0
+            except OSError:
+                pass
+        return total
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def raise_nofile():
+    """As many open files as the hard limit allows (10,000 connections need more than 1024)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}; see {WORK}/*.log")
+
+
+def start_jwks(jwks):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = jwks.encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", JWKS_PORT), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def rampart(name, full, argv_extra=()):
+    rules = rampart_rules(name, full)
+    env = {"RAMPART_ORIGIN_VERIFY_SECRET": ORIGIN, "RAMPART_ADMIN_HEADER_SECRET": ADMIN, "RUST_LOG": "warn"}
+    argv = [str(RAMPART), "--rules", str(rules), "--threads", "1", "--no-watch",
+            "--admin", f"127.0.0.1:{ADMIN_PORTS[name]}", *argv_extra]
+    return argv, env
+
+
+# --- the requests -------------------------------------------------------------------------
+
+PROSE = ("The gateway sits in front of the platform and every request passes its checks before "
+         "it reaches a model. Operators reload rules while traffic flows, and the metrics show "
+         "what was refused and why. ")
+
+
+def requests(token):
+    head = (f"Host: bench.rampart.test\r\nUser-Agent: OpenAI/Python 1.54.0\r\n"
+            f"Authorization: Bearer {token}\r\nX-Origin-Verify: {ORIGIN}\r\nAccept: application/json\r\n")
+    form = "name=Ada+Lovelace&email=ada%40example.com&comment=" + (PROSE * 40).replace(" ", "+")
+    form = form[:4096]
+    chat = json.dumps({"model": "gpt-4o-mini", "stream": False, "messages": [
+        {"role": "system", "content": "You are a helpful assistant for the platform's operators."},
+        {"role": "user", "content": (PROSE * 200)[:16000]},
+    ]})
+    out = {
+        "get": f"GET /v1/models HTTP/1.1\r\n{head}\r\n",
+        "form_4k": f"POST /submit HTTP/1.1\r\n{head}Content-Type: application/x-www-form-urlencoded\r\n"
+                   f"Content-Length: {len(form)}\r\n\r\n{form}",
+        "chat_16k": f"POST /v1/chat/completions HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+                    f"Content-Length: {len(chat)}\r\n\r\n{chat}",
+    }
+    files = {}
+    for name, raw in out.items():
+        path = WORK / f"{name}.http"
+        path.write_text(raw)
+        files[name] = path
+    return files
+
+
+LUA = """
+local f = assert(io.open(os.getenv("BENCH_REQUEST"), "rb"))
+local raw = f:read("*a")
+f:close()
+request = function() return raw end
+"""
+
+
+def to_us(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return None
+    return float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]
+
+
+def wrk(port, request, seconds, connections=32):
+    lua = WORK / "request.lua"
+    lua.write_text(LUA)
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency",
+         "-s", str(lua), f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, env={**os.environ, "BENCH_REQUEST": str(request)})
+    text = out.stdout
+    total = re.search(r"(\d+) requests in", text)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
+    if not (total and rps):
+        raise SystemExit(f"wrk failed on port {port}:\n{text}\n{out.stderr}")
+    return {"requests": int(total.group(1)), "rps": float(rps.group(1)),
+            "p50_us": to_us(pct.get("50", "")), "p99_us": to_us(pct.get("99", "")),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def openloop(port, request, rate, seconds, connections=32):
+    out = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, str(EXAMPLES / "openloop"), f"127.0.0.1:{port}", str(request),
+         str(rate), str(seconds), str(connections)],
+        capture_output=True, text=True)
+    try:
+        return json.loads(out.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"openloop failed on {port}: {out.stdout} {out.stderr}")
+
+
+# --- sections -----------------------------------------------------------------------------
+
+def saturation(procs, reqs):
+    """wrk at saturation, every contender and request, alternating, ROUNDS times."""
+    runs = {}
+    for r in range(ROUNDS):
+        for req_name, req in reqs.items():
+            for name in ["direct", *procs]:
+                port = PORTS["upstream" if name == "direct" else name]
+                proc = procs.get(name)
+                before = proc.cpu_seconds() if proc else 0
+                res = wrk(port, req, SECONDS)
+                if proc:
+                    res["cpu_us_per_req"] = (proc.cpu_seconds() - before) / max(res["requests"], 1) * 1e6
+                runs.setdefault((name, req_name), []).append(res)
+                log(f"round {r + 1} {req_name:9} {name:12} {res['rps']:9.0f} rps  "
+                    f"p50 {res['p50_us'] or 0:7.0f} us  p99 {res['p99_us'] or 0:7.0f} us  "
+                    f"cpu {res.get('cpu_us_per_req', 0):7.1f} us/req  non-2xx {res['non_2xx']}")
+    table = {}
+    for (name, req_name), rs in runs.items():
+        med = lambda k: statistics.median(x[k] for x in rs if x.get(k) is not None) if any(x.get(k) is not None for x in rs) else None
+        table.setdefault(req_name, {})[name] = {k: med(k) for k in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "non_2xx")}
+    return table
+
+
+def latency(reqs, table):
+    """Open-loop latency at half of `full`'s saturation, each contender in turn, twice."""
+    out = {}
+    for req_name in ("get", "chat_16k"):
+        rate = int(table[req_name]["full"]["rps"] / 2)
+        for r in range(2):
+            for name in ["direct", "nginx", "bare", "full"]:
+                port = PORTS["upstream" if name == "direct" else name]
+                res = openloop(port, reqs[req_name], rate, SECONDS)
+                out.setdefault(req_name, {}).setdefault(name, []).append(res)
+                log(f"fixed {rate}/s {req_name:9} {name:8} p50 {res['p50_us']} us  p99 {res['p99_us']} us  errors {res['errors']}")
+        for name, rs in out[req_name].items():
+            out[req_name][name] = {"rate": rate, **{k: statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us", "max_us", "errors")}}
+    return out
+
+
+def instructions(reqs):
+    """Instructions per request under valgrind (callgrind), counted over 300 requests after
+    a warm-up, for nginx, bare and full; one request type at a time."""
+    if not shutil.which("valgrind"):
+        return {}
+    out = {}
+    targets = {
+        "nginx": lambda: (["nginx", "-c", str(nginx_conf("nginx-vg", proxy_block(PORTS["nginx"]))),
+                           "-p", str(WORK / "nginx-vg"), "-g", "master_process off;"], {}),
+        "bare": lambda: rampart("bare", False),
+        "full": lambda: rampart("full", True),
+    }
+    if MODSECURITY.exists():
+        targets["modsecurity"] = lambda: (modsecurity_argv("modsec-vg") + ["-g", "master_process off;"], {})
+    for name, make in targets.items():
+        argv, env = make()
+        cg = WORK / f"callgrind.{name}.out"
+        proc = Proc(f"vg-{name}", ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}",
+                                   "--dump-instr=no", *argv], PROXY_CORE, env)
+        wait_port(PORTS[name], 120)
+        for req_name, req in reqs.items():
+            openloop(PORTS[name], req, 20, 3, 1)  # warm-up: caches, connections, JIT-free paths
+            subprocess.run(["callgrind_control", "-z", str(proc.p.pid)], capture_output=True)
+            res = openloop(PORTS[name], req, 60, 5, 1)
+            dump = subprocess.run(["callgrind_control", "-d", str(proc.p.pid)], capture_output=True, text=True)
+            total = 0
+            for f in WORK.glob(f"callgrind.{name}.out*"):
+                m = re.search(r"^(?:summary|totals):\s+(\d+)", f.read_text(errors="replace"), re.M)
+                if m and f.name != cg.name:
+                    total = max(total, int(m.group(1)))
+                    f.unlink()
+            out.setdefault(req_name, {})[name] = total / max(res["ok"] + res["errors"], 1)
+            log(f"valgrind {name:12} {req_name:9} {out[req_name][name]:12.0f} instructions/request ({dump.returncode})")
+        proc.stop()
+        for f in WORK.glob(f"callgrind.{name}.out*"):
+            f.unlink()
+    return out
+
+
+def memory(reqs):
+    out = {}
+    # Idle, on the shipped rules with their listeners on loopback.
+    env = {"RAMPART_ORIGIN_VERIFY_SECRET": ORIGIN, "RAMPART_ADMIN_HEADER_SECRET": ADMIN, "RUST_LOG": "warn"}
+    argv = [str(RAMPART), "--rules", str(ROOT / "rules"), "--no-watch", "--admin", "127.0.0.1:18095",
+            "--listen", "web=127.0.0.1:18085", "--listen", "langfuse=127.0.0.1:18086",
+            "--listen", "victoriametrics=127.0.0.1:18087"]
+    p = Proc("shipped", argv, PROXY_CORE, env)
+    wait_port(18085)
+    time.sleep(1)
+    out["idle_shipped_rules_mib"] = p.rss_kib() / 1024
+    p.stop()
+
+    argv, env = rampart("full", True)
+    p = Proc("full-memory", argv, PROXY_CORE, env)
+    wait_port(PORTS["full"])
+    time.sleep(1)
+    out["idle_full_pipeline_mib"] = p.rss_kib() / 1024
+    # 10,000 keep-alive connections, each after one request, then idle.
+    raw = reqs["get"].read_bytes()
+    conns = []
+    for i in range(10_000):
+        s = socket.create_connection(("127.0.0.1", PORTS["full"]))
+        s.sendall(raw)
+        conns.append(s)
+    ok = 0
+    for s in conns:
+        s.settimeout(10)
+        try:
+            if s.recv(4096).startswith(b"HTTP/1.1 200"):
+                ok += 1
+        except OSError:
+            pass
+    time.sleep(1)
+    out["connections_10k_mib"] = p.rss_kib() / 1024
+    out["connections_10k_answered"] = ok
+    for s in conns:
+        s.close()
+    # A million client addresses (X-Forwarded-For from a trusted peer) in the rate limiter.
+    lua = WORK / "xff.lua"
+    lua.write_text(LUA + """
+local n = 0
+request = function()
+  n = n + 1
+  local xff = string.format("100.%d.%d.%d", 64 + math.floor(n / 65536) % 64, math.floor(n / 256) % 256, n % 256)
+  return raw:gsub("\\r\\n\\r\\n", "\\r\\nX-Forwarded-For: " .. xff .. "\\r\\n\\r\\n", 1)
+end
+""")
+    before = p.rss_kib()
+    sent = 0
+    while sent < 1_000_000:
+        res = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c1", "-d20s", "-s", str(lua),
+                              f"http://127.0.0.1:{PORTS['full']}/"], capture_output=True, text=True,
+                             env={**os.environ, "BENCH_REQUEST": str(reqs["get"])})
+        m = re.search(r"(\d+) requests in", res.stdout)
+        sent += int(m.group(1)) if m else 1_000_000
+        log(f"memory: {sent} distinct addresses sent")
+    out["million_addresses_mib"] = p.rss_kib() / 1024
+    out["million_addresses_added_mib"] = (p.rss_kib() - before) / 1024
+    p.stop()
+    return out
+
+
+# --- the report ---------------------------------------------------------------------------
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def report(machine, sat, lat, ins, mem):
+    lines = [f"# Load benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "", machine, "",
+             f"wrk -t1 -c32, {SECONDS:g} s per run, {ROUNDS} rounds alternating; medians.", ""]
+    for req_name, row in sat.items():
+        lines += [f"## {req_name}", "",
+                  "| contender | rps | p50 µs | p99 µs | CPU µs/req | CPU vs bare | non-2xx |",
+                  "|---|---|---|---|---|---|---|"]
+        bare = row.get("bare", {}).get("cpu_us_per_req")
+        for name, r in row.items():
+            cpu = r.get("cpu_us_per_req")
+            lines.append(f"| {name} | {r['rps']:.0f} | {r['p50_us'] or 0:.0f} | {r['p99_us'] or 0:.0f} | "
+                         f"{cpu:.1f} | {ratio(cpu, bare)} | {r['non_2xx']:.0f} |" if cpu else
+                         f"| {name} | {r['rps']:.0f} | {r['p50_us'] or 0:.0f} | {r['p99_us'] or 0:.0f} | - | - | {r['non_2xx']:.0f} |")
+        full, modsec = row.get("full", {}).get("cpu_us_per_req"), row.get("modsecurity", {}).get("cpu_us_per_req")
+        if full and modsec:
+            lines.append(f"\nModSecurity + CRS uses {modsec / full:.1f}x the CPU per request of rampart's full pipeline.")
+        lines.append("")
+    if lat:
+        lines += ["## Latency at half of full's saturation (open loop)", "",
+                  "| request | rate/s | contender | p50 µs | p99 µs | added p50 | added p99 | errors |", "|---|---|---|---|---|---|---|---|"]
+        for req_name, row in lat.items():
+            d = row["direct"]
+            for name, r in row.items():
+                lines.append(f"| {req_name} | {r['rate']} | {name} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
+                             f"{r['p50_us'] - d['p50_us']:.0f} | {r['p99_us'] - d['p99_us']:.0f} | {r['errors']:.0f} |")
+        lines.append("")
+    if ins:
+        lines += ["## Instructions per request (valgrind --tool=callgrind, whole process)", "",
+                  "| request | " + " | ".join(next(iter(ins.values())).keys()) + " |",
+                  "|---|" + "---|" * len(next(iter(ins.values())))]
+        for req_name, row in ins.items():
+            lines.append(f"| {req_name} | " + " | ".join(f"{v / 1000:.0f} k" for v in row.values()) + " |")
+        lines.append("")
+    if mem:
+        lines += ["## Memory (RSS)", ""] + [f"- {k}: {v:.1f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in mem.items()] + [""]
+    return "\n".join(lines)
+
+
+def main():
+    if not RAMPART.exists() or not (EXAMPLES / "openloop").exists():
+        raise SystemExit("build first: cargo build --release -p rampart --bin rampart && "
+                         "cargo build --release -p rampart-benches --examples")
+    WORK.mkdir(parents=True, exist_ok=True)
+    raise_nofile()
+    subprocess.run([str(EXAMPLES / "bench_identity"), str(WORK), ISSUER], check=True)
+    token = (WORK / "token.txt").read_text().strip()
+    jwks_server = start_jwks((WORK / "jwks.json").read_text())
+    reqs = requests(token)
+    machine = (f"Machine: {os.cpu_count()} cores ({platform_cpu()}), Linux {os.uname().release}; "
+               f"proxy pinned to core {PROXY_CORE}, wrk and the upstream to core {LOAD_CORE}; "
+               f"rampart --threads 1, nginx worker_processes 1.")
+    procs = {}
+    try:
+        up = Proc("upstream", ["nginx", "-c", str(nginx_conf("upstream", f"""
+  server {{ listen 127.0.0.1:{PORTS['upstream']}; location / {{ return 200 "ok\\n"; }} }}""")),
+                               "-p", str(WORK / "upstream")], LOAD_CORE)
+        wait_port(PORTS["upstream"])
+        procs["nginx"] = Proc("nginx", ["nginx", "-c", str(nginx_conf("nginx", proxy_block(PORTS["nginx"]))),
+                                        "-p", str(WORK / "nginx")], PROXY_CORE)
+        for name, full in (("bare", False), ("full", True)):
+            argv, env = rampart(name, full)
+            procs[name] = Proc(name, argv, PROXY_CORE, env)
+        if MODSECURITY.exists():
+            procs["modsecurity"] = Proc("modsecurity", modsecurity_argv("modsecurity"), PROXY_CORE)
+        for name in procs:
+            wait_port(PORTS[name])
+        time.sleep(1)
+        for req_name, req in reqs.items():  # every contender answers every request
+            for name in procs:
+                r = openloop(PORTS[name], req, 10, 0.5, 1)
+                log(f"check {name:12} {req_name:9} ok {r['ok']} errors {r['errors']}")
+        sat = saturation(procs, reqs)
+        lat = {} if "latency" in SKIP else latency(reqs, sat)
+        for name in ("bare", "full", "nginx", "modsecurity"):
+            if name in procs:
+                procs.pop(name).stop()
+        ins = {} if "valgrind" in SKIP else instructions(reqs)
+        mem = {} if "memory" in SKIP else memory(reqs)
+        up.stop()
+    finally:
+        for p in procs.values():
+            p.stop()
+        jwks_server.shutdown()
+    out = Path(os.environ.get("BENCH_OUT", WORK / "report.md"))
+    text = report(machine, sat, lat, ins, mem)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"saturation": sat, "latency": lat, "instructions": ins, "memory": mem}, indent=1))
+    print(text)
+
+
+def platform_cpu():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()
