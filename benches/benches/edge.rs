@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
             path: "/v1/chat/completions",
             query: None,
             headers: &headers,
+            consumed: &[],
             body: None,
             identity: None,
         };

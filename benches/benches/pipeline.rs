@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
         path,
         query: None,
         headers: &headers,
+        consumed: &[],
         body: None,
         identity: None,
     };

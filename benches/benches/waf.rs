@@ -151,6 +151,7 @@ fn bench(c: &mut Criterion) {
             path,
             query,
             headers,
+            consumed: &[],
             body,
             identity: None,
         };

@@ -165,6 +165,7 @@ fn judge(wafs: &[Waf], case: &serde_json::Value) -> (bool, String) {
         path: &normalised,
         query,
         headers: &headers,
+        consumed: &[],
         body: body.as_deref(),
         identity: None,
     };

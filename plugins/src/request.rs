@@ -21,6 +21,10 @@ pub struct RequestView<'a> {
     /// The raw query string, without the `?`.
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// Headers the chain consumes (credentials for rampart, such as `X-Origin-Verify` and a
+    /// verified `Authorization`): removed before the request goes upstream, so inspectors
+    /// that protect the upstream skip them.
+    pub consumed: &'a [HeaderName],
     /// The request body when it was read for inspection (see the proxy's body handling).
     pub body: Option<&'a [u8]>,
     /// Who the caller is, once a plugin earlier in the chain (or an earlier stage) verified it.

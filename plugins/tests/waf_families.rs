@@ -48,6 +48,7 @@ fn refused_by(wafs: &[Waf], value: &str) -> Vec<String> {
         path: "/search",
         query: None,
         headers: &headers,
+        consumed: &[],
         body: Some(body.as_bytes()),
         identity: None,
     };

@@ -90,6 +90,13 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, Expl
         .find(|(prefix, _)| has_segment_prefix(&path, prefix, false))
         .map_or("none", |(_, route)| route.as_str());
     let peer = std::net::IpAddr::from([203, 0, 113, 1]);
+    // As in the proxy: what the chain consumes never reaches the upstream, nor the WAF.
+    let mut consumed: Vec<http::HeaderName> = Vec::new();
+    for (_, entry) in &chain.plugins {
+        if let Ok(entry) = entry {
+            consumed.extend(entry.plugin.consumed_headers().iter().cloned());
+        }
+    }
     let view = RequestView {
         listener,
         route,
@@ -99,6 +106,7 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, Expl
         path: &path,
         query,
         headers: &req.headers,
+        consumed: &consumed,
         body: (!req.body.is_empty()).then_some(req.body.as_slice()),
         identity: None,
     };

@@ -196,6 +196,7 @@ impl RampartProxy {
             path,
             query: req.uri.query(),
             headers: &req.headers,
+            consumed: rules.chain.consumed_headers(),
             body,
             identity: ctx.identity.as_deref(),
         };

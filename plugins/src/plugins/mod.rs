@@ -52,6 +52,7 @@ pub(crate) mod testing {
                 path: &self.path,
                 query: None,
                 headers: &self.headers,
+                consumed: &[],
                 body: None,
                 identity: None,
             }

@@ -217,7 +217,7 @@ impl Inspection {
             if hname == "content-type" {
                 content_type = value.as_bytes();
             }
-            if profile.excludes(hname) {
+            if profile.excludes(hname) || req.consumed.contains(name) {
                 continue;
             }
             fields.push(Field::new(
@@ -436,6 +436,7 @@ mod tests {
             path: "/",
             query: None,
             headers: &headers,
+            consumed: &[],
             body: Some(body),
             identity: None,
         };
@@ -450,6 +451,42 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn headers_the_chain_consumes_are_not_inspected() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer ${jndi:ldap://x}"),
+        );
+        headers.insert("x-note", HeaderValue::from_static("${jndi:ldap://y}"));
+        let consumed = [http::header::AUTHORIZATION];
+        let method = Method::GET;
+        let view = RequestView {
+            listener: "l",
+            route: "r",
+            peer: [127, 0, 0, 1].into(),
+            client: [127, 0, 0, 1].into(),
+            method: &method,
+            path: "/",
+            query: None,
+            headers: &headers,
+            consumed: &consumed,
+            body: None,
+            identity: None,
+        };
+        let names: Vec<String> = Inspection::new(&view, &Profile::default())
+            .fields
+            .iter()
+            .filter(|f| f.target == Target::Headers)
+            .map(|f| f.name.clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["x-note"],
+            "removed before the upstream, so not inspected"
+        );
     }
 
     #[test]
