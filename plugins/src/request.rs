@@ -43,6 +43,9 @@ pub struct Identity {
     /// Headers that tell the upstream who called. The plugin that sets them also consumes
     /// them, so a copy sent by the client never travels.
     pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The header whose whole value the plugin verified (a signed token's `Authorization`):
+    /// its bytes are the issuer's, so inspectors need not search it for attacks.
+    pub verified_header: Option<HeaderName>,
 }
 
 impl Identity {

@@ -151,6 +151,7 @@ mod tests {
             team: team.map(Into::into),
             scopes: Box::default(),
             upstream_headers: Vec::new(),
+            verified_header: None,
         }
     }
 

@@ -353,6 +353,7 @@ impl Jwt {
                 team: team.map(Box::from),
                 scopes,
                 upstream_headers,
+                verified_header: Some(http::header::AUTHORIZATION),
             }),
             issuer: issuer_index,
             kid: token.kid,

@@ -146,6 +146,22 @@ impl Profile {
     }
 }
 
+/// Whether prose may hold a URL at all: every URL the pattern finds contains `://` or starts
+/// `data:`, and a vectorised search for those two rules out most prose without the regex
+/// (whose word boundaries cost a pass over the whole text).
+fn may_hold_urls(text: &[u8]) -> bool {
+    static MARKS: OnceLock<Option<aho_corasick::AhoCorasick>> = OnceLock::new();
+    MARKS
+        .get_or_init(|| {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["://", "data:"])
+                .ok()
+        })
+        .as_ref()
+        .is_none_or(|marks| marks.is_match(text))
+}
+
 fn url_pattern() -> Option<&'static Regex> {
     static URL: OnceLock<Option<Regex>> = OnceLock::new();
     URL.get_or_init(|| {
@@ -217,7 +233,10 @@ impl Inspection {
             if hname == "content-type" {
                 content_type = value.as_bytes();
             }
-            if profile.excludes(hname) || req.consumed.contains(name) {
+            let verified = req
+                .identity
+                .is_some_and(|who| who.verified_header.as_ref() == Some(name));
+            if profile.excludes(hname) || req.consumed.contains(name) || verified {
                 continue;
             }
             fields.push(Field::new(
@@ -379,6 +398,7 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
                         .any(|p| path_matches(p, &f.path))
                     {
                         let urls = url_pattern()
+                            .filter(|_| may_hold_urls(value.as_bytes()))
                             .into_iter()
                             .flat_map(|re| re.find_iter(value.as_bytes()));
                         for url in urls {
@@ -487,6 +507,23 @@ mod tests {
             ["x-note"],
             "removed before the upstream, so not inspected"
         );
+    }
+
+    #[test]
+    fn the_url_prefilter_never_hides_a_url() {
+        let re = url_pattern().expect("compiles");
+        for text in [
+            "see https://evil.example/x",
+            "DATA:text/html;base64,PHNjcmlwdD4=",
+            "gopher://127.0.0.1:70/_x",
+            "plain prose, no links: a: b // c",
+        ] {
+            let found = re.is_match(text.as_bytes());
+            assert!(!found || may_hold_urls(text.as_bytes()), "{text}");
+        }
+        assert!(!may_hold_urls(
+            b"The gateway sits in front of the platform."
+        ));
     }
 
     #[test]
