@@ -205,39 +205,47 @@ impl JsonWalker<'_> {
     fn string(&mut self) -> Result<(String, bool), JsonStop> {
         self.expect(b'"')?;
         let mut out: Vec<u8> = Vec::new();
+        // A string whose bytes are invalid UTF-8 is kept with replacement characters.
+        let text = |out: Vec<u8>| {
+            String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        };
         loop {
+            // Plain bytes up to the next quote or escape go in one copy.
+            let rest = self.s.get(self.i..).unwrap_or_default();
+            let run = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+            out.extend_from_slice(&rest[..run]);
+            self.i += run;
             let Some(b) = self.peek() else {
-                return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+                return Ok((text(out), false));
             };
             self.i += 1;
-            match b {
-                b'"' => return Ok((String::from_utf8_lossy(&out).into_owned(), true)),
-                b'\\' => {
-                    let Some(e) = self.peek() else {
-                        return Ok((String::from_utf8_lossy(&out).into_owned(), false));
+            if b == b'"' {
+                return Ok((text(out), true));
+            }
+            // An escape.
+            let Some(e) = self.peek() else {
+                return Ok((text(out), false));
+            };
+            self.i += 1;
+            match e {
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'r' => out.push(b'\r'),
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'u' => {
+                    let Some(hex) = self.s.get(self.i..self.i + 4) else {
+                        return Ok((text(out), false));
                     };
-                    self.i += 1;
-                    match e {
-                        b'n' => out.push(b'\n'),
-                        b't' => out.push(b'\t'),
-                        b'r' => out.push(b'\r'),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'u' => {
-                            let Some(hex) = self.s.get(self.i..self.i + 4) else {
-                                return Ok((String::from_utf8_lossy(&out).into_owned(), false));
-                            };
-                            self.i += 4;
-                            let code = std::str::from_utf8(hex)
-                                .ok()
-                                .and_then(|h| u32::from_str_radix(h, 16).ok())
-                                .ok_or(JsonStop::Invalid)?;
-                            let c = char::from_u32(code).unwrap_or('\u{fffd}');
-                            let mut buf = [0u8; 4];
-                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                        }
-                        other => out.push(other),
-                    }
+                    self.i += 4;
+                    let code = std::str::from_utf8(hex)
+                        .ok()
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        .ok_or(JsonStop::Invalid)?;
+                    let c = char::from_u32(code).unwrap_or('\u{fffd}');
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
                 }
                 other => out.push(other),
             }
