@@ -1,7 +1,7 @@
 //! Open-loop load at a fixed rate, for latency below saturation: requests are scheduled at
 //! fixed times over keep-alive connections, and each latency is measured from when the
-//! request was due, not from when it could be sent, so a stall counts against every request
-//! it delayed (no coordinated omission).
+//! request was due (or when the answer before it on its connection came, if later), so a
+//! stall counts against every request it delayed (no coordinated omission).
 //!
 //! `openloop ADDR REQUEST_FILE RATE SECONDS CONNECTIONS` prints one JSON line:
 //! `{"sent":..,"ok":..,"errors":..,"p50_us":..,"p90_us":..,"p99_us":..,"max_us":..}`.
@@ -68,11 +68,19 @@ async fn drive(
     let (mut latencies, mut errors) = (Vec::new(), 0);
     let mut buf = Vec::new();
     let mut due = start + offset;
-    while due < end {
+    let mut last_done = start;
+    // A server slower than the rate leaves requests due when the time is up: they are not sent.
+    while due < end && Instant::now() < end {
         tokio::time::sleep_until(due.into()).await;
+        // From when the request was due, or when the previous answer let it go if that was
+        // later: a slow answer delays the requests behind it, and that delay counts. The
+        // timer's own lateness (millisecond ticks) is the client's, and does not.
+        let began = due.max(last_done);
         conn.write_all(&request).await?;
-        match read_response(&mut conn, &mut buf).await? {
-            200..=299 => latencies.push(due.elapsed().as_micros() as u64),
+        let status = read_response(&mut conn, &mut buf).await?;
+        last_done = Instant::now();
+        match status {
+            200..=299 => latencies.push(last_done.duration_since(began).as_micros() as u64),
             _ => errors += 1,
         }
         due += interval;
