@@ -1,7 +1,7 @@
 //! Open-loop load at a fixed rate, for latency below saturation: requests are scheduled at
-//! fixed times over keep-alive connections, and each latency is measured from when the
-//! request was due (or when the answer before it on its connection came, if later), so a
-//! stall counts against every request it delayed (no coordinated omission).
+//! fixed times over keep-alive connections. A request that a slow answer held back is
+//! measured from when it was due, so a stall counts against every request it delayed (no
+//! coordinated omission); any other from when it was sent.
 //!
 //! `openloop ADDR REQUEST_FILE RATE SECONDS CONNECTIONS` prints one JSON line:
 //! `{"sent":..,"ok":..,"errors":..,"p50_us":..,"p90_us":..,"p99_us":..,"max_us":..}`.
@@ -72,10 +72,11 @@ async fn drive(
     // A server slower than the rate leaves requests due when the time is up: they are not sent.
     while due < end && Instant::now() < end {
         tokio::time::sleep_until(due.into()).await;
-        // From when the request was due, or when the previous answer let it go if that was
-        // later: a slow answer delays the requests behind it, and that delay counts. The
-        // timer's own lateness (millisecond ticks) is the client's, and does not.
-        let began = due.max(last_done);
+        // A request held back by a slow answer before it counts from when it was due: that
+        // delay is the server's. Otherwise it counts from when it went, since the timer's own
+        // lateness (it ticks in milliseconds) is the client's.
+        let sent = Instant::now();
+        let began = if last_done > due { due } else { sent };
         conn.write_all(&request).await?;
         let status = read_response(&mut conn, &mut buf).await?;
         last_done = Instant::now();

@@ -379,7 +379,10 @@ impl Rampart {
             .arg(rules_dir.path())
             .arg("--admin")
             .arg(admin.to_string());
-        cmd.args(["--threads", "2"]);
+        // Two worker threads per listener, unless the rules set their own (`[server]`).
+        if !files.iter().any(|(_, text)| text.contains("[server]")) {
+            cmd.args(["--threads", "2"]);
+        }
         let mut ports = HashMap::new();
         for name in listeners {
             let port = free_port();
