@@ -6,12 +6,6 @@ use clap::{Parser, Subcommand};
 use rampart::server::{self, RunOptions};
 use rampart::snapshot::{Carried, RuleSnapshot};
 
-/// A request allocates many small, short-lived objects across threads (headers, inspection
-/// fields, futures); mimalloc serves them with far less contention and bookkeeping than
-/// glibc's malloc, which took a seventh of a request's CPU in the profile.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "rampart",
