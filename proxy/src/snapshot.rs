@@ -21,7 +21,7 @@ use crate::config::{
     BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, StoreConfig,
     GATEWAY_FILE,
 };
-use crate::config::{LlmConfig, RouteConfig};
+use crate::config::{LlmConfig, RouteConfig, SecretSpec};
 use crate::jwks::JwksFetcher;
 use crate::llm::cooldown::Cooldowns;
 use crate::llm::{LlmRules, LlmTarget};
@@ -553,17 +553,36 @@ impl SnapshotContext<'_> {
             .secrets
             .get(name)
             .ok_or_else(|| format!("key {name:?} is not a [secrets] entry"))?;
+        self.read_secret(name, spec, false)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A secret's values from its sources. A `required` secret must have a usable value now;
+    /// another may start without one (its users refuse until a refresh finds one).
+    fn read_secret(
+        &self,
+        name: &str,
+        spec: &SecretSpec,
+        required: bool,
+    ) -> Result<SharedSecret, BuildError> {
         match &spec.aws {
-            Some(_) if !spec.env.is_empty() || spec.file.is_some() => Err(format!(
-                "secret {name:?}: `aws` is its only source; remove `env` and `file`"
-            )),
+            Some(_) if !spec.env.is_empty() || spec.file.is_some() => {
+                Err(BuildError::SecretUnavailable(format!(
+                    "secret {name:?}: `aws` is its only source; remove `env` and `file`"
+                )))
+            }
             Some(aws) => self
                 .carried
-                .aws(&self.config.secrets_manager)?
-                .secret(name, aws, false),
+                .aws(&self.config.secrets_manager)
+                .and_then(|client| client.secret(name, aws, required))
+                .map_err(BuildError::SecretUnavailable),
             None => {
-                let values = secrets::resolve(name, spec).map_err(|e| e.to_string())?;
+                let values = secrets::resolve(name, spec)
+                    .map_err(|e| BuildError::SecretUnavailable(e.to_string()))?;
                 if values.is_empty() {
+                    if required {
+                        return Err(BuildError::EmptySecret(name.to_string()));
+                    }
                     log::warn!(
                         "secret {name:?} has no usable value; its provider's requests get 503"
                     );
@@ -584,26 +603,7 @@ impl BuildContext for SnapshotContext<'_> {
             .secrets
             .get(name)
             .ok_or_else(|| BuildError::UnknownSecret(name.to_string()))?;
-        let shared = match &spec.aws {
-            Some(_) if !spec.env.is_empty() || spec.file.is_some() => {
-                return Err(BuildError::SecretUnavailable(format!(
-                    "secret {name:?}: `aws` is its only source; remove `env` and `file`"
-                )))
-            }
-            Some(aws) => self
-                .carried
-                .aws(&self.config.secrets_manager)
-                .and_then(|client| client.secret(name, aws, true))
-                .map_err(BuildError::SecretUnavailable)?,
-            None => {
-                let values = secrets::resolve(name, spec)
-                    .map_err(|e| BuildError::SecretUnavailable(e.to_string()))?;
-                if values.is_empty() {
-                    return Err(BuildError::EmptySecret(name.to_string()));
-                }
-                SharedSecret::new(name, values)
-            }
-        };
+        let shared = self.read_secret(name, spec, true)?;
         self.resolved
             .borrow_mut()
             .insert(name.to_string(), shared.clone());
