@@ -18,6 +18,14 @@ pub const BUCKETS: usize = 16;
 
 const SHARDS: usize = 64;
 
+/// Wall-clock milliseconds, the time windows count in (shared stores count in it too, so
+/// instances agree on slots).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// What a limit is: requests per window, and how finely the window slides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct WindowSpec {

@@ -127,14 +127,33 @@ async fn respond_json(
     request_id: &str,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
-    let body = error_body(status, rule, request_id);
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    let mut headers = extra.to_vec();
+    headers.push((
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    ));
+    write_json(
+        session,
+        status,
+        error_body(status, rule, request_id),
+        &headers,
+    )
+    .await
+}
+
+/// Writes a whole JSON answer: `extra` headers, then its type and length.
+pub async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(2 + extra.len()))?;
     for (name, value) in extra {
         resp.insert_header(name.clone(), value.clone())?;
     }
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    resp.insert_header("cache-control", "no-store")?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }

@@ -7,14 +7,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::RETRY_AFTER;
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::net::canonical;
-use crate::rate_window::{RateWindow, SharedHit, SharedWindows, WindowSpec, WindowState};
+use crate::rate_window::{now_ms, RateWindow, SharedHit, SharedWindows, WindowSpec, WindowState};
 use crate::registry::{BuildContext, BuildError};
 use crate::verdict::VerdictFuture;
 use crate::{Deny, Plugin, RequestView, Verdict};
@@ -175,12 +174,6 @@ pub(crate) fn fnv128(bytes: &[u8]) -> u128 {
     bytes
         .iter()
         .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub struct RateLimit {

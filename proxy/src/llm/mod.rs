@@ -22,11 +22,13 @@ use pingora_proxy::Session;
 use rampart_plugins::llm_request::LlmRequest;
 use rampart_plugins::llm_usage::{usage_of_json, SseUsage, Usage};
 use rampart_plugins::models::{Endpoint, KeyFormat, ModelTable, Provider};
+use rampart_plugins::rate_window::now_ms;
 use rampart_plugins::token_budget::{Caller, TokenBudget};
 use rampart_plugins::SharedSecret;
 
 use crate::config::LlmConfig;
 use crate::metrics::Metrics;
+use crate::proxy::write_json;
 use cooldown::{CooldownPolicy, Cooldowns};
 
 /// Everything provider routes need, built with the rules snapshot.
@@ -81,22 +83,6 @@ fn openai_error(kind: &str, code: &str, message: &str) -> Bytes {
         })
         .to_string(),
     )
-}
-
-async fn respond(
-    session: &mut Session,
-    status: u16,
-    body: Bytes,
-    extra: &[(&str, String)],
-) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(3 + extra.len()))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    for (name, value) in extra {
-        resp.insert_header(name.to_string(), value.as_str())?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
 }
 
 /// What a target is: its provider, where to send, what to send, and how it is labelled.
@@ -221,8 +207,8 @@ pub async fn serve(
         );
         outcome.refused = Some(Cow::Owned(format!("token_limit.{}", spent.limit)));
         let body = openai_error("tokens", "rate_limit_exceeded", &message);
-        let wait = spent.retry_after_seconds.to_string();
-        return respond(session, 429, body, &[("retry-after", wait)]).await;
+        let wait = HeaderValue::from(spent.retry_after_seconds);
+        return write_json(session, 429, body, &[(http::header::RETRY_AFTER, wait)]).await;
     }
     let method = session.req_header().method.clone();
     let plan = match ex.target {
@@ -235,12 +221,18 @@ pub async fn serve(
                 outcome.refused = Some("llm.unknown_endpoint".into());
                 let message = format!("Unknown endpoint {rest}: this route serves /chat/completions, /embeddings and /models.");
                 let body = openai_error("invalid_request_error", "unknown_url", &message);
-                return respond(session, 404, body, &[]).await;
+                return write_json(session, 404, body, &[]).await;
             };
             if method != http::Method::POST {
                 outcome.refused = Some("llm.method".into());
                 let body = openai_error("invalid_request_error", "method_not_allowed", "Use POST.");
-                return respond(session, 405, body, &[("allow", "POST".into())]).await;
+                return write_json(
+                    session,
+                    405,
+                    body,
+                    &[(http::header::ALLOW, HeaderValue::from_static("POST"))],
+                )
+                .await;
             }
             let request = match LlmRequest::parse(&body) {
                 Ok(r) => r,
@@ -248,7 +240,7 @@ pub async fn serve(
                     outcome.refused = Some("llm.bad_request".into());
                     let body =
                         openai_error("invalid_request_error", "invalid_body", &e.to_string());
-                    return respond(session, 400, body, &[]).await;
+                    return write_json(session, 400, body, &[]).await;
                 }
             };
             let Some(entry) = rules.table.resolve(&request.model) else {
@@ -258,7 +250,7 @@ pub async fn serve(
                     request.model
                 );
                 let body = openai_error("invalid_request_error", "model_not_found", &message);
-                return respond(session, 400, body, &[]).await;
+                return write_json(session, 400, body, &[]).await;
             };
             let mut plan = Vec::with_capacity(entry.targets.len());
             for target in &entry.targets {
@@ -289,7 +281,7 @@ pub async fn serve(
             let Some(provider) = rules.table.providers.get(name) else {
                 outcome.refused = Some("llm.unknown_provider".into());
                 let body = openai_error("server_error", "provider_unknown", "No such provider.");
-                return respond(session, 503, body, &[]).await;
+                return write_json(session, 503, body, &[]).await;
             };
             let query = session.req_header().uri.query().map(without_key_param);
             let rest = match query.as_deref() {
@@ -386,13 +378,13 @@ pub async fn serve(
                 "Provider {provider} has no API key configured; ask the gateway's operators."
             );
             let body = openai_error("server_error", "provider_key_missing", &message);
-            respond(session, 503, body, &[]).await
+            write_json(session, 503, body, &[]).await
         }
         Some(Failure::Transport { kind, status }) => {
             outcome.upstream_error = Some(kind);
             let message = format!("No provider could be reached ({kind}).");
             let body = openai_error("server_error", "upstream_unavailable", &message);
-            respond(session, status, body, &[]).await
+            write_json(session, status, body, &[]).await
         }
         None => {
             outcome.refused = Some("llm.no_target".into());
@@ -401,7 +393,7 @@ pub async fn serve(
                 "no_target",
                 "No provider serves this model.",
             );
-            respond(session, 503, body, &[]).await
+            write_json(session, 503, body, &[]).await
         }
     }
 }
@@ -663,7 +655,7 @@ async fn list_models(
                 outcome.refused = Some("llm.unknown_model".into());
                 let message = format!("The model `{id}` does not exist or is not served here.");
                 let body = openai_error("invalid_request_error", "model_not_found", &message);
-                return respond(session, 404, body, &[]).await;
+                return write_json(session, 404, body, &[]).await;
             }
         },
         None => {
@@ -674,7 +666,7 @@ async fn list_models(
             serde_json::json!({ "object": "list", "data": data })
         }
     };
-    respond(session, 200, Bytes::from(body.to_string()), &[]).await
+    write_json(session, 200, Bytes::from(body.to_string()), &[]).await
 }
 
 /// The query without `key=` parameters: Gemini accepts its key there, and the client's key
@@ -685,12 +677,6 @@ fn without_key_param(query: &str) -> String {
         .filter(|pair| pair.split('=').next() != Some("key"))
         .collect::<Vec<_>>()
         .join("&")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The HTTP client for providers: pooled connections, TLS with SNI and certificate checks
