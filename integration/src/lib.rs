@@ -43,6 +43,24 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    pub fn new(parts: &http::request::Parts, body: Bytes) -> Self {
+        Recorded {
+            method: parts.method.to_string(),
+            uri: parts.uri.to_string(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -143,21 +161,7 @@ async fn answer(
         .unwrap_or_default();
     let uri = parts.uri.to_string();
     if let Ok(mut v) = seen.lock() {
-        v.push(Recorded {
-            method: parts.method.to_string(),
-            uri: uri.clone(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body,
-        });
+        v.push(Recorded::new(&parts, body));
     }
     if uri.starts_with("/slow/") {
         tokio::time::sleep(Duration::from_secs(3)).await;

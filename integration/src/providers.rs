@@ -164,21 +164,7 @@ async fn answer(seen: &Seen, req: Request<Incoming>) -> Response<Body> {
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     if let Ok(mut v) = seen.requests.lock() {
-        v.push(Recorded {
-            method: parts.method.to_string(),
-            uri: parts.uri.to_string(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: body.clone(),
-        });
+        v.push(Recorded::new(&parts, body.clone()));
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = request["model"].as_str().unwrap_or("native").to_string();

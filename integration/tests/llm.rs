@@ -97,6 +97,17 @@ fn one_provider(addr: std::net::SocketAddr, key: &str, models: &str) -> String {
     )
 }
 
+/// rampart on `gateway_toml` and the model table `models`, with the test's provider keys.
+async fn start(gateway_toml: &str, models: &str) -> Rampart {
+    Rampart::start_full(
+        &[("gateway.toml", gateway_toml), ("models.toml", models)],
+        &["web"],
+        KEYS,
+        &[],
+    )
+    .await
+}
+
 /// A chat completion for `model`, with no header beyond the origin secret.
 async fn complete(rampart: &Rampart, model: &str, stream: bool) -> RawResponse {
     post(rampart, "/v1/chat/completions", &[], &chat(model, stream)).await
@@ -194,16 +205,7 @@ targets = [{{ provider = "keyless" }}]
 "#
     );
     let llm = format!("ca_file = \"{}\"", ca.display());
-    let rampart = Rampart::start_full(
-        &[
-            ("gateway.toml", &gateway("", &llm, NATIVE_ROUTES)),
-            ("models.toml", &models),
-        ],
-        &["web"],
-        KEYS,
-        &[],
-    )
-    .await;
+    let rampart = start(&gateway("", &llm, NATIVE_ROUTES), &models).await;
     let client_creds = [
         ("Authorization", "Bearer client-token-for-rampart"),
         ("X-Api-Key", "client-key"),
@@ -447,16 +449,7 @@ targets = [{{ provider = "openai" }}]
 "#,
         llmock.addr
     );
-    let rampart = Rampart::start_full(
-        &[
-            ("gateway.toml", &gateway("", "", "")),
-            ("models.toml", &models),
-        ],
-        &["web"],
-        KEYS,
-        &[],
-    )
-    .await;
+    let rampart = start(&gateway("", "", ""), &models).await;
     let via = format!("http://{}/v1", rampart.addr("web"));
     let direct = format!("http://{}/v1", llmock.addr);
     for stream in [false, true] {
@@ -548,16 +541,7 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
 "#
     );
     let llm = "cooldown_after_failures = 2\ncooldown_seconds = 60\nidle_timeout_ms = 1000";
-    let rampart = Rampart::start_full(
-        &[
-            ("gateway.toml", &gateway("", llm, "")),
-            ("models.toml", &models),
-        ],
-        &["web"],
-        KEYS,
-        &[],
-    )
-    .await;
+    let rampart = start(&gateway("", llm, ""), &models).await;
     let scenario = |behaviors: Value| async move {
         let body = json!({ "behaviors": behaviors }).to_string();
         let raw = format!(
@@ -697,16 +681,7 @@ targets = [{{ provider = "staller", model = "stall-up" }}, {{ provider = "second
 async fn a_client_hanging_up_ends_the_providers_stream() {
     let fake = FakeProvider::start().await;
     let models = one_provider(fake.addr, "openai-key", "*");
-    let rampart = Rampart::start_full(
-        &[
-            ("gateway.toml", &gateway("", "", "")),
-            ("models.toml", &models),
-        ],
-        &["web"],
-        KEYS,
-        &[],
-    )
-    .await;
+    let rampart = start(&gateway("", "", ""), &models).await;
     let body = chat("endless", true);
     let raw = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\nContent-Type: application/json\r\nContent-Length: {}\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\n\r\n{body}",
@@ -843,16 +818,7 @@ async fn a_teams_token_budget_is_charged_from_usage_and_refuses_once_spent() {
 async fn a_broken_model_table_is_refused_and_the_old_one_keeps_serving() {
     let fake = FakeProvider::start().await;
     let good = one_provider(fake.addr, "openai-key", "gpt-4o");
-    let rampart = Rampart::start_full(
-        &[
-            ("gateway.toml", &gateway("", "", "")),
-            ("models.toml", &good),
-        ],
-        &["web"],
-        KEYS,
-        &[],
-    )
-    .await;
+    let rampart = start(&gateway("", "", ""), &good).await;
     let broken =
         format!("{good}\n[[models]]\nname = \"x\"\ntargets = [{{ provider = \"nope\" }}]\n");
     rampart.write_rule_file("models.toml", &broken);

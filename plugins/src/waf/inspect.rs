@@ -475,26 +475,13 @@ mod tests {
 
     #[test]
     fn headers_the_chain_consumes_are_not_inspected() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            "authorization",
-            HeaderValue::from_static("Bearer ${jndi:ldap://x}"),
-        );
-        headers.insert("x-note", HeaderValue::from_static("${jndi:ldap://y}"));
+        let req = crate::plugins::testing::TestRequest::new("127.0.0.1", "/")
+            .header("authorization", "Bearer ${jndi:ldap://x}")
+            .header("x-note", "${jndi:ldap://y}");
         let consumed = [http::header::AUTHORIZATION];
-        let method = Method::GET;
         let view = RequestView {
-            listener: "l",
-            route: "r",
-            peer: [127, 0, 0, 1].into(),
-            client: [127, 0, 0, 1].into(),
-            method: &method,
-            path: "/",
-            query: None,
-            headers: &headers,
             consumed: &consumed,
-            body: None,
-            identity: None,
+            ..req.view()
         };
         let names: Vec<String> = Inspection::new(&view, &Profile::default())
             .fields
