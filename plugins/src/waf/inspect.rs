@@ -37,7 +37,7 @@ pub enum Target {
 }
 
 /// Where a field came from, for AWS-style labels (`SQLi_QUERYARGUMENTS`, `SQLi_BODY`...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
     UriPath,
     Query,

@@ -3,8 +3,10 @@
 
 pub mod decode;
 pub mod inspect;
+pub mod memo;
 pub mod parse;
 pub mod rules;
 
 pub use inspect::{Inspection, Profile, Source, Target, Transform};
+pub use memo::FieldMemo;
 pub use rules::{RuleError, RuleMatch, RuleSet, Severity};

@@ -29,6 +29,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use super::inspect::{Field, Inspection, Source, Target, Transform, TRANSFORMS};
+use super::memo::{FieldHit, FieldMemo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -462,85 +463,32 @@ impl RuleSet {
         insp: &Inspection,
         paranoia: u8,
         disabled: &dyn Fn(&Rule) -> bool,
+        memo: Option<&FieldMemo>,
     ) -> Vec<RuleMatch> {
         let mut hit = vec![false; self.rules.len()];
         let mut out = Vec::new();
         let active = |i: usize| self.rules[i].paranoia <= paranoia && !disabled(&self.rules[i]);
-        let record = |i: usize,
-                      field: &Field,
-                      at: usize,
-                      len: usize,
-                      hit: &mut Vec<bool>,
-                      out: &mut Vec<RuleMatch>| {
-            if !hit[i] {
-                hit[i] = true;
-                let form = field.form(self.rules[i].transform);
-                out.push(RuleMatch {
-                    rule: i,
-                    source: field.source,
-                    target: field.target,
-                    field: field.name.clone(),
-                    excerpt: excerpt(form, at, len),
-                });
-            }
-        };
+        let mut found = Vec::new();
         for field in &insp.fields {
-            for (t, set, owners, readers) in &self.regexes {
-                if !readers.any_reads(&self.rules, field) {
-                    continue;
-                }
-                let input = field.form(*t);
-                // Most fields match nothing; finding that out needs no overlapping search,
-                // which costs about twice as much.
-                if !set.is_match(input) {
-                    continue;
-                }
-                for m in set.matches(input).iter() {
-                    let i = owners[m];
-                    if !hit[i] && active(i) && self.rules[i].reads(field) {
-                        record(i, field, 0, input.len().min(EXCERPT), &mut hit, &mut out);
-                    }
-                }
+            found.clear();
+            match memo {
+                Some(memo) => memo.hits(field, &mut found, |found| {
+                    self.field_hits(field, &active, found)
+                }),
+                None => self.field_hits(field, &active, &mut found),
             }
-            for (t, ac, owners, readers) in &self.phrases {
-                if !readers.any_reads(&self.rules, field) {
-                    continue;
-                }
-                let input = field.form(*t);
-                for m in ac.find_overlapping_iter(input) {
-                    let (i, boundary) = owners[m.pattern().as_usize()];
-                    if hit[i] || !active(i) || !self.rules[i].reads(field) {
-                        continue;
-                    }
-                    if boundary && !at_boundary(input, m.start(), m.end()) {
-                        continue;
-                    }
-                    record(i, field, m.start(), m.end() - m.start(), &mut hit, &mut out);
-                }
-            }
-            for &i in &self.detectors {
-                if hit[i] || !active(i) || !self.rules[i].reads(field) {
-                    continue;
-                }
-                let input = field.form(self.rules[i].transform);
-                let worth = |filter: &Option<AhoCorasick>| {
-                    filter
-                        .as_ref()
-                        .is_none_or(|f| f.is_match(field.form(Transform::Norm)))
-                };
-                let found = match self.rules[i].matcher {
-                    Matcher::Detector(Detector::Sqli) => {
-                        worth(&self.sqli_prefilter)
-                            && libinjectionrs::detect_sqli(input).is_injection()
-                    }
-                    Matcher::Detector(Detector::Xss) => {
-                        worth(&self.xss_prefilter)
-                            && libinjectionrs::detect_xss(input).is_injection()
-                    }
-                    _ => false,
-                };
-                if found {
-                    record(i, field, 0, input.len().min(EXCERPT), &mut hit, &mut out);
+            for h in &found {
+                let i = h.rule as usize;
+                if !hit[i] {
+                    hit[i] = true;
+                    let form = field.form(self.rules[i].transform);
+                    out.push(RuleMatch {
+                        rule: i,
+                        source: field.source,
+                        target: field.target,
+                        field: field.name.clone(),
+                        excerpt: excerpt(form, h.at as usize, h.len as usize),
+                    });
                 }
             }
         }
@@ -628,6 +576,77 @@ impl RuleSet {
             }
         }
         out
+    }
+
+    /// Every active rule that matches `field` on its own, once each, in the order the
+    /// matchers find them.
+    fn field_hits(&self, field: &Field, active: &dyn Fn(usize) -> bool, out: &mut Vec<FieldHit>) {
+        let start = out.len();
+        let push = |out: &mut Vec<FieldHit>, i: usize, at: usize, len: usize| {
+            if !out[start..].iter().any(|h| h.rule as usize == i) {
+                out.push(FieldHit {
+                    rule: i as u32,
+                    at: at as u32,
+                    len: len as u32,
+                });
+            }
+        };
+        for (t, set, owners, readers) in &self.regexes {
+            if !readers.any_reads(&self.rules, field) {
+                continue;
+            }
+            let input = field.form(*t);
+            // Most fields match nothing; finding that out needs no overlapping search,
+            // which costs about twice as much.
+            if !set.is_match(input) {
+                continue;
+            }
+            for m in set.matches(input).iter() {
+                let i = owners[m];
+                if active(i) && self.rules[i].reads(field) {
+                    push(out, i, 0, input.len().min(EXCERPT));
+                }
+            }
+        }
+        for (t, ac, owners, readers) in &self.phrases {
+            if !readers.any_reads(&self.rules, field) {
+                continue;
+            }
+            let input = field.form(*t);
+            for m in ac.find_overlapping_iter(input) {
+                let (i, boundary) = owners[m.pattern().as_usize()];
+                if !active(i) || !self.rules[i].reads(field) {
+                    continue;
+                }
+                if boundary && !at_boundary(input, m.start(), m.end()) {
+                    continue;
+                }
+                push(out, i, m.start(), m.end() - m.start());
+            }
+        }
+        for &i in &self.detectors {
+            if !active(i) || !self.rules[i].reads(field) {
+                continue;
+            }
+            let input = field.form(self.rules[i].transform);
+            let worth = |filter: &Option<AhoCorasick>| {
+                filter
+                    .as_ref()
+                    .is_none_or(|f| f.is_match(field.form(Transform::Norm)))
+            };
+            let found = match self.rules[i].matcher {
+                Matcher::Detector(Detector::Sqli) => {
+                    worth(&self.sqli_prefilter) && libinjectionrs::detect_sqli(input).is_injection()
+                }
+                Matcher::Detector(Detector::Xss) => {
+                    worth(&self.xss_prefilter) && libinjectionrs::detect_xss(input).is_injection()
+                }
+                _ => false,
+            };
+            if found {
+                push(out, i, 0, input.len().min(EXCERPT));
+            }
+        }
     }
 }
 

@@ -1,0 +1,201 @@
+//! What a rule set found in fields that recur from request to request.
+//!
+//! API traffic repeats itself: the same few `User-Agent`, `Accept`, `Host` and
+//! `Content-Type` values, the same paths. Running every rule over them again is most of what a
+//! header-only request costs the WAF, so each WAF remembers, per field, which of its rules
+//! matched and where. Only short fields that recur (method, path, headers) are remembered:
+//! arguments, cookies and bodies carry each caller's own data.
+//!
+//! The memo is a fixed table of slots, each holding one field, chosen by a keyed hash: a
+//! flood of distinct values only evicts entries (and costs what no memo would), and it never
+//! grows. An entry is used only when its field is byte for byte the one asked about. A memo
+//! belongs to one WAF instance, whose rules, paranoia and overrides never change; a reload
+//! builds a new one.
+
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::Mutex;
+
+use super::inspect::{Field, Source, Target};
+
+/// Where one rule matched inside one field (`at`, `len`: the excerpt, in the rule's form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldHit {
+    pub rule: u32,
+    pub at: u32,
+    pub len: u32,
+}
+
+/// The longest field (name and value) worth remembering: longer ones rarely recur.
+const MAX_KEY_BYTES: usize = 256;
+
+struct Entry {
+    target: Target,
+    source: Source,
+    name: Box<str>,
+    raw: Box<[u8]>,
+    hits: Box<[FieldHit]>,
+}
+
+impl Entry {
+    fn is(&self, field: &Field) -> bool {
+        self.target == field.target
+            && self.source == field.source
+            && *self.name == *field.name
+            && *self.raw == *field.raw()
+    }
+}
+
+pub struct FieldMemo {
+    hasher: RandomState,
+    slots: Box<[Mutex<Option<Entry>>]>,
+}
+
+impl FieldMemo {
+    /// A memo of `slots` entries (rounded up to a power of two).
+    pub fn new(slots: usize) -> Self {
+        FieldMemo {
+            hasher: RandomState::new(),
+            slots: (0..slots.max(1).next_power_of_two())
+                .map(|_| Mutex::new(None))
+                .collect(),
+        }
+    }
+
+    /// Whether `field` is one the memo keeps.
+    pub fn remembers(field: &Field) -> bool {
+        matches!(
+            field.source,
+            Source::Method | Source::UriPath | Source::Header
+        ) && field.name.len() + field.raw().len() <= MAX_KEY_BYTES
+    }
+
+    /// Appends `field`'s hits to `out`: remembered ones if the memo holds this field, else
+    /// what `find` appends, which is then remembered.
+    ///
+    /// `find` must append every hit of every active rule, whatever earlier fields matched,
+    /// since the entry will stand for this field in later requests.
+    pub fn hits(
+        &self,
+        field: &Field,
+        out: &mut Vec<FieldHit>,
+        find: impl FnOnce(&mut Vec<FieldHit>),
+    ) {
+        if !Self::remembers(field) {
+            return find(out);
+        }
+        let mut h = self.hasher.build_hasher();
+        (field.target, field.source).hash(&mut h);
+        field.name.hash(&mut h);
+        field.raw().hash(&mut h);
+        let slot = &self.slots[(h.finish() as usize) & (self.slots.len() - 1)];
+        // A slot another thread holds is not waited for: the rules run without it.
+        let Ok(mut entry) = slot.try_lock() else {
+            return find(out);
+        };
+        if let Some(e) = entry.as_ref().filter(|e| e.is(field)) {
+            out.extend_from_slice(&e.hits);
+            return;
+        }
+        let start = out.len();
+        find(out);
+        *entry = Some(Entry {
+            target: field.target,
+            source: field.source,
+            name: field.name.as_str().into(),
+            raw: field.raw().into(),
+            hits: out[start..].into(),
+        });
+    }
+
+    /// How many slots hold a field.
+    pub fn len(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.try_lock().is_ok_and(|e| e.is_some()))
+            .count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, value: &str) -> Field {
+        Field::new(
+            Target::Headers,
+            Source::Header,
+            name,
+            value.as_bytes().to_vec(),
+        )
+    }
+
+    fn lookup(memo: &FieldMemo, field: &Field, found: &[FieldHit]) -> (Vec<FieldHit>, bool) {
+        let mut out = Vec::new();
+        let mut ran = false;
+        memo.hits(field, &mut out, |out| {
+            ran = true;
+            out.extend_from_slice(found);
+        });
+        (out, ran)
+    }
+
+    const HIT: FieldHit = FieldHit {
+        rule: 3,
+        at: 1,
+        len: 4,
+    };
+
+    #[test]
+    fn a_recurring_field_is_answered_from_the_memo() {
+        let memo = FieldMemo::new(64);
+        let ua = header("user-agent", "sqlmap/1.7");
+        assert_eq!(lookup(&memo, &ua, &[HIT]), (vec![HIT], true));
+        assert_eq!(lookup(&memo, &ua, &[]), (vec![HIT], false), "remembered");
+        assert_eq!(memo.len(), 1);
+    }
+
+    #[test]
+    fn one_slot_never_answers_for_another_field() {
+        // A single slot: every field lands in it, so each lookup must compare the field.
+        let memo = FieldMemo::new(1);
+        let bad = header("user-agent", "sqlmap/1.7");
+        let good = header("user-agent", "curl/8.5.0");
+        let renamed = header("x-user-agent", "sqlmap/1.7");
+        let as_arg = Field::new(
+            Target::Args,
+            Source::Header,
+            "user-agent",
+            b"sqlmap/1.7".to_vec(),
+        );
+        assert_eq!(lookup(&memo, &bad, &[HIT]), (vec![HIT], true));
+        assert_eq!(lookup(&memo, &good, &[]), (vec![], true));
+        assert_eq!(lookup(&memo, &renamed, &[]), (vec![], true));
+        assert_eq!(lookup(&memo, &as_arg, &[]), (vec![], true));
+        assert_eq!(
+            lookup(&memo, &bad, &[HIT]),
+            (vec![HIT], true),
+            "evicted, found again"
+        );
+    }
+
+    #[test]
+    fn arguments_bodies_and_long_values_are_not_remembered() {
+        let memo = FieldMemo::new(64);
+        let arg = Field::new(Target::Args, Source::Query, "q", b"x".to_vec());
+        let body = Field::new(Target::Body, Source::Body, "", b"x".to_vec());
+        let long = header("x-long", &"a".repeat(MAX_KEY_BYTES));
+        for field in [&arg, &body, &long] {
+            assert!(lookup(&memo, field, &[]).1);
+            assert!(
+                lookup(&memo, field, &[]).1,
+                "asked again: {:?}",
+                field.target
+            );
+        }
+        assert!(memo.is_empty());
+    }
+}
