@@ -103,6 +103,7 @@ fn bench(c: &mut Criterion) {
             consumed: &[],
             body: None,
             identity: None,
+            inspections: None,
         };
         c.bench_function(&format!("bot_control/classify/{name}"), |b| {
             b.iter(|| black_box(bots.classify(black_box(&view)).signals.len()))

@@ -82,6 +82,7 @@ fn bench(c: &mut Criterion) {
         consumed: &[],
         body: None,
         identity: None,
+        inspections: None,
     };
     let cached = plugin(&issuer, 100_000);
     // No cache: every decision verifies the signature again.

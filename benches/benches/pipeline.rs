@@ -80,6 +80,7 @@ fn bench(c: &mut Criterion) {
         consumed: &[],
         body: None,
         identity: None,
+        inspections: None,
     };
     let chat = view("/v1/chat/completions");
     c.bench_function("chain/web/chat_completion_allowed", |b| {

@@ -154,6 +154,7 @@ fn bench(c: &mut Criterion) {
             consumed: &[],
             body,
             identity: None,
+            inspections: None,
         };
         assert!(
             rampart_benches::evaluate_now(&waf, &view) == Some(None),

@@ -168,6 +168,7 @@ fn judge(wafs: &[Waf], case: &serde_json::Value) -> (bool, String) {
         consumed: &[],
         body: body.as_deref(),
         identity: None,
+        inspections: None,
     };
     let mut why = Vec::new();
     let mut blocked = false;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::request::Identity;
 use crate::verdict::Finding;
+use crate::waf::Inspections;
 use crate::{Deny, Plugin, RequestView, Verdict};
 
 /// What a chain entry does when its plugin denies.
@@ -110,7 +111,9 @@ impl Chain {
         mut on_hit: impl FnMut(Hit<'_>),
     ) -> Judgement {
         let identity: OnceCell<Arc<Identity>> = OnceCell::new();
+        let inspections = Inspections::default();
         let mut view = *req;
+        view.inspections = view.inspections.or(Some(&inspections));
         for entry in self.entries.iter().filter(|e| stage.asks(&*e.plugin)) {
             let plugin = entry.plugin.name();
             let verdict = match entry.plugin.check_shared(&view) {

@@ -2,6 +2,8 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::waf::Inspections;
+
 /// Everything a plugin may look at, built once per request by the proxy.
 ///
 /// Borrowed, so that building it costs no allocation beyond the normalised path.
@@ -29,6 +31,9 @@ pub struct RequestView<'a> {
     pub body: Option<&'a [u8]>,
     /// Who the caller is, once a plugin earlier in the chain (or an earlier stage) verified it.
     pub identity: Option<&'a Identity>,
+    /// The WAF's parsed and decoded request, shared by the chain's WAF plugins. The chain
+    /// provides it; a plugin run on its own builds its inspection itself.
+    pub inspections: Option<&'a Inspections>,
 }
 
 /// A caller whose credentials a plugin verified (a JWT's client), for the plugins after it

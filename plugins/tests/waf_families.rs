@@ -39,6 +39,7 @@ fn request<'a>(
         consumed: &[],
         body,
         identity: None,
+        inspections: None,
     }
 }
 

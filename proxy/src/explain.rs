@@ -109,6 +109,7 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, Expl
         consumed: &consumed,
         body: (!req.body.is_empty()).then_some(req.body.as_slice()),
         identity: None,
+        inspections: None,
     };
     let mut out = String::new();
     let _ = writeln!(out, "{} {} on listener {listener}, route {route} (normalised path {path}), from an external peer", req.method, req.target);

@@ -218,6 +218,7 @@ impl RampartProxy {
             consumed: rules.chain.consumed_headers(),
             body,
             identity: ctx.identity.as_deref(),
+            inspections: None,
         };
         let metrics = &self.gateway.metrics;
         let mut first_block: Option<(&'static str, String, String, String)> = None;

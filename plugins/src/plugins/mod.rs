@@ -55,6 +55,7 @@ pub(crate) mod testing {
                 consumed: &[],
                 body: None,
                 identity: None,
+                inspections: None,
             }
         }
     }

@@ -109,8 +109,9 @@ pub struct Waf {
     paranoia: u8,
     threshold: u32,
     overrides: HashMap<String, RuleAction>,
-    default_profile: Profile,
-    route_profiles: HashMap<String, Profile>,
+    /// Each profile with its fingerprint, which names the inspection it builds.
+    default_profile: (Profile, u64),
+    route_profiles: HashMap<String, (Profile, u64)>,
     /// What these rules found in recurring header and path fields (see [`FieldMemo`]).
     memo: FieldMemo,
 }
@@ -160,7 +161,7 @@ impl Waf {
                     &format!("route {route:?}: unknown profile {profile:?}"),
                 )
             })?;
-            route_profiles.insert(route.clone(), p.clone());
+            route_profiles.insert(route.clone(), (p.clone(), p.fingerprint()));
         }
         Ok(Waf {
             name,
@@ -168,7 +169,7 @@ impl Waf {
             paranoia: config.paranoia,
             threshold: config.threshold,
             overrides: config.overrides,
-            default_profile: Profile::default(),
+            default_profile: (Profile::default(), Profile::default().fingerprint()),
             route_profiles,
             memo: FieldMemo::new(MEMO_SLOTS),
         })
@@ -195,11 +196,10 @@ impl Waf {
 
     /// Inspects a request: every matching rule with the action it gets, and the score.
     pub fn assess(&self, req: &RequestView<'_>) -> Assessment {
-        let profile = self
+        let (profile, fingerprint) = self
             .route_profiles
             .get(req.route)
             .unwrap_or(&self.default_profile);
-        let inspection = Inspection::new(req, profile);
         let off_everywhere = |r: &crate::waf::rules::Rule| {
             matches!(
                 self.overrides
@@ -208,14 +208,17 @@ impl Waf {
                 Some(RuleAction::Off)
             )
         };
+        let evaluate = |inspection: &Inspection| {
+            self.rules
+                .evaluate(inspection, self.paranoia, &off_everywhere, Some(&self.memo))
+        };
+        let found = match req.inspections {
+            Some(shared) => shared.with(req, profile, *fingerprint, evaluate),
+            None => evaluate(&Inspection::new(req, profile)),
+        };
         let mut score = 0;
         let mut matches = Vec::new();
-        for m in self.rules.evaluate(
-            &inspection,
-            self.paranoia,
-            &off_everywhere,
-            Some(&self.memo),
-        ) {
+        for m in found {
             let action = self.action(&m, profile);
             if action == RuleAction::Block {
                 score += self.rules.rules[m.rule].severity.score();

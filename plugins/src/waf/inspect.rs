@@ -1,8 +1,10 @@
 //! What the WAF looks at: every part of a request as named fields, each decoded once into
 //! the forms rules match against.
 
-use std::cell::OnceCell;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::OnceLock;
+
+use http::HeaderName;
 
 use regex::bytes::Regex;
 use serde::Deserialize;
@@ -85,10 +87,11 @@ pub struct Field {
     pub name: String,
     raw: Vec<u8>,
     // The transformed forms, computed on first use: many fields are read by no rule that
-    // needs them.
-    decoded: OnceCell<Vec<u8>>,
-    norm: OnceCell<Vec<u8>>,
-    cmdline: OnceCell<Vec<u8>>,
+    // needs them. (`OnceLock`, not `OnceCell`: the chain's future, which holds the request's
+    // shared inspections across awaits, must be `Send`.)
+    decoded: OnceLock<Vec<u8>>,
+    norm: OnceLock<Vec<u8>>,
+    cmdline: OnceLock<Vec<u8>>,
 }
 
 impl Field {
@@ -98,9 +101,9 @@ impl Field {
             source,
             name: name.into(),
             raw,
-            decoded: OnceCell::new(),
-            norm: OnceCell::new(),
-            cmdline: OnceCell::new(),
+            decoded: OnceLock::new(),
+            norm: OnceLock::new(),
+            cmdline: OnceLock::new(),
         }
     }
 
@@ -138,11 +141,19 @@ pub struct Profile {
     pub exclude_rules: Vec<String>,
 }
 
-/// URLs (any scheme) and `data:` URIs inside prose.
 impl Profile {
     /// Whether a field (by name or JSON path) is never inspected under this profile.
     pub fn excludes(&self, name: &str) -> bool {
         self.exclude_fields.iter().any(|f| f == name)
+    }
+
+    /// A digest of how the profile reads a request (its prose and excluded fields; the rules
+    /// it switches off do not change the inspection): profiles that read alike have the same.
+    /// Profiles come from the operator's configuration, so no one aims at a collision.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (&self.prose_fields, &self.exclude_fields).hash(&mut h);
+        h.finish()
     }
 }
 
@@ -168,6 +179,50 @@ fn url_pattern() -> Option<&'static Regex> {
         Regex::new(r#"(?i)\b(?:[a-z][a-z0-9+.-]{1,15}://|data:[a-z/]*[;,])[^\s"'<>`]*"#).ok()
     })
     .as_ref()
+}
+
+/// The inspections of one request that the WAF plugins of a chain share: the second WAF
+/// (`bad_inputs` after `owasp`) reads the fields, and their decoded forms, the first built.
+///
+/// An inspection depends on the profile and on which header a plugin earlier in the chain
+/// verified; one built under other terms is not reused.
+#[derive(Default)]
+pub struct Inspections {
+    slots: [OnceLock<(InspectionTerms, Inspection)>; 2],
+}
+
+type InspectionTerms = (u64, Option<HeaderName>);
+
+impl std::fmt::Debug for Inspections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built = self.slots.iter().filter(|s| s.get().is_some()).count();
+        write!(f, "Inspections({built} built)")
+    }
+}
+
+impl Inspections {
+    /// Runs `f` over the request's inspection under `profile` (whose
+    /// [fingerprint](Profile::fingerprint) is `fingerprint`), building it if no plugin did.
+    pub fn with<R>(
+        &self,
+        req: &RequestView<'_>,
+        profile: &Profile,
+        fingerprint: u64,
+        f: impl FnOnce(&Inspection) -> R,
+    ) -> R {
+        let terms = (
+            fingerprint,
+            req.identity.and_then(|who| who.verified_header.clone()),
+        );
+        for slot in &self.slots {
+            let (built_for, inspection) =
+                slot.get_or_init(|| (terms.clone(), Inspection::new(req, profile)));
+            if *built_for == terms {
+                return f(inspection);
+            }
+        }
+        f(&Inspection::new(req, profile))
+    }
 }
 
 /// Every field of a request, built once.
@@ -459,6 +514,7 @@ mod tests {
             consumed: &[],
             body: Some(body),
             identity: None,
+            inspections: None,
         };
         Inspection::new(&view, profile)
             .fields
@@ -494,6 +550,63 @@ mod tests {
             ["x-note"],
             "removed before the upstream, so not inspected"
         );
+    }
+
+    #[test]
+    fn plugins_reading_alike_share_one_inspection() {
+        let req = crate::plugins::testing::TestRequest::new("127.0.0.1", "/")
+            .header("authorization", "Bearer abc")
+            .header("x-note", "hello");
+        let view = req.view();
+        let plain = Profile::default();
+        let llm = Profile {
+            prose_fields: vec!["messages[].content".into()],
+            ..Profile::default()
+        };
+        assert_ne!(plain.fingerprint(), llm.fingerprint());
+        let sized = Profile {
+            exclude_rules: vec!["SizeRestrictions_BODY".into()],
+            ..llm.clone()
+        };
+        assert_eq!(sized.fingerprint(), llm.fingerprint(), "reads alike");
+        let shared = Inspections::default();
+        let address = |p: &Profile| {
+            shared.with(&view, p, p.fingerprint(), |i| {
+                i as *const Inspection as usize
+            })
+        };
+        assert_eq!(address(&plain), address(&plain), "built once, read twice");
+        assert_ne!(
+            address(&plain),
+            address(&llm),
+            "another profile, another inspection"
+        );
+        assert_eq!(format!("{shared:?}"), "Inspections(2 built)");
+
+        // After a plugin verified the token, its header is no longer inspected: an
+        // inspection built before cannot stand for that.
+        let who = crate::Identity {
+            client_id: "c".into(),
+            team: None,
+            scopes: Box::new([]),
+            upstream_headers: Vec::new(),
+            verified_header: Some(http::header::AUTHORIZATION),
+        };
+        let verified = RequestView {
+            identity: Some(&who),
+            ..view
+        };
+        let headers = |v: &RequestView<'_>| -> Vec<String> {
+            shared.with(v, &plain, plain.fingerprint(), |i| {
+                i.fields
+                    .iter()
+                    .filter(|f| f.target == Target::Headers)
+                    .map(|f| f.name.clone())
+                    .collect()
+            })
+        };
+        assert_eq!(headers(&view), ["authorization", "x-note"]);
+        assert_eq!(headers(&verified), ["x-note"]);
     }
 
     #[test]

@@ -7,6 +7,6 @@ pub mod memo;
 pub mod parse;
 pub mod rules;
 
-pub use inspect::{Inspection, Profile, Source, Target, Transform};
+pub use inspect::{Inspection, Inspections, Profile, Source, Target, Transform};
 pub use memo::FieldMemo;
 pub use rules::{RuleError, RuleMatch, RuleSet, Severity};
