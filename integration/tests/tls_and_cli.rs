@@ -312,18 +312,25 @@ async fn rules_test_explains_which_rules_match_and_why() {
 }
 
 /// `[server] threads` sets each listener's worker threads (Pingora names them after the
-/// listener's service).
+/// listener's service), with work stealing off (the default) or on.
 #[tokio::test]
 async fn worker_threads_come_from_the_config() {
     let up = RecordingUpstream::start("app").await;
-    let toml = format!("[server]\nthreads = 3\n{}", one_listener(up.addr, "", ""));
-    let rampart = Rampart::start(&toml, &["web"]).await;
-    let workers = std::fs::read_dir(format!("/proc/{}/task", rampart.pid()))
-        .expect("the process's threads")
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.trim() == "listener web")
-        .count();
-    assert_eq!(workers, 3);
-    let r = request(rampart.addr("web"), INTERNAL_PEER, "GET", "/x", &[]).await;
-    assert_eq!(r.status, 200);
+    for stealing in [false, true] {
+        let toml = format!(
+            "[server]\nthreads = 3\nwork_stealing = {stealing}\n{}",
+            one_listener(up.addr, "", "")
+        );
+        let rampart = Rampart::start(&toml, &["web"]).await;
+        let workers = std::fs::read_dir(format!("/proc/{}/task", rampart.pid()))
+            .expect("the process's threads")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "listener web")
+            .count();
+        assert_eq!(workers, 3, "work_stealing = {stealing}");
+        for _ in 0..6 {
+            let r = request(rampart.addr("web"), INTERNAL_PEER, "GET", "/x", &[]).await;
+            assert_eq!(r.status, 200, "work_stealing = {stealing}");
+        }
+    }
 }

@@ -43,6 +43,12 @@ pub struct GatewayConfig {
 pub struct ServerSettings {
     /// Worker threads per listener; all cores when unset (`--threads` overrides).
     pub threads: Option<usize>,
+    /// Whether a listener's idle threads take work queued on busy ones (Pingora's
+    /// `work_stealing`). Off by default: each connection then stays on the thread that
+    /// accepted it, on a single-threaded Tokio runtime, which costs less CPU per request and
+    /// adds less latency (docs/benchmarks.md).
+    #[serde(default)]
+    pub work_stealing: bool,
 }
 
 /// Provider routes (`models = true` or `provider = "..."`): the model table and how

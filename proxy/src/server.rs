@@ -55,6 +55,7 @@ pub fn build(opts: RunOptions) -> Result<Server, StartError> {
             .or(snapshot.config.server.threads)
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        work_stealing: snapshot.config.server.work_stealing,
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
