@@ -502,7 +502,8 @@ def memory(reqs):
     time.sleep(1)
     lua = WORK / "xff.lua"
     lua.write_text(LUA + """
-local n = 0
+-- Each wrk run goes on from where the last one stopped, so that every address is new.
+local n = tonumber(os.getenv("XFF_START") or "0")
 request = function()
   n = n + 1
   local xff = string.format("100.%d.%d.%d", 64 + math.floor(n / 65536) % 64, math.floor(n / 256) % 256, n % 256)
@@ -514,7 +515,7 @@ end
     while sent < 1_000_000:
         res = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", "-c16", "-d20s", "-s", str(lua),
                               f"http://127.0.0.1:{PORTS['full']}/"], capture_output=True, text=True,
-                             env={**os.environ, "BENCH_REQUEST": str(reqs["get"])})
+                             env={**os.environ, "BENCH_REQUEST": str(reqs["get"]), "XFF_START": str(sent)})
         m = re.search(r"(\d+) requests in", res.stdout)
         sent += int(m.group(1)) if m else 1_000_000
         log(f"memory: {sent} distinct addresses sent")

@@ -102,7 +102,8 @@ impl Slots {
 /// The per-instance counters of one limit: a sharded map from key to its slots, bounded.
 ///
 /// Each key costs 80 bytes of slots plus the map's 16-byte key and its bookkeeping, about
-/// 100 bytes in all; `max_keys` bounds the total. A full shard first forgets keys idle for
+/// 100 bytes in all, and up to twice that in a table that just doubled (a million keys
+/// measured 230 MiB); `max_keys` bounds the total. A full shard first forgets keys idle for
 /// a whole window, then the tenth of keys idle longest.
 pub struct RateWindow {
     spec: WindowSpec,
