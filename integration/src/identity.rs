@@ -123,20 +123,25 @@ impl VenvServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {program}: {e}"));
-        let server = VenvServer {
+        let mut server = VenvServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         let raw = format!("GET {probe} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-        for _ in 0..200 {
+        // Python servers import a lot before they listen: on a busy machine that has taken
+        // over 20 s. A server that exited is reported at once.
+        for _ in 0..600 {
             if let Ok(r) = send_raw(server.addr, "127.0.0.1", raw.as_bytes()).await {
                 if ready(r.status) {
                     return server;
                 }
             }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{program} exited before it came up on port {port}: {status}");
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{program} did not come up on port {port}");
+        panic!("{program} did not come up on port {port} within 60 s");
     }
 }
 
