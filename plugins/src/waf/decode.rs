@@ -203,7 +203,9 @@ pub fn decoded(input: &[u8]) -> Vec<u8> {
     if has_escape(&v) {
         v = percent_decode(&v, false).into_owned();
     }
-    v.retain(|&b| b != 0);
+    if memchr::memchr(0, &v).is_some() {
+        v.retain(|&b| b != 0);
+    }
     fold_fullwidth(js_unescape(v))
 }
 
@@ -243,10 +245,7 @@ fn js_unescape(v: Vec<u8>) -> Vec<u8> {
 
 /// Full-width forms (U+FF01..U+FF5E, `＜script＞`) read as the ASCII they imitate.
 fn fold_fullwidth(v: Vec<u8>) -> Vec<u8> {
-    if !v
-        .windows(2)
-        .any(|w| w[0] == 0xef && (w[1] == 0xbc || w[1] == 0xbd))
-    {
+    if !memchr::memchr_iter(0xef, &v).any(|at| matches!(v.get(at + 1), Some(0xbc | 0xbd))) {
         return v;
     }
     let mut out = Vec::with_capacity(v.len());
@@ -272,10 +271,19 @@ fn fold_fullwidth(v: Vec<u8>) -> Vec<u8> {
 
 /// Lowercase and fold white space (including vertical tab and form feed) into one space.
 pub fn norm(decoded: &[u8]) -> Vec<u8> {
+    let is_space = |b: u8| b.is_ascii_whitespace() || b == 0x0b;
+    // Most text has only single spaces: lowercasing the whole of it at once is all it needs,
+    // and that is found with vectorised searches.
+    let single_spaces = memchr::memchr3(b'\t', b'\n', b'\r', decoded).is_none()
+        && memchr::memchr2(0x0b, 0x0c, decoded).is_none()
+        && memchr::memmem::find(decoded, b"  ").is_none();
+    if single_spaces {
+        return decoded.to_ascii_lowercase();
+    }
     let mut out = Vec::with_capacity(decoded.len());
     let mut in_space = false;
     for &b in decoded {
-        if b.is_ascii_whitespace() || b == 0x0b {
+        if is_space(b) {
             if !in_space {
                 out.push(b' ');
             }
@@ -288,13 +296,34 @@ pub fn norm(decoded: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The bytes [`cmdline`] does something with; every other byte stays as it is.
+static CMDLINE_SPECIAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let special = *b"$\\\"'^, (";
+    let mut k = 0;
+    while k < special.len() {
+        table[special[k] as usize] = true;
+        k += 1;
+    }
+    table
+};
+
 /// The command line as a shell would read the words: quoting and escapes removed, and
 /// variable expansions inside a word (`c${x}url`, `sh$XX`) dropped, as an unset variable is.
 pub fn cmdline(norm: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(norm.len());
     let mut i = 0;
     while i < norm.len() {
-        let b = norm[i];
+        // Bytes a shell reads as themselves go over in runs.
+        let run = norm[i..]
+            .iter()
+            .position(|&c| CMDLINE_SPECIAL[usize::from(c)])
+            .unwrap_or(norm.len() - i);
+        out.extend_from_slice(&norm[i..i + run]);
+        i += run;
+        let Some(&b) = norm.get(i) else {
+            break;
+        };
         i += 1;
         if b == b'$' && i < norm.len() {
             let inside_word = out.last().is_some_and(|c: &u8| c.is_ascii_alphanumeric());
@@ -403,6 +432,12 @@ mod tests {
     #[test]
     fn norm_folds_case_and_space() {
         assert_eq!(s(&norm(b"UNION\t\n  SELECT")), "union select");
+        // Single spaces only (the quick path) and a lone other space at either end.
+        assert_eq!(s(&norm(b"Hello World FROM x")), "hello world from x");
+        assert_eq!(s(&norm(b"A  B")), "a b");
+        assert_eq!(s(&norm(b" A\x0bB\t")), " a b ");
+        assert_eq!(s(&norm(b"A B ")), "a b ");
+        assert_eq!(s(&norm(b"")), "");
     }
 
     #[test]
@@ -414,6 +449,11 @@ mod tests {
         assert_eq!(s(&cmdline(&norm(b"w'h'o^ami;id"))), "whoami;id");
         assert_eq!(s(&cmdline(&norm(b"system ('id')"))), "system(id)");
         assert_eq!(s(&cmdline(&norm(b";'rmt' --version"))), ";rmt --version");
+        // Special bytes at the very start and end, and runs between them.
+        assert_eq!(s(&cmdline(b"'cat'")), "cat");
+        assert_eq!(s(&cmdline(b"a,b,,c ,d$")), "a b c d$");
+        assert_eq!(s(&cmdline(b"ca${x}t  /etc/passwd (")), "cat /etc/passwd(");
+        assert_eq!(s(&cmdline(b"plain text")), "plain text");
     }
 
     #[test]
