@@ -22,16 +22,26 @@ fn hex(b: u8) -> Option<u8> {
 
 /// One round of percent-decoding; `plus_as_space` for form encoding. Invalid escapes stay.
 pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Cow<'_, [u8]> {
-    if !input
-        .iter()
-        .any(|&b| b == b'%' || (plus_as_space && b == b'+'))
-    {
+    // The bytes that decode to something else; what lies between them is copied in runs.
+    let next_special = |s: &[u8]| {
+        if plus_as_space {
+            memchr::memchr2(b'%', b'+', s)
+        } else {
+            memchr::memchr(b'%', s)
+        }
+    };
+    if next_special(input).is_none() {
         return Cow::Borrowed(input);
     }
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        let b = input[i];
+        let run = next_special(&input[i..]).unwrap_or(input.len() - i);
+        out.extend_from_slice(&input[i..i + run]);
+        i += run;
+        let Some(&b) = input.get(i) else {
+            break;
+        };
         if b == b'%' {
             if let (Some(h), Some(l)) = (
                 input.get(i + 1).and_then(|&c| hex(c)),
@@ -459,6 +469,10 @@ mod tests {
     #[test]
     fn form_plus_is_space_only_when_asked() {
         assert_eq!(&*percent_decode(b"a+b%21", true), b"a b!");
+        // Escapes at either end, invalid ones kept, and plain runs between.
+        assert_eq!(&*percent_decode(b"%41bc+%zz+de%4", true), b"Abc %zz de%4");
+        assert_eq!(&*percent_decode(b"%41bc+%zz+de%4", false), b"Abc+%zz+de%4");
+        assert!(matches!(percent_decode(b"plain", true), Cow::Borrowed(_)));
         assert_eq!(&*percent_decode(b"a+b", false), b"a+b");
     }
 }

@@ -189,9 +189,7 @@ impl Readers {
 /// Rules compiled so that one pass over a field tests all of them.
 pub struct RuleSet {
     pub rules: Vec<Rule>,
-    /// Per transform: a regex set, the rule each of its patterns belongs to, and one rule
-    /// per distinct way of choosing fields (to decide quickly whether the set applies).
-    regexes: Vec<(Transform, RegexSet, Vec<usize>, Readers)>,
+    regexes: Vec<PatternSet>,
     phrases: Vec<PhraseSet>,
     detectors: Vec<usize>,
     others: Vec<usize>,
@@ -285,6 +283,16 @@ fn literal_screen(words: &[impl AsRef<str>], case_insensitive: bool) -> Option<R
         .unicode(false)
         .build()
         .ok()
+}
+
+/// One transform's regexes: the set that tests them all in one pass, the rule each pattern
+/// belongs to, and one rule per distinct way of choosing fields (to decide quickly whether
+/// the set applies).
+struct PatternSet {
+    transform: Transform,
+    set: RegexSet,
+    owners: Vec<usize>,
+    readers: Readers,
 }
 
 /// One transform's phrases: the automaton that finds them all (overlapping, for the word
@@ -448,7 +456,12 @@ impl RuleSet {
                         message: format!("compiling regexes: {e}"),
                     })?;
                 let readers = readers_of(&rules, owners.iter().copied());
-                regexes.push((t, set, owners, readers));
+                regexes.push(PatternSet {
+                    transform: t,
+                    set,
+                    owners,
+                    readers,
+                });
             }
         }
         let mut phrases = Vec::new();
@@ -620,18 +633,18 @@ impl RuleSet {
                 });
             }
         };
-        for (t, set, owners, readers) in &self.regexes {
-            if !readers.any_reads(&self.rules, field) {
+        for group in &self.regexes {
+            if !group.readers.any_reads(&self.rules, field) {
                 continue;
             }
-            let input = field.form(*t);
+            let input = field.form(group.transform);
             // Most fields match nothing; finding that out needs no overlapping search,
             // which costs about twice as much.
-            if !set.is_match(input) {
+            if !group.set.is_match(input) {
                 continue;
             }
-            for m in set.matches(input).iter() {
-                let i = owners[m];
+            for m in group.set.matches(input).iter() {
+                let i = group.owners[m];
                 if active(i) && self.rules[i].reads(field) {
                     push(out, i, 0, input.len().min(EXCERPT));
                 }
