@@ -441,13 +441,25 @@ impl Rampart {
             )
             .await
             {
-                if r.status == 200 {
+                // `/live` answers from the admin service, which can be up before a
+                // listener's service has bound its port: wait for those too.
+                if r.status == 200 && self.listeners_accept().await {
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("rampart did not come up; stderr:\n{}", self.stderr_text());
+    }
+
+    async fn listeners_accept(&self) -> bool {
+        for port in self.ports.values() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], *port));
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
