@@ -161,14 +161,9 @@ impl Profile {
 /// `data:`, and a vectorised search for those two rules out most prose without the regex
 /// (whose word boundaries cost a pass over the whole text).
 fn may_hold_urls(text: &[u8]) -> bool {
-    static MARKS: OnceLock<Option<aho_corasick::AhoCorasick>> = OnceLock::new();
+    static MARKS: OnceLock<Option<Regex>> = OnceLock::new();
     MARKS
-        .get_or_init(|| {
-            aho_corasick::AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(["://", "data:"])
-                .ok()
-        })
+        .get_or_init(|| super::literal_screen(&["://", "data:"], true))
         .as_ref()
         .is_none_or(|marks| marks.is_match(text))
 }
