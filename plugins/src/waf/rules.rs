@@ -191,6 +191,10 @@ impl Readers {
 pub struct RuleSet {
     pub rules: Vec<Rule>,
     regexes: Vec<PatternSet>,
+    /// Every transform's regexes in one set, for fields where several transforms leave the
+    /// same bytes (plain text is its own decoded form; lowercase words their own norm): one
+    /// pass over those bytes then stands for several. `None` with fewer than two transforms.
+    union: Option<UnionSet>,
     phrases: Vec<PhraseSet>,
     detectors: Vec<usize>,
     others: Vec<usize>,
@@ -279,6 +283,13 @@ struct PatternSet {
     set: RegexSet,
     owners: Vec<usize>,
     readers: Readers,
+}
+
+/// The regexes of every transform in one set; a match counts only for the rules whose
+/// transform gave the bytes searched.
+struct UnionSet {
+    set: RegexSet,
+    owners: Vec<usize>,
 }
 
 /// One transform's phrases: the automaton that finds them all (overlapping, for the word
@@ -430,17 +441,12 @@ impl RuleSet {
             }
         }
         let mut regexes = Vec::new();
+        let (mut all_patterns, mut all_owners) = (Vec::new(), Vec::new());
         for t in TRANSFORMS {
             if let Some((pats, owners)) = patterns.remove(&t) {
-                let set = RegexSetBuilder::new(&pats)
-                    .size_limit(256 << 20)
-                    .dfa_size_limit(64 << 20)
-                    .build()
-                    .map_err(|e| RuleError {
-                        file: "rules".into(),
-                        line: None,
-                        message: format!("compiling regexes: {e}"),
-                    })?;
+                let set = regex_set(&pats)?;
+                all_patterns.extend_from_slice(&pats);
+                all_owners.extend_from_slice(&owners);
                 let readers = readers_of(&rules, owners.iter().copied());
                 regexes.push(PatternSet {
                     transform: t,
@@ -450,6 +456,14 @@ impl RuleSet {
                 });
             }
         }
+        let union = if regexes.len() > 1 {
+            Some(UnionSet {
+                set: regex_set(&all_patterns)?,
+                owners: all_owners,
+            })
+        } else {
+            None
+        };
         let mut phrases = Vec::new();
         for t in TRANSFORMS {
             if let Some((list, owners)) = phrase_lists.remove(&t) {
@@ -477,6 +491,7 @@ impl RuleSet {
         Ok(RuleSet {
             rules,
             regexes,
+            union,
             phrases,
             detectors,
             others,
@@ -619,19 +634,35 @@ impl RuleSet {
                 });
             }
         };
+        // The regex sets that apply, in transform order, each with the form it reads; then
+        // runs of them that read the same bytes, each searched once.
+        let mut searches: Vec<(&PatternSet, &[u8])> = Vec::with_capacity(self.regexes.len());
         for group in &self.regexes {
-            if !group.readers.any_reads(&self.rules, field) {
-                continue;
+            if group.readers.any_reads(&self.rules, field) {
+                searches.push((group, field.form(group.transform)));
             }
-            let input = field.form(group.transform);
+        }
+        let mut rest = searches.as_slice();
+        while let Some(((group, input), _)) = rest.split_first() {
+            let same = rest.iter().take_while(|(_, other)| other == input).count();
+            let (run, after) = rest.split_at(same);
+            rest = after;
+            let union = self.union.as_ref().filter(|_| same > 1);
+            let (set, owners) = match union {
+                Some(u) => (&u.set, u.owners.as_slice()),
+                None => (&group.set, group.owners.as_slice()),
+            };
             // Most fields match nothing; finding that out needs no overlapping search,
             // which costs about twice as much.
-            if !group.set.is_match(input) {
+            if !set.is_match(input) {
                 continue;
             }
-            for m in group.set.matches(input).iter() {
-                let i = group.owners[m];
-                if active(i) && self.rules[i].reads(field) {
+            for m in set.matches(input).iter() {
+                let i = owners[m];
+                let rule = &self.rules[i];
+                let searched =
+                    union.is_none() || run.iter().any(|(g, _)| g.transform == rule.transform);
+                if searched && active(i) && rule.reads(field) {
                     push(out, i, 0, input.len().min(EXCERPT));
                 }
             }
@@ -679,6 +710,18 @@ impl RuleSet {
             }
         }
     }
+}
+
+fn regex_set(patterns: &[String]) -> Result<RegexSet, RuleError> {
+    RegexSetBuilder::new(patterns)
+        .size_limit(256 << 20)
+        .dfa_size_limit(64 << 20)
+        .build()
+        .map_err(|e| RuleError {
+            file: "rules".into(),
+            line: None,
+            message: format!("compiling regexes: {e}"),
+        })
 }
 
 /// One representative rule per distinct (targets, header names) among `owners`.
@@ -737,6 +780,65 @@ fn at_boundary(input: &[u8], start: usize, end: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids of the rules `rules` finds in the query argument `q=<value>`.
+    fn found_in_query(rules: &RuleSet, value: &str) -> Vec<String> {
+        let req = crate::plugins::testing::TestRequest::new("127.0.0.1", "/");
+        let query = format!("q={value}");
+        let view = crate::request::RequestView {
+            query: Some(&query),
+            ..req.view()
+        };
+        let insp = Inspection::new(&view, &Default::default());
+        let mut ids: Vec<String> = rules
+            .evaluate(&insp, 1, &|_| false, None)
+            .into_iter()
+            .map(|m| rules.rules[m.rule].id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn one_search_of_shared_bytes_counts_only_for_their_transforms() {
+        // `Hello` as a norm rule can never match (norm is lowercase), and `hello` as a raw
+        // rule only lowercase text: searched once for several transforms, neither may fire
+        // on the other's bytes.
+        let text = r#"
+            [group]
+            id = "t"
+            [[rule]]
+            id = "raw"
+            severity = "critical"
+            targets = ["args"]
+            transform = "raw"
+            regex = 'hello'
+            [[rule]]
+            id = "decoded"
+            severity = "critical"
+            targets = ["args"]
+            transform = "decoded"
+            regex = 'zz'
+            [[rule]]
+            id = "norm"
+            severity = "critical"
+            targets = ["args"]
+            transform = "norm"
+            regex = 'Hello'
+            [[rule]]
+            id = "cmdline"
+            severity = "critical"
+            targets = ["args"]
+            transform = "cmdline"
+            regex = 'world'
+        "#;
+        let rules = RuleSet::compile(&[("t.toml".into(), text.into())]).expect("compiles");
+        // raw = decoded and norm = cmdline: two searches, each for two transforms.
+        assert_eq!(found_in_query(&rules, "Hello%20world"), ["cmdline"]);
+        // raw = decoded = norm, and cmdline (the comma gone) on its own.
+        assert_eq!(found_in_query(&rules, "hello,%20world"), ["cmdline", "raw"]);
+        assert_eq!(found_in_query(&rules, "HELLO%20zz"), ["decoded"]);
+    }
 
     #[test]
     fn a_literal_screen_never_misses_a_word() {
