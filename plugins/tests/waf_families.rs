@@ -325,3 +325,28 @@ fn recurring_headers_get_the_same_verdict_every_time() {
         assert_eq!(score >= 5, *attack, "{h}: {v}: score {score}");
     }
 }
+
+/// The Content-Type allow-list reads media types as HTTP defines them: ASCII tokens.
+#[test]
+fn content_types_outside_the_allow_list_are_refused() {
+    let [owasp, _] = wafs();
+    for allowed in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "multipart/form-data; boundary=----WebKitFormBoundary7MA4YWxk",
+        "application/vnd.api+json",
+        "text/event-stream",
+    ] {
+        let (labels, score) = header_verdict(&owasp, "content-type", allowed);
+        assert_eq!(score, 0, "{allowed}: {labels:?}");
+    }
+    for refused in [
+        "application/x-evil",
+        "text/html; charset=utf-7",
+        "application/vnd.例+json",
+        "application/json; charset=utf-8; x=<script>",
+    ] {
+        let (labels, score) = header_verdict(&owasp, "content-type", refused);
+        assert!(score >= 5, "{refused}: {labels:?}");
+    }
+}
