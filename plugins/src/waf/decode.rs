@@ -22,22 +22,29 @@ fn hex(b: u8) -> Option<u8> {
 
 /// One round of percent-decoding; `plus_as_space` for form encoding. Invalid escapes stay.
 pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Cow<'_, [u8]> {
-    // The bytes that decode to something else; what lies between them is copied in runs.
-    let next_special = |s: &[u8]| {
-        if plus_as_space {
-            memchr::memchr2(b'%', b'+', s)
-        } else {
-            memchr::memchr(b'%', s)
-        }
+    let unchanged = if plus_as_space {
+        memchr::memchr2(b'%', b'+', input).is_none()
+    } else {
+        memchr::memchr(b'%', input).is_none()
     };
-    if next_special(input).is_none() {
+    if unchanged {
         return Cow::Borrowed(input);
     }
     let mut out = Vec::with_capacity(input.len());
     let mut i = 0;
     while i < input.len() {
-        let run = next_special(&input[i..]).unwrap_or(input.len() - i);
+        // Runs go up to the next `%`; their `+` become spaces in place, which in prose
+        // (a `+` between every two words) saves a copy per word.
+        let run = memchr::memchr(b'%', &input[i..]).unwrap_or(input.len() - i);
+        let start = out.len();
         out.extend_from_slice(&input[i..i + run]);
+        if plus_as_space {
+            for b in &mut out[start..] {
+                if *b == b'+' {
+                    *b = b' ';
+                }
+            }
+        }
         i += run;
         let Some(&b) = input.get(i) else {
             break;
@@ -74,10 +81,6 @@ pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Cow<'_, [u8]> {
                     continue;
                 }
             }
-        } else if b == b'+' && plus_as_space {
-            out.push(b' ');
-            i += 1;
-            continue;
         }
         out.push(b);
         i += 1;
@@ -569,5 +572,7 @@ mod tests {
         assert_eq!(&*percent_decode(b"%41bc+%zz+de%4", false), b"Abc+%zz+de%4");
         assert!(matches!(percent_decode(b"plain", true), Cow::Borrowed(_)));
         assert_eq!(&*percent_decode(b"a+b", false), b"a+b");
+        // An escaped plus is a plus, after the spaces of the run before it are made.
+        assert_eq!(&*percent_decode(b"a+%2B+b%2b", true), b"a + b+");
     }
 }
