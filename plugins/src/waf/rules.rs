@@ -712,6 +712,7 @@ impl RuleSet {
     }
 }
 
+/// One set of `patterns`, with room for the large automata of the shipped rules.
 fn regex_set(patterns: &[String]) -> Result<RegexSet, RuleError> {
     RegexSetBuilder::new(patterns)
         .size_limit(256 << 20)
