@@ -390,12 +390,8 @@ pub fn cmdline(norm: &[u8]) -> Vec<u8> {
         }
         match b {
             b'\\' | b'"' | b'\'' | b'^' => {}
-            b',' => {
-                if out.last() != Some(&b' ') {
-                    out.push(b' ');
-                }
-            }
-            b' ' => {
+            // A comma separates words as a space does (`{cat,/etc/passwd}`).
+            b',' | b' ' => {
                 if out.last() != Some(&b' ') {
                     out.push(b' ');
                 }
