@@ -40,6 +40,9 @@ pub struct Recorded {
     pub uri: String,
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Whether the body arrived whole, as its framing promised; a request cut off midway
+    /// is recorded with what arrived and `false`.
+    pub complete: bool,
 }
 
 impl Recorded {
@@ -58,6 +61,7 @@ impl Recorded {
                 })
                 .collect(),
             body,
+            complete: true,
         }
     }
 
@@ -154,14 +158,12 @@ async fn answer(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|b| b.to_bytes());
     let uri = parts.uri.to_string();
     if let Ok(mut v) = seen.lock() {
-        v.push(Recorded::new(&parts, body));
+        let mut recorded = Recorded::new(&parts, body.as_ref().cloned().unwrap_or_default());
+        recorded.complete = body.is_ok();
+        v.push(recorded);
     }
     if uri.starts_with("/slow/") {
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -510,6 +512,86 @@ impl Rampart {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Sends a signal (`TERM`, `QUIT`, `HUP`...) to the process.
+    pub fn signal(&self, name: &str) {
+        signal_pid(self.child.id(), name);
+    }
+
+    /// Waits up to `within` for the process to exit; its exit status, if it did.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
+/// Sends signal `name` (`TERM`, `QUIT`...) to process `pid`.
+pub fn signal_pid(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// An upstream that answers every request with a chunked stream of `events` server-sent
+/// events, one every `every`, then ends it. Written by hand on a socket, so that each
+/// event leaves when it is due.
+pub async fn start_event_stream_upstream(events: usize, every: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind upstream");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if !text.contains("x-forwarded-for") {
+                        // rampart's health check: a short answer.
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                        continue;
+                    }
+                    let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if stream.write_all(start).await.is_err() {
+                        return;
+                    }
+                    for i in 0..events {
+                        let event = format!("data: {i}\n\n");
+                        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                        if stream.write_all(chunk.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                    if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }
 
 impl Drop for Rampart {

@@ -222,3 +222,59 @@ async fn sighup_and_post_reload_without_the_watcher() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_would_take_the_gateway_down_are_refused() {
+    let up = SeedUpstreams::start(1).await;
+    let good = config_with_probe(&up, "grafana");
+    let rampart = Rampart::start_opts(&good, SEED_LISTENERS, &[], &["--no-watch"]).await;
+    assert_eq!(probe(&rampart).await.as_deref(), Some("grafana"));
+
+    // An empty file, a file cut short before the listeners, and one without a listener
+    // that is serving: each is refused, naming the file, and the old rules keep serving.
+    let cut = &good[..good.find("[[listeners]]").expect("listeners")];
+    let no_langfuse = good.replace(
+        &good[good
+            .find("[[listeners]]\nname = \"langfuse\"")
+            .expect("langfuse")
+            ..good
+                .find("[[listeners]]\nname = \"victoriametrics\"")
+                .expect("vm")],
+        "",
+    );
+    for (text, expected) in [
+        ("", "no [[listeners]]"),
+        (cut, "no [[listeners]]"),
+        (no_langfuse.as_str(), "listener \"langfuse\""),
+    ] {
+        rampart.write_rules(text);
+        let r = rampart.admin_post("/reload?allow_removals=true").await;
+        assert_eq!(r.status, 422, "{}", String::from_utf8_lossy(&r.body));
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains("gateway.toml"), "{error}");
+        assert!(error.contains(expected), "{error}");
+        assert_eq!(probe(&rampart).await.as_deref(), Some("grafana"));
+    }
+
+    // Removing a route in service needs to be asked for explicitly.
+    let no_probe = good.replace(
+        "[[listeners.routes]]\nprefix = \"/probe/\"\nupstream = \"grafana\"\n\n",
+        "",
+    );
+    assert_ne!(no_probe, good);
+    rampart.write_rules(&no_probe);
+    let r = rampart.admin_post("/reload").await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("route \"/probe/\" on listener \"web\"")
+                && e.contains("allow_removals")),
+        "{:?}",
+        r.json()
+    );
+    assert_eq!(probe(&rampart).await.as_deref(), Some("grafana"));
+    let r = rampart.admin_post("/reload?allow_removals=true").await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_ne!(probe(&rampart).await.as_deref(), Some("grafana"));
+}

@@ -189,6 +189,9 @@ async fn hop_by_hop_and_secret_headers_do_not_travel() {
             ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
             ("Keep-Alive", "timeout=5"),
             ("Authorization", "Bearer sk-master"),
+            // No jwt plugin runs here: a client cannot name itself to the upstream.
+            ("X-Rampart-Client-Id", "admin"),
+            ("x-rampart-team", "platform"),
         ],
     )
     .await;
@@ -199,6 +202,8 @@ async fn hop_by_hop_and_secret_headers_do_not_travel() {
         "x-admin-secret",
         "proxy-authorization",
         "keep-alive",
+        "x-rampart-client-id",
+        "x-rampart-team",
     ] {
         assert_eq!(got.header(h), None, "{h} was forwarded");
     }

@@ -163,6 +163,20 @@ async fn check_validates_the_shipped_rules_and_names_file_and_line() {
     );
     assert!(err.contains("gateway.toml:"), "{err}");
 
+    // An empty file is not a valid gateway: it would serve nothing.
+    std::fs::write(dir.path().join("gateway.toml"), "").expect("write");
+    let out = rampart_cmd()
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gateway.toml") && err.contains("no [[listeners]]"),
+        "{err}"
+    );
+
     let out = rampart_cmd()
         .arg("check")
         .arg("/nonexistent-rules-dir")
@@ -333,4 +347,45 @@ async fn worker_threads_come_from_the_config() {
             assert_eq!(r.status, 200, "work_stealing = {stealing}");
         }
     }
+}
+
+/// The shipped rules' commented examples are valid when uncommented as they stand.
+#[tokio::test]
+async fn the_shipped_jwt_example_works_when_uncommented() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules");
+    let dir = tempfile::tempdir().expect("tmp");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(format!("{shipped}/."))
+        .arg(dir.path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let path = dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let start = text
+        .find("# [[listeners.plugins]]\n# type = \"jwt\"")
+        .expect("the jwt example");
+    let end = start + text[start..].find("\n\n").expect("end of the example");
+    let uncommented: String = text[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(uncommented.contains("type = \"jwt\"") && uncommented.contains("jwks_url"));
+    std::fs::write(
+        &path,
+        format!("{}{}{}", &text[..start], uncommented, &text[end..]),
+    )
+    .expect("write");
+    let out = rampart_cmd()
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

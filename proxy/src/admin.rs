@@ -37,6 +37,12 @@ impl AdminApp {
     }
 
     fn ready(&self) -> Response<Vec<u8>> {
+        if self.gateway.is_draining() {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "ready": false, "draining": true }),
+            );
+        }
         let snapshot = self.gateway.snapshot();
         let upstreams: serde_json::Map<String, serde_json::Value> = snapshot
             .upstreams
@@ -55,9 +61,9 @@ impl AdminApp {
         )
     }
 
-    async fn reload(&self) -> Response<Vec<u8>> {
+    async fn reload(&self, allow_removals: bool) -> Response<Vec<u8>> {
         let gateway = self.gateway.clone();
-        match tokio::task::spawn_blocking(move || gateway.reload()).await {
+        match tokio::task::spawn_blocking(move || gateway.reload_with(allow_removals)).await {
             Ok(Ok(generation)) => json(
                 StatusCode::OK,
                 serde_json::json!({ "generation": generation }),
@@ -95,11 +101,15 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
+        let allow_removals = req
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "allow_removals=true"));
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/live") => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             (Method::GET, "/ready") => self.ready(),
-            (Method::POST, "/reload") => self.reload().await,
+            (Method::POST, "/reload") => self.reload(allow_removals).await,
             (_, "/metrics" | "/live" | "/ready" | "/reload") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({ "error": "method not allowed" }),

@@ -38,7 +38,7 @@ pub struct GatewayConfig {
     pub server: ServerSettings,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Worker threads per listener; all cores when unset (`--threads` overrides).
@@ -49,6 +49,29 @@ pub struct ServerSettings {
     /// adds less latency (docs/benchmarks.md).
     #[serde(default)]
     pub work_stealing: bool,
+    /// How long requests and streams in flight may run on after SIGTERM or SIGQUIT; the
+    /// process exits as soon as none is left. Long enough for an LLM stream, like an
+    /// ALB's deregistration delay.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+    /// The Unix socket through which a process started with `--upgrade` receives the
+    /// listening sockets; its directory must be this user's alone (mode 0700).
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+fn default_drain_seconds() -> u64 {
+    300
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            threads: None,
+            work_stealing: false,
+            drain_seconds: default_drain_seconds(),
+            upgrade_socket: None,
+        }
+    }
 }
 
 /// Provider routes (`models = true` or `provider = "..."`): the model table and how
@@ -309,6 +332,9 @@ pub struct ListenerConfig {
     /// How request bodies are read for plugins that inspect them.
     #[serde(default)]
     pub body_inspection: BodyInspection,
+    /// Deadlines and caps for client connections.
+    #[serde(default)]
+    pub client_limits: ClientLimits,
     /// Fraction (0 to 1) of refused requests logged with the rule and what it matched.
     #[serde(default = "default_block_log_sample")]
     pub block_log_sample: f64,
@@ -342,6 +368,55 @@ impl Default for BodyInspection {
         BodyInspection {
             limit_bytes: default_body_limit(),
             oversize: Oversize::default(),
+        }
+    }
+}
+
+/// What a client connection may cost the gateway: how long it may take to send a request,
+/// how long it may sit idle, how much header it may send, and how many connections one
+/// address and the whole listener may hold. A client past a deadline or a cap is answered
+/// (408, 431, 503) where it can still read, and closed; each close is counted in
+/// `rampart_client_closes_total`. Changes apply to connections accepted after a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimits {
+    /// The whole request head (request line and headers) must arrive within this time of
+    /// its first byte, or of the accept for a new connection. A trickle does not extend it.
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection waiting for its next request is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// The body must arrive within this time of the head, extended by one second for every
+    /// `min_body_rate` bytes received: a slow client gets a deadline that grows only as
+    /// fast as it sends.
+    pub body_timeout_ms: u64,
+    /// Bytes per second that extend the body deadline (see `body_timeout_ms`).
+    pub min_body_rate: u64,
+    /// A write to a client that stopped reading fails after this long, so a stalled stream
+    /// does not pin its buffers.
+    pub write_timeout_ms: u64,
+    /// Request line and headers together, in bytes.
+    pub max_header_bytes: usize,
+    /// One header line (name and value), or the request line, in bytes.
+    pub max_header_line_bytes: usize,
+    /// Open connections on the listener; the next one is answered 503 and closed.
+    pub max_connections: usize,
+    /// Open connections from one peer address. Internal peers and trusted proxies (a CDN or
+    /// load balancer in front, which carry many clients each) are not capped.
+    pub max_connections_per_address: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_timeout_ms: 20_000,
+            min_body_rate: 1024,
+            write_timeout_ms: 60_000,
+            max_header_bytes: 64 << 10,
+            max_header_line_bytes: 16 << 10,
+            max_connections: 8192,
+            max_connections_per_address: 256,
         }
     }
 }

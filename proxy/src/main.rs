@@ -67,6 +67,10 @@ struct RunArgs {
     /// Do not watch the rules directory (SIGHUP and POST /reload still reload).
     #[arg(long)]
     no_watch: bool,
+    /// Take the listening sockets over from the running rampart, then send it SIGQUIT
+    /// (docs/operations.md, "Upgrading the binary").
+    #[arg(long)]
+    upgrade: bool,
 }
 
 fn parse_override(s: &str) -> Result<(String, String), String> {
@@ -133,9 +137,13 @@ fn run(args: RunArgs) -> ExitCode {
         admin_override: args.admin,
         threads: args.threads,
         watch: !args.no_watch,
+        upgrade: args.upgrade,
     };
     match server::build(opts) {
-        Ok(server) => server.run_forever(),
+        Ok((server, run_args)) => {
+            server.run(run_args);
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("rampart: cannot start: {e}");
             ExitCode::FAILURE

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     pub upstream_healthy: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    pub client_closes: IntCounterVec,
+    pub client_connections: IntGaugeVec,
     pub store_errors: IntCounterVec,
     pub store_up: IntGauge,
     pub jwks_fetches: IntCounterVec,
@@ -104,6 +106,22 @@ impl Metrics {
             &["listener"],
         )?;
         registry.register(Box::new(connections_refused.clone()))?;
+        let client_closes = IntCounterVec::new(
+            Opts::new(
+                "rampart_client_closes_total",
+                "Client connections closed or refused for a limit, by reason: idle_timeout, header_timeout, header_too_large, body_timeout, write_timeout, too_many_connections, too_many_from_address, malformed_request.",
+            ),
+            &["listener", "reason"],
+        )?;
+        registry.register(Box::new(client_closes.clone()))?;
+        let client_connections = IntGaugeVec::new(
+            Opts::new(
+                "rampart_client_connections",
+                "Client connections open on a listener.",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(client_connections.clone()))?;
         let store_errors = IntCounterVec::new(
             Opts::new(
                 "rampart_rate_limit_store_errors_total",
@@ -199,6 +217,8 @@ impl Metrics {
             config_last_reload_success,
             upstream_healthy,
             connections_refused,
+            client_closes,
+            client_connections,
             store_errors,
             store_up,
             jwks_fetches,

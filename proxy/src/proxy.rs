@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -17,22 +17,50 @@ use rampart_plugins::{forwarded, path, Deny, Identity, Judgement, RequestView, S
 
 use crate::access_log;
 use crate::config::{BodyInspection, Oversize};
+use crate::connection::{BodyDeadline, CloseReason, RequestLink};
+use crate::header_names;
 use crate::llm::{self, Exchange, Outcome};
 use crate::metrics::status_class;
 use crate::reload::Gateway;
 use crate::snapshot::{Route, RouteTarget, RuleSnapshot};
 
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
+/// The request body fell behind its deadline ([`BodyDeadline`]).
+const BODY_TIMEOUT: ErrorType = ErrorType::Custom("BodyTimeout");
 
-/// Headers that describe one hop and must not be forwarded (RFC 9110 7.6.1). `Connection`
-/// and `Upgrade` are left to Pingora, which needs them for WebSocket upgrades.
-const HOP_BY_HOP: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-];
+/// Reads the next chunk of the request body within the body's deadline, and moves the
+/// read timeout to what is left of it, so that a client that stops sending is cut off too.
+async fn next_body_chunk(
+    session: &mut Session,
+    clock: &mut Option<BodyDeadline>,
+) -> Result<Option<Bytes>> {
+    let chunk = session.read_request_body().await.map_err(|mut e| {
+        if e.etype() == &ErrorType::ReadTimedout {
+            e.etype = BODY_TIMEOUT;
+        }
+        e
+    })?;
+    if let Some(clock) = clock.as_mut() {
+        clock.received(chunk.as_ref().map_or(0, Bytes::len));
+        check_body_clock(session, clock)?;
+    }
+    Ok(chunk)
+}
+
+/// Fails with [`BODY_TIMEOUT`] once the deadline passed; otherwise the next read may wait
+/// only as long as is left.
+fn check_body_clock(session: &mut Session, clock: &BodyDeadline) -> Result<()> {
+    match clock.remaining() {
+        Some(left) => {
+            session.set_read_timeout(Some(left));
+            Ok(())
+        }
+        None => Err(Error::explain(
+            BODY_TIMEOUT,
+            "request body behind its deadline",
+        )),
+    }
+}
 
 pub struct RampartProxy {
     listener: Arc<str>,
@@ -67,6 +95,8 @@ pub struct RequestCtx {
     identity: Option<Arc<Identity>>,
     /// What a provider route did.
     llm: Option<Outcome>,
+    /// The request body's deadline (the listener's `client_limits`).
+    body_clock: Option<BodyDeadline>,
 }
 
 /// What the body phase needs to judge a body it collects chunk by chunk.
@@ -81,7 +111,7 @@ struct HeldBody {
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// A unique id per request: a per-process random prefix and a counter, hashed.
-fn request_id() -> String {
+pub fn new_request_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -269,37 +299,28 @@ impl RampartProxy {
     }
 }
 
-/// A provider route's body must arrive within this time.
-const LLM_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Why a provider route's body could not be read whole.
 enum BodyProblem {
     TooLarge,
-    Slow,
 }
 
-/// Reads the whole request body, up to `limit` bytes.
+/// Reads the whole request body, up to `limit` bytes, within the body's deadline.
 async fn read_whole_body(
     session: &mut Session,
     limit: usize,
+    clock: &mut Option<BodyDeadline>,
 ) -> Result<std::result::Result<Bytes, BodyProblem>> {
     if content_length(session.req_header()).is_some_and(|n| n > limit as u64) {
         return Ok(Err(BodyProblem::TooLarge));
     }
-    let read = async {
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = session.read_request_body().await? {
-            if buf.len() + chunk.len() > limit {
-                return Ok(Err(BodyProblem::TooLarge));
-            }
-            buf.extend_from_slice(&chunk);
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = next_body_chunk(session, clock).await? {
+        if buf.len() + chunk.len() > limit {
+            return Ok(Err(BodyProblem::TooLarge));
         }
-        Ok(Ok(buf.freeze()))
-    };
-    match tokio::time::timeout(LLM_BODY_TIME, read).await {
-        Ok(result) => result,
-        Err(_) => Ok(Err(BodyProblem::Slow)),
+        buf.extend_from_slice(&chunk);
     }
+    Ok(Ok(buf.freeze()))
 }
 
 impl RampartProxy {
@@ -328,13 +349,11 @@ impl RampartProxy {
         if let Some((plugin, deny)) = judgement.denied {
             return refuse_with(session, ctx, plugin, deny).await;
         }
-        let body = match read_whole_body(session, llm_rules.settings.max_body_bytes).await? {
+        let max_body = llm_rules.settings.max_body_bytes;
+        let body = match read_whole_body(session, max_body, &mut ctx.body_clock).await? {
             Ok(body) => body,
             Err(BodyProblem::TooLarge) => {
                 return refuse(session, ctx, 413, "proxy", "body.too_large").await
-            }
-            Err(BodyProblem::Slow) => {
-                return refuse(session, ctx, 408, "proxy", "body.timeout").await
             }
         };
         if inspects {
@@ -395,24 +414,15 @@ async fn drain_unread_body(session: &mut Session) {
     }
 }
 
-/// Headers whose values are credentials: what matched in them is never logged.
-const SECRET_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-];
-
 /// The matched excerpt for the block log, or a placeholder when it came from a credential
 /// (a secret header, or one a plugin consumes such as X-Origin-Verify).
 fn redact(location: &str, excerpt: &str, consumed: &[http::HeaderName]) -> String {
     let header = location
         .strip_prefix("headers:")
         .or_else(|| location.strip_prefix("header_names:"));
-    let secret = header
-        .is_some_and(|h| SECRET_HEADERS.contains(&h) || consumed.iter().any(|c| c.as_str() == h))
-        || location.starts_with("cookies:");
+    let secret = header.is_some_and(|h| {
+        header_names::is_credential(h) || consumed.iter().any(|c| c.as_str() == h)
+    }) || location.starts_with("cookies:");
     if secret {
         "<redacted>".to_string()
     } else {
@@ -464,7 +474,8 @@ impl ProxyHttp for RampartProxy {
             refused: None,
             refused_headers: Vec::new(),
             upstream_error: None,
-            request_id: request_id(),
+            request_id: new_request_id(),
+            body_clock: None,
             held: None,
             identity: None,
             llm: None,
@@ -482,6 +493,11 @@ impl ProxyHttp for RampartProxy {
         let Some(rules) = snapshot.listeners.get(&*self.listener) else {
             return refuse(session, ctx, 503, "proxy", "listener.not_configured").await;
         };
+        let limits = &rules.client;
+        session.set_write_timeout(Some(Duration::from_millis(limits.write_timeout_ms)));
+        let clock = BodyDeadline::new(limits);
+        check_body_clock(session, &clock)?;
+        ctx.body_clock = Some(clock);
         let h1 = session.as_downstream().as_http1();
         let req = session.req_header();
         if let Some(problem) = framing_problem(req, || h1.map(|s| s.get_headers_raw_bytes())) {
@@ -521,7 +537,7 @@ impl ProxyHttp for RampartProxy {
                 Some(n) if !chunked && n > 0 && n <= RETRY_BUFFER_LIMIT.min(limit) => {
                     session.enable_retry_buffering();
                     let mut buf = BytesMut::with_capacity(n as usize);
-                    while let Some(chunk) = session.read_request_body().await? {
+                    while let Some(chunk) = next_body_chunk(session, &mut ctx.body_clock).await? {
                         buf.extend_from_slice(&chunk);
                     }
                     body = Some(buf.freeze());
@@ -563,6 +579,12 @@ impl ProxyHttp for RampartProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(clock) = ctx.body_clock.as_mut() {
+            clock.received(body.as_ref().map_or(0, Bytes::len));
+            if !end_of_stream {
+                check_body_clock(session, clock)?;
+            }
+        }
         let Some(held) = ctx.held.as_mut() else {
             return Ok(());
         };
@@ -639,14 +661,19 @@ impl ProxyHttp for RampartProxy {
         for name in rules.chain.consumed_headers() {
             upstream.remove_header(name);
         }
+        // Only rampart speaks for the caller: a client's own X-Rampart-* never passes.
+        for name in header_names::rampart_own_in(upstream.headers.keys()) {
+            upstream.remove_header(&name);
+        }
         if let Some(who) = &ctx.identity {
             for (name, value) in &who.upstream_headers {
                 upstream.insert_header(name.clone(), value.clone())?;
             }
         }
-        for name in HOP_BY_HOP {
+        for name in header_names::HOP_BY_HOP {
             upstream.remove_header(*name);
         }
+        upstream.remove_header("proxy-authorization");
 
         // A trusted proxy's chain is extended; anyone else's is replaced, so that an upstream
         // reading the header never sees what a client made up.
@@ -684,8 +711,21 @@ impl ProxyHttp for RampartProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        let client = e.esource() == &ErrorSource::Downstream;
         let (code, kind) = match e.etype() {
             ErrorType::HTTPStatus(code) => (*code, "status"),
+            t if *t == BODY_TIMEOUT => (408, "body_timeout"),
+            // The client's side: it was slow, went away, or sent what cannot be read.
+            ErrorType::ReadTimedout if client => (408, "body_timeout"),
+            ErrorType::WriteTimedout
+            | ErrorType::WriteError
+            | ErrorType::ReadError
+            | ErrorType::ConnectionClosed
+                if client =>
+            {
+                (0, "client_gone")
+            }
+            _ if client => (400, "bad_request"),
             ErrorType::ConnectTimedout => (504, "connect_timeout"),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "timeout"),
             ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
@@ -697,15 +737,12 @@ impl ProxyHttp for RampartProxy {
             t if *t == NO_HEALTHY_UPSTREAM => (502, "no_healthy_upstream"),
             _ => match e.esource() {
                 ErrorSource::Upstream => (502, "upstream"),
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                        (0, "downstream_gone")
-                    }
-                    _ => (400, "bad_request"),
-                },
-                ErrorSource::Internal | ErrorSource::Unset => (500, "internal"),
+                _ => (500, "internal"),
             },
         };
+        if (client || *e.etype() == BODY_TIMEOUT) && code > 0 && ctx.refused.is_none() {
+            ctx.refused = Some(("proxy", Cow::Owned(format!("client.{kind}"))));
+        }
         if code >= 500 && ctx.refused.is_none() && ctx.upstream_error.is_none() {
             let upstream = ctx.upstream_name().unwrap_or("none");
             self.gateway
@@ -734,6 +771,27 @@ impl ProxyHttp for RampartProxy {
         }
     }
 
+    /// The connection's loop ([`crate::connection`]) hands each request a link to mark, so
+    /// that it can tell a head Pingora refused before this proxy saw it.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        link: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        RequestLink::mark_reached(link);
+    }
+
+    /// Refusals, and clients that go away or fall behind, are this proxy's ordinary work:
+    /// the access log and the metrics record them, so they are not Pingora ERROR lines.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        let expected = ctx.refused.is_some() || error.esource() == &ErrorSource::Downstream;
+        if expected {
+            log::debug!("request {} ended: {error}", ctx.request_id);
+        }
+        expected
+    }
+
     /// Used by Pingora in its error log lines: method, path and listener only, since the
     /// query string may carry tokens.
     fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
@@ -741,10 +799,25 @@ impl ProxyHttp for RampartProxy {
         format!("{} {} on {}", req.method, req.uri.path(), self.listener)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route_name();
         let m = &self.gateway.metrics;
+        let closed_for = match e.map(|e| (e.etype(), e.esource())) {
+            Some((t, _)) if *t == BODY_TIMEOUT => Some(CloseReason::BodyTimeout),
+            Some((ErrorType::ReadTimedout, ErrorSource::Downstream)) => {
+                Some(CloseReason::BodyTimeout)
+            }
+            Some((ErrorType::WriteTimedout, ErrorSource::Downstream)) => {
+                Some(CloseReason::WriteTimeout)
+            }
+            _ => None,
+        };
+        if let Some(reason) = closed_for {
+            m.client_closes
+                .with_label_values(&[&self.listener, reason.as_str()])
+                .inc();
+        }
         m.requests
             .with_label_values(&[&self.listener, route, status_class(status)])
             .inc();
@@ -858,6 +931,10 @@ mod tests {
             "<redacted>"
         );
         assert_eq!(redact("cookies:session", "abc", &consumed), "<redacted>");
+        assert_eq!(
+            redact("headers:x-goog-api-key", "AIza-1", &consumed),
+            "<redacted>"
+        );
         assert_eq!(redact("args:user", "${jndi:x}", &consumed), "${jndi:x}");
     }
 

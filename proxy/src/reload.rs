@@ -4,7 +4,7 @@
 //! off the request path, and a rules directory that fails to load changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +25,8 @@ pub struct Gateway {
     generation: AtomicU64,
     reload_lock: Mutex<()>,
     carried: Carried,
+    /// Set when a shutdown or an upgrade began: `/ready` then answers 503.
+    draining: AtomicBool,
     pub metrics: Metrics,
 }
 
@@ -46,10 +48,19 @@ impl Gateway {
             generation: AtomicU64::new(1),
             reload_lock: Mutex::new(()),
             carried,
+            draining: AtomicBool::new(false),
             metrics,
         };
         gateway.record_success(1);
         Ok(gateway)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn rules_dir(&self) -> &Path {
@@ -65,10 +76,39 @@ impl Gateway {
     /// Builds a new snapshot from the rules directory and swaps it in; on error the old
     /// one keeps serving. Blocking (file reads, name resolution): call off the async runtime.
     pub fn reload(&self) -> Result<u64, ConfigError> {
+        self.reload_with(false)
+    }
+
+    /// A reload; with `allow_removals`, one that removes routes in service is taken too.
+    /// One that removes a listener never is: the listener keeps its socket until a
+    /// restart, and without rules it would answer every request with 503.
+    pub fn reload_with(&self, allow_removals: bool) -> Result<u64, ConfigError> {
         let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         let next_generation = self.generation.load(Ordering::Relaxed) + 1;
-        match RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old), &self.carried) {
+        let loaded =
+            RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old), &self.carried)
+                .and_then(|snapshot| {
+                    let removed = snapshot.removed_since(&old);
+                    let listener_removed = removed.iter().any(|r| r.starts_with("listener"));
+                    if removed.is_empty() || (allow_removals && !listener_removed) {
+                        return Ok(snapshot);
+                    }
+                    let how = if listener_removed {
+                        "a listener is removed by a restart"
+                    } else {
+                        "to remove routes, reload with POST /reload?allow_removals=true"
+                    };
+                    Err(ConfigError {
+                        file: self.rules_dir.join(crate::config::GATEWAY_FILE),
+                        line: None,
+                        message: format!(
+                            "refused: this reload would remove what is serving ({}); {how}",
+                            removed.join(", ")
+                        ),
+                    })
+                });
+        match loaded {
             Ok(snapshot) => {
                 if snapshot.listener_layout() != old.listener_layout() {
                     log::warn!(

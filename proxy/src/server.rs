@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::Server;
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use thiserror::Error;
@@ -15,7 +15,9 @@ use thiserror::Error;
 use crate::accept::PeerFilter;
 use crate::admin::AdminApp;
 use crate::config::ConfigError;
+use crate::connection::GuardedHttp;
 use crate::health::HealthChecker;
+use crate::lifecycle;
 use crate::metrics::Metrics;
 use crate::proxy::RampartProxy;
 use crate::reload::{self, Gateway};
@@ -34,6 +36,11 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(#[from] std::io::Error),
+    #[error("upgrade socket {path}: {reason}")]
+    UpgradeSocket {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
 }
 
 pub struct RunOptions {
@@ -43,11 +50,24 @@ pub struct RunOptions {
     pub admin_override: Option<String>,
     pub threads: Option<usize>,
     pub watch: bool,
+    /// Take the listening sockets over from a running rampart (which then gets SIGQUIT).
+    pub upgrade: bool,
 }
 
-pub fn build(opts: RunOptions) -> Result<Server, StartError> {
+/// The server, and the signal watch to run it with ([`lifecycle::DrainingSignals`]).
+pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
     let gateway = Arc::new(Gateway::start(&opts.rules_dir, Metrics::new()?)?);
     let snapshot = gateway.snapshot();
+    let upgrade_socket = snapshot
+        .config
+        .server
+        .upgrade_socket
+        .clone()
+        .unwrap_or_else(lifecycle::default_upgrade_socket);
+    lifecycle::secure_upgrade_dir(&upgrade_socket).map_err(|reason| StartError::UpgradeSocket {
+        path: upgrade_socket.clone(),
+        reason,
+    })?;
 
     let conf = ServerConf {
         threads: opts
@@ -56,11 +76,24 @@ pub fn build(opts: RunOptions) -> Result<Server, StartError> {
             .filter(|&n| n > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         work_stealing: snapshot.config.server.work_stealing,
-        grace_period_seconds: Some(0),
+        // Pingora waits this long after SIGTERM whatever is in flight; the drain in
+        // crate::lifecycle exits as soon as the last connection is done.
+        grace_period_seconds: Some(snapshot.config.server.drain_seconds),
         graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: upgrade_socket
+            .to_str()
+            .ok_or_else(|| StartError::UpgradeSocket {
+                path: upgrade_socket.clone(),
+                reason: std::io::Error::other("not UTF-8"),
+            })?
+            .to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     for name in opts.listen_overrides.keys() {
@@ -74,11 +107,13 @@ pub fn build(opts: RunOptions) -> Result<Server, StartError> {
             .listen_overrides
             .get(&listener.name)
             .unwrap_or(&listener.listen);
-        let proxy = RampartProxy::new(&listener.name, gateway.clone());
-        let mut service = pingora_proxy::http_proxy_service_with_name(
+        let proxy = pingora_proxy::http_proxy(
             &server.configuration,
-            proxy,
-            &format!("listener {}", listener.name),
+            RampartProxy::new(&listener.name, gateway.clone()),
+        );
+        let mut service = Service::new(
+            format!("listener {}", listener.name),
+            GuardedHttp::new(&listener.name, gateway.clone(), proxy),
         );
         service.set_connection_filter(Arc::new(PeerFilter::new(&listener.name, gateway.clone())));
         match &listener.tls {
@@ -122,6 +157,9 @@ pub fn build(opts: RunOptions) -> Result<Server, StartError> {
     if opts.watch {
         reload::spawn_watcher(gateway.clone())?;
     }
-    reload::spawn_sighup_handler(gateway)?;
-    Ok(server)
+    reload::spawn_sighup_handler(gateway.clone())?;
+    let run = RunArgs {
+        shutdown_signal: Box::new(lifecycle::DrainingSignals::new(gateway)),
+    };
+    Ok((server, run))
 }

@@ -18,8 +18,8 @@ use rampart_plugins::{Chain, SharedSecret};
 use crate::aws_secrets::AwsSecrets;
 use crate::config::SecretsManagerConfig;
 use crate::config::{
-    BodyInspection, ConfigError, GatewayConfig, ListenerConfig, SourceFile, StoreConfig,
-    GATEWAY_FILE,
+    BodyInspection, ClientLimits, ConfigError, GatewayConfig, ListenerConfig, SourceFile,
+    StoreConfig, GATEWAY_FILE,
 };
 use crate::config::{LlmConfig, RouteConfig, SecretSpec};
 use crate::jwks::JwksFetcher;
@@ -48,6 +48,7 @@ pub struct ListenerRules {
     pub chain: Chain,
     pub tls: bool,
     pub body: BodyInspection,
+    pub client: ClientLimits,
     pub block_log_sample: f64,
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Arc<Route>>,
@@ -140,6 +141,12 @@ impl RuleSnapshot {
             true => Some(Arc::new(build_llm(source, &ctx)?)),
             false => None,
         };
+        if config.listeners.is_empty() {
+            return Err(source.error(
+                None,
+                "no [[listeners]]: these rules would serve nothing (is the file empty or cut short?)",
+            ));
+        }
         let mut listeners = HashMap::new();
         let mut addresses = HashSet::new();
         for spanned in &config.listeners {
@@ -179,6 +186,26 @@ impl RuleSnapshot {
             llm,
             config,
         })
+    }
+
+    /// What `previous` served that this snapshot drops: `listener "web"`, or
+    /// `route "/grafana/" on listener "web"`.
+    pub fn removed_since(&self, previous: &RuleSnapshot) -> Vec<String> {
+        let mut removed = Vec::new();
+        let mut names: Vec<&String> = previous.listeners.keys().collect();
+        names.sort();
+        for name in names {
+            let Some(now) = self.listeners.get(name) else {
+                removed.push(format!("listener {name:?}"));
+                continue;
+            };
+            for route in &previous.listeners[name].routes {
+                if !now.routes.iter().any(|r| r.prefix == route.prefix) {
+                    removed.push(format!("route {:?} on listener {name:?}", route.prefix));
+                }
+            }
+        }
+        removed
     }
 
     /// What a reload cannot change: listener names, addresses and TLS need a restart.
@@ -327,6 +354,7 @@ fn build_listener(
         chain: Chain::new(entries),
         tls: listener.tls.is_some(),
         body: listener.body_inspection,
+        client: listener.client_limits,
         block_log_sample: listener.block_log_sample.clamp(0.0, 1.0),
         routes,
     })

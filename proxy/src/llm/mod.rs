@@ -27,6 +27,7 @@ use rampart_plugins::token_budget::{Caller, TokenBudget};
 use rampart_plugins::SharedSecret;
 
 use crate::config::LlmConfig;
+use crate::header_names::{self, CONNECTION_AND_FRAMING, CREDENTIALS, FORWARDING, HOP_BY_HOP};
 use crate::metrics::Metrics;
 use crate::proxy::write_json;
 use cooldown::{CooldownPolicy, Cooldowns};
@@ -113,44 +114,19 @@ enum Failure {
     },
 }
 
-/// Headers that describe a connection or carry the client's own credentials for rampart;
-/// none of them goes to a provider.
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
-    // The answer is read for its usage, so it must come uncompressed.
-    "accept-encoding",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-];
-
-/// Response headers that describe the provider's connection, not the answer.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "content-length",
-];
+/// Whether a client's request header stays behind: connection and framing headers, the
+/// client's own credentials (the provider gets its key from rampart), forwarding headers,
+/// rampart's own, and `Accept-Encoding` (the answer is read for its usage, so it must
+/// come uncompressed).
+fn not_forwarded(name: &http::HeaderName) -> bool {
+    let name = name.as_str();
+    HOP_BY_HOP.contains(&name)
+        || CONNECTION_AND_FRAMING.contains(&name)
+        || CREDENTIALS.contains(&name)
+        || FORWARDING.contains(&name)
+        || name == "accept-encoding"
+        || header_names::is_rampart_own(name)
+}
 
 /// An error answer of a provider is read up to this much, to be relayed if no target answers.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
@@ -417,9 +393,7 @@ async fn call(
     };
     let mut headers = HeaderMap::with_capacity(session.req_header().headers.len());
     for (name, value) in &session.req_header().headers {
-        let dropped = NOT_FORWARDED.contains(&name.as_str())
-            || name.as_str().starts_with("x-rampart-")
-            || ex.consumed.contains(name);
+        let dropped = not_forwarded(name) || ex.consumed.contains(name);
         if !dropped {
             headers.append(name.clone(), value.clone());
         }
@@ -583,7 +557,8 @@ fn transport_error(e: &reqwest::Error) -> Failure {
 
 fn copy_answer_headers(from: &HeaderMap, to: &mut ResponseHeader) -> Result<()> {
     for (name, value) in from {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        let name_str = name.as_str();
+        if !HOP_BY_HOP.contains(&name_str) && !CONNECTION_AND_FRAMING.contains(&name_str) {
             to.append_header(name.clone(), value.clone())?;
         }
     }

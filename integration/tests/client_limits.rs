@@ -1,0 +1,296 @@
+//! Deadlines and caps on client connections: slow heads, slow bodies, idle keep-alive,
+//! oversized heads, too many connections, and heads Pingora refuses itself. Each is closed
+//! on time and counted, while an ordinary client keeps being served in the same test.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rampart_integration::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+const LIMITS: &str = "client_limits = { header_timeout_ms = 1500, idle_timeout_ms = 1000, body_timeout_ms = 1000, min_body_rate = 100, max_connections_per_address = 3, max_header_bytes = 8192, max_header_line_bytes = 2048 }";
+
+async fn start() -> (RecordingUpstream, Rampart) {
+    let up = RecordingUpstream::start("app").await;
+    let rampart = Rampart::start(&one_listener(up.addr, "", LIMITS), &["web"]).await;
+    (up, rampart)
+}
+
+async fn connect_from(to: SocketAddr, source: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source.parse().expect("ip"), 0))
+        .expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Reads until the server closes, or `within` passes; returns what was read and whether
+/// the server closed.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(within, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (buf, closed)
+}
+
+fn status_of(answer: &[u8]) -> Option<u16> {
+    std::str::from_utf8(answer)
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn assert_answer(answer: &[u8], status: u16) {
+    assert_eq!(
+        status_of(answer),
+        Some(status),
+        "{:?}",
+        String::from_utf8_lossy(answer)
+    );
+}
+
+async fn closes(rampart: &Rampart, reason: &str) -> f64 {
+    metric_value(
+        &rampart.metrics().await,
+        &format!("rampart_client_closes_total{{listener=\"web\",reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+async fn served(rampart: &Rampart) -> bool {
+    request(rampart.addr("web"), "127.0.0.9", "GET", "/ok", &[])
+        .await
+        .status
+        == 200
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_head_is_cut_at_its_deadline_while_others_are_served() {
+    let (up, rampart) = start().await;
+    let mut slow = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    let started = Instant::now();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .expect("write");
+    // A header line every 200 ms: each read resets a per-read timer, never the deadline.
+    let trickle = async {
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if slow
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let ((), ok) = tokio::join!(trickle, served(&rampart));
+    assert!(ok, "an ordinary client is served meanwhile");
+    let (answer, closed) = read_until_closed(&mut slow, Duration::from_secs(3)).await;
+    let elapsed = started.elapsed();
+    assert!(closed, "the slow connection was closed");
+    assert_answer(&answer, 408);
+    assert!(
+        elapsed < Duration::from_millis(4000),
+        "closed after {elapsed:?}, header_timeout is 1.5 s"
+    );
+    assert_eq!(closes(&rampart, "header_timeout").await, 1.0);
+    assert!(up.requests().iter().all(|r| r.uri != "/slow"));
+    let log = rampart.stdout_text();
+    assert!(
+        log.lines().any(|l| l.contains("\"status\":408")
+            && l.contains("client.header_timeout")
+            && l.contains("/slow")),
+        "an access-log line for the refused head: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_is_closed_at_the_head_deadline() {
+    let (_up, rampart) = start().await;
+    let mut silent = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    let started = Instant::now();
+    let (answer, closed) = read_until_closed(&mut silent, Duration::from_secs(4)).await;
+    assert!(closed, "closed");
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    assert_answer(&answer, 408);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_is_cut_and_never_reaches_the_upstream_whole() {
+    let (up, rampart) = start().await;
+    let mut slow = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    slow.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let started = Instant::now();
+    // 5 bytes a second against a minimum of 100: the deadline barely moves past 1 s.
+    let trickle = async {
+        for _ in 0..50 {
+            if slow.write_all(b"a").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let ((), ok) = tokio::join!(
+        async {
+            tokio::time::timeout(Duration::from_secs(4), trickle)
+                .await
+                .unwrap_or(())
+        },
+        served(&rampart)
+    );
+    assert!(ok, "an ordinary client is served meanwhile");
+    let (answer, closed) = read_until_closed(&mut slow, Duration::from_secs(3)).await;
+    assert!(closed, "the slow body's connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    if !answer.is_empty() {
+        assert_answer(&answer, 408);
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            closes(&rampart, "body_timeout").await == 1.0
+        })
+        .await
+    );
+    assert!(
+        up.requests()
+            .iter()
+            .all(|r| r.uri != "/upload" || !r.complete),
+        "the upstream never saw a complete request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (_up, rampart) = start().await;
+    let mut conn = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf).await.expect("answer");
+    assert_eq!(status_of(&buf[..n]), Some(200));
+    let idle_from = Instant::now();
+    let (_, closed) = read_until_closed(&mut conn, Duration::from_secs(3)).await;
+    assert!(closed, "the idle connection was closed");
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_millis(2500),
+        "closed after {idle:?} idle, idle_timeout is 1 s"
+    );
+    assert_eq!(closes(&rampart, "idle_timeout").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let (_up, rampart) = start().await;
+    let to = rampart.addr("web");
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect_from(to, "127.0.0.1").await);
+    }
+    // Let the three be admitted before the fourth.
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            metric_value(
+                &rampart.metrics().await,
+                "rampart_client_connections{listener=\"web\"}",
+            ) == Some(3.0)
+        })
+        .await
+    );
+    let mut fourth = connect_from(to, "127.0.0.1").await;
+    let (answer, closed) = read_until_closed(&mut fourth, Duration::from_secs(2)).await;
+    assert!(closed);
+    assert_answer(&answer, 503);
+    assert!(String::from_utf8_lossy(&answer).contains("client.too_many_from_address"));
+    assert_eq!(closes(&rampart, "too_many_from_address").await, 1.0);
+    // Another address is served meanwhile, and a freed place is taken again.
+    assert!(served(&rampart).await);
+    held.pop();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            let mut conn = connect_from(to, "127.0.0.1").await;
+            conn.write_all(
+                b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .is_ok()
+                && status_of(&read_until_closed(&mut conn, Duration::from_secs(2)).await.0)
+                    == Some(200)
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_past_their_caps_are_refused_with_431_and_reach_no_one() {
+    let (up, rampart) = start().await;
+    let to = rampart.addr("web");
+    let long_line = format!(
+        "GET /long HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2100)
+    );
+    let many_lines = format!(
+        "GET /many HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "X-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(200)
+    );
+    // Just under both caps: served.
+    let fits = format!(
+        "GET /fits HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    for (raw, expected) in [(&long_line, 431), (&many_lines, 431), (&fits, 200)] {
+        let answer = send_raw(to, "127.0.0.1", raw.as_bytes())
+            .await
+            .expect("answer");
+        assert_eq!(answer.status, expected, "{}", &raw[..20]);
+    }
+    assert_eq!(closes(&rampart, "header_too_large").await, 2.0);
+    let paths: Vec<String> = up.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(paths, vec!["/fits".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_pingora_refuses_leaves_a_log_line_and_a_count() {
+    let (up, rampart) = start().await;
+    let answer = send_raw(
+        rampart.addr("web"),
+        "127.0.0.1",
+        b"GET /bad HTTP/1.1\r\nHost: a\r\nBad Header Line\r\n\r\n",
+    )
+    .await
+    .expect("answer");
+    assert_eq!(answer.status, 400);
+    assert_eq!(closes(&rampart, "malformed_request").await, 1.0);
+    assert_eq!(up.count(), 0);
+    let log = rampart.stdout_text();
+    assert!(
+        log.lines().any(|l| l.contains("\"status\":400")
+            && l.contains("client.malformed_request")
+            && l.contains("\"path\":\"/bad\"")),
+        "{log}"
+    );
+    assert!(
+        !rampart.stderr_text().contains(" ERROR "),
+        "an expected refusal is not an ERROR line: {}",
+        rampart.stderr_text()
+    );
+}
