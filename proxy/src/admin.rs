@@ -1,12 +1,22 @@
 //! The admin listener: `/metrics`, `/live`, `/ready`, `POST /reload`.
 //! It binds to loopback by default; it has no authentication of its own.
+//!
+//! It is not one of Pingora's listening services: those stop accepting the moment a drain
+//! begins, and `/ready` must go on answering 503 while the proxy listeners drain, so that
+//! load balancers see it. It binds with `SO_REUSEPORT`, so that a process started with
+//! `--upgrade` binds the same address while the old one still serves; the old one stops
+//! accepting when it hands its listeners over (SIGQUIT).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::ServerApp;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 
 use crate::reload::Gateway;
 
@@ -118,6 +128,80 @@ impl ServeHttp for AdminApp {
                 StatusCode::NOT_FOUND,
                 serde_json::json!({ "error": "not found" }),
             ),
+        }
+    }
+}
+
+/// The admin listener, bound when the server is built (so that a taken port stops the
+/// start-up) and served from a background task until the process exits.
+pub struct AdminService {
+    listener: std::net::TcpListener,
+    app: Arc<AdminApp>,
+    gateway: Arc<Gateway>,
+}
+
+impl AdminService {
+    pub fn bind(addr: &str, gateway: Arc<Gateway>) -> std::io::Result<Self> {
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("{addr:?}: {e}")))?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(128)?;
+        Ok(AdminService {
+            listener: socket.into(),
+            app: Arc::new(AdminApp::new(gateway.clone())),
+            gateway,
+        })
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let listener = match self
+            .listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+        {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("admin listener: {e}");
+                return;
+            }
+        };
+        // Admin connections are served through a drain: they never see a shutdown.
+        let (_keep, never) = tokio::sync::watch::channel(false);
+        let mut handover = self.gateway.handover_watch();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = handover.wait_for(|h| *h) => {
+                    log::info!("admin listener closed: the new process serves it");
+                    return;
+                }
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    log::warn!("admin accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let (app, never) = (self.app.clone(), never.clone());
+            tokio::spawn(async move {
+                let stream: pingora_core::protocols::Stream =
+                    Box::new(pingora_core::protocols::l4::stream::Stream::from(stream));
+                app.process_new(stream, &never).await;
+            });
         }
     }
 }

@@ -6,7 +6,7 @@
 //!   exits as soon as the last client connection is gone.
 //! - `SIGQUIT` hands the listening sockets to a process started with `--upgrade` (Pingora's
 //!   graceful upgrade), through a Unix socket in a directory only rampart's user can enter,
-//!   then drains like `SIGTERM`.
+//!   closes its admin listener (the new process answers there), then drains like `SIGTERM`.
 //! - `SIGINT` stops at once.
 
 use std::io;
@@ -41,10 +41,7 @@ impl DrainingSignals {
     /// Marks the gateway draining and exits once no client connection is left (Pingora
     /// itself waits out the whole drain period otherwise, even with nothing in flight).
     fn drain(&self, signal: &'static str, watch_after: Duration) {
-        self.gateway.start_draining();
-        log::info!(
-            "{signal}: draining; /ready answers 503, connections in flight may finish within the drain period"
-        );
+        log::info!("{signal}: draining; connections in flight may finish within the drain period");
         std::thread::spawn(move || {
             std::thread::sleep(watch_after.max(DRAIN_POLL));
             loop {
@@ -81,10 +78,13 @@ impl ShutdownSignalWatch for DrainingSignals {
         let mut int = install(SignalKind::interrupt(), "SIGINT");
         tokio::select! {
             _ = next(&mut quit) => {
+                // The new process answers /ready (and the admin API) from now on.
+                self.gateway.hand_over();
                 self.drain("SIGQUIT", HANDOVER);
                 ShutdownSignal::GracefulUpgrade
             }
             _ = next(&mut term) => {
+                self.gateway.start_draining();
                 self.drain("SIGTERM", Duration::ZERO);
                 ShutdownSignal::GracefulTerminate
             }

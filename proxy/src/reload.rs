@@ -25,8 +25,10 @@ pub struct Gateway {
     generation: AtomicU64,
     reload_lock: Mutex<()>,
     carried: Carried,
-    /// Set when a shutdown or an upgrade began: `/ready` then answers 503.
+    /// Set when a shutdown began: `/ready` then answers 503.
     draining: AtomicBool,
+    /// Set when the listeners were handed to a new process: the admin listener closes.
+    handover: tokio::sync::watch::Sender<bool>,
     pub metrics: Metrics,
 }
 
@@ -49,6 +51,7 @@ impl Gateway {
             reload_lock: Mutex::new(()),
             carried,
             draining: AtomicBool::new(false),
+            handover: tokio::sync::watch::Sender::new(false),
             metrics,
         };
         gateway.record_success(1);
@@ -57,6 +60,15 @@ impl Gateway {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+
+    /// The listeners went to a new process (SIGQUIT); this one only finishes its work.
+    pub fn hand_over(&self) {
+        self.handover.send_replace(true);
+    }
+
+    pub fn handover_watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.handover.subscribe()
     }
 
     pub fn is_draining(&self) -> bool {

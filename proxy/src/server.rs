@@ -13,7 +13,7 @@ use pingora_core::services::listening::Service;
 use thiserror::Error;
 
 use crate::accept::PeerFilter;
-use crate::admin::AdminApp;
+use crate::admin::AdminService;
 use crate::config::ConfigError;
 use crate::connection::GuardedHttp;
 use crate::health::HealthChecker;
@@ -36,6 +36,8 @@ pub enum StartError {
     Watch(#[from] notify::Error),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(#[from] std::io::Error),
+    #[error("admin listener {addr}: {reason}")]
+    Admin { addr: String, reason: std::io::Error },
     #[error("upgrade socket {path}: {reason}")]
     UpgradeSocket {
         path: PathBuf,
@@ -145,10 +147,14 @@ pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
         .admin_override
         .clone()
         .unwrap_or_else(|| snapshot.config.admin.listen.clone());
-    let mut admin = Service::new("admin".to_string(), AdminApp::new(gateway.clone()));
-    admin.add_tcp(&admin_addr);
+    let admin = AdminService::bind(&admin_addr, gateway.clone()).map_err(|reason| {
+        StartError::Admin {
+            addr: admin_addr.clone(),
+            reason,
+        }
+    })?;
     log::info!("admin on {admin_addr}");
-    server.add_service(admin);
+    server.add_service(background_service("admin", admin));
     server.add_service(background_service(
         "health checks",
         HealthChecker(gateway.clone()),
