@@ -37,7 +37,10 @@ pub enum StartError {
     #[error("installing the SIGHUP handler: {0}")]
     Signal(#[from] std::io::Error),
     #[error("admin listener {addr}: {reason}")]
-    Admin { addr: String, reason: std::io::Error },
+    Admin {
+        addr: String,
+        reason: std::io::Error,
+    },
     #[error("upgrade socket {path}: {reason}")]
     UpgradeSocket {
         path: PathBuf,
@@ -147,12 +150,11 @@ pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
         .admin_override
         .clone()
         .unwrap_or_else(|| snapshot.config.admin.listen.clone());
-    let admin = AdminService::bind(&admin_addr, gateway.clone()).map_err(|reason| {
-        StartError::Admin {
+    let admin =
+        AdminService::bind(&admin_addr, gateway.clone()).map_err(|reason| StartError::Admin {
             addr: admin_addr.clone(),
             reason,
-        }
-    })?;
+        })?;
     log::info!("admin on {admin_addr}");
     server.add_service(background_service("admin", admin));
     server.add_service(background_service(
