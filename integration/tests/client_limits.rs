@@ -294,3 +294,52 @@ async fn a_head_pingora_refuses_leaves_a_log_line_and_a_count() {
         rampart.stderr_text()
     );
 }
+
+/// An upstream that answers every request with an endless chunked body, as fast as it can.
+async fn start_firehose_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                if stream.read(&mut head).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if stream.write_all(start).await.is_err() {
+                    return;
+                }
+                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
+    let upstream = start_firehose_upstream().await;
+    let rampart = Rampart::start(
+        &one_listener(upstream, "", "client_limits = { write_timeout_ms = 1000 }"),
+        &["web"],
+    )
+    .await;
+    let mut reader = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    reader
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\n\r\n")
+        .await
+        .expect("write");
+    // The client reads nothing: once the socket buffers are full, rampart's writes stall.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            closes(&rampart, "write_timeout").await == 1.0
+        })
+        .await,
+        "a stalled reader was not cut"
+    );
+    drop(reader);
+}
