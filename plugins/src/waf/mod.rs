@@ -6,6 +6,7 @@ pub mod inspect;
 pub mod memo;
 pub mod parse;
 pub mod rules;
+pub mod stream;
 
 pub use inspect::{Inspection, Inspections, Profile, Source, Target, Transform};
 pub use memo::FieldMemo;

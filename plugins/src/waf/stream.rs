@@ -1,0 +1,873 @@
+//! Bodies larger than one inspection window, judged a window at a time in bounded memory.
+//!
+//! A body is read chunk by chunk. Once a window's worth is held, [`BodySegments`] cuts it
+//! where its format allows and turns the part before the cut into a document of its own,
+//! which the WAF judges like a whole body; the part's bytes may then go on to the upstream.
+//! Every byte is judged in the form it means:
+//!
+//! - JSON is cut between members or elements. The document for a part re-opens the
+//!   objects and arrays around it (with their keys) and closes them after it, so a field
+//!   keeps its path (`messages[].content`) and its profile. A string longer than a window
+//!   is judged in windows that overlap by [`OVERLAP`] bytes, each under its own key.
+//! - A form is cut after a `&`; a value longer than a window is judged in overlapping
+//!   windows, each under its name.
+//! - Other text is judged in overlapping windows.
+//! - Formats whose parts only mean something whole (multipart, XML) cannot be cut: past a
+//!   window they are refused ([`TooLarge`]).
+//!
+//! A body no larger than a window is handed over as it came, with no copy.
+
+/// Bytes a window carries over from the one before, so that an attack across a cut is
+/// whole in one of them. Longer than any signature's reach.
+pub const OVERLAP: usize = 4096;
+/// Objects and arrays followed; deeper JSON is judged as text.
+const MAX_DEPTH: usize = 64;
+/// A key longer than this is not kept for re-opening: the document is judged as text.
+const MAX_KEY: usize = 1024;
+/// How far back a cut inside a string or form value may move to avoid splitting an escape.
+const MAX_CUT_BACKOFF: usize = 4096;
+
+/// A body that cannot be cut (a multipart or XML body past one window, or a string made
+/// only of escapes for longer than [`MAX_CUT_BACKOFF`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+/// A part of a body, ready to be judged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The document to judge, when it is not `release` itself.
+    doc: Option<Vec<u8>>,
+    /// The body's bytes this part covers, in order: they may go on once [`Segment::doc`]
+    /// passed.
+    pub release: Vec<u8>,
+}
+
+impl Segment {
+    /// What to judge: a document in the body's own format.
+    pub fn doc(&self) -> &[u8] {
+        self.doc.as_deref().unwrap_or(&self.release)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Json,
+    Form,
+    Text,
+    Whole,
+}
+
+/// A body's way through the WAF, window by window.
+#[derive(Debug)]
+pub struct BodySegments {
+    mode: Mode,
+    window: usize,
+    /// Received and not yet released.
+    pending: Vec<u8>,
+    /// What opens the next document (the containers around its start, a form field's
+    /// name, the overlap).
+    opening: Vec<u8>,
+    /// Whether a document was emitted yet (if not, the body may go whole as it came).
+    cut_before: bool,
+    json: JsonLexer,
+    /// For a form value cut in windows: the field's name with its `=`.
+    form_name: Option<Vec<u8>>,
+}
+
+impl BodySegments {
+    /// `content_type` decides how the body is cut (as the WAF reads it: JSON, a form,
+    /// multipart, XML or text); `window` is how much is held before a cut.
+    pub fn new(content_type: &[u8], window: usize) -> Self {
+        let ct = content_type.to_ascii_lowercase();
+        let has = |needle: &[u8]| ct.windows(needle.len()).any(|w| w == needle);
+        let mode = if ct.starts_with(b"application/x-www-form-urlencoded") {
+            Mode::Form
+        } else if ct.starts_with(b"multipart/") || has(b"xml") {
+            Mode::Whole
+        } else if has(b"json") {
+            Mode::Json
+        } else if ct.is_empty() {
+            // Decided on the first bytes, as the WAF reads a body without a type.
+            Mode::Text
+        } else {
+            Mode::Text
+        };
+        BodySegments {
+            mode,
+            window: window.max(2 * OVERLAP),
+            pending: Vec::new(),
+            opening: Vec::new(),
+            cut_before: false,
+            json: JsonLexer::default(),
+            form_name: None,
+        }
+        .typeless(ct.is_empty())
+    }
+
+    fn typeless(mut self, typeless: bool) -> Self {
+        self.json.typeless = typeless;
+        self
+    }
+
+    /// Takes a chunk of the body; returns the parts that are ready to be judged.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Segment>, TooLarge> {
+        if self.json.typeless && self.pending.is_empty() && !self.cut_before {
+            // The WAF reads a body without a type as JSON if it starts with `{`, as a
+            // form if it holds `=`.
+            self.json.typeless = false;
+            let first = chunk.iter().find(|b| !b.is_ascii_whitespace());
+            self.mode = match first {
+                Some(b'{') => Mode::Json,
+                _ if chunk.contains(&b'=') => Mode::Form,
+                _ => Mode::Text,
+            };
+        }
+        self.pending.extend_from_slice(chunk);
+        if self.mode == Mode::Json {
+            self.json.scan(&self.pending);
+            if self.json.invalid {
+                self.mode = Mode::Text;
+            }
+        }
+        let mut out = Vec::new();
+        while self.pending.len() >= self.window {
+            out.push(self.cut()?);
+        }
+        Ok(out)
+    }
+
+    /// The body ended: the last part.
+    pub fn finish(&mut self) -> Option<Segment> {
+        if self.pending.is_empty() && self.cut_before {
+            return None;
+        }
+        let release = std::mem::take(&mut self.pending);
+        if !self.cut_before {
+            return Some(Segment { doc: None, release });
+        }
+        let mut doc = std::mem::take(&mut self.opening);
+        doc.extend_from_slice(skip_separator(&release, self.mode));
+        Some(Segment {
+            doc: Some(doc),
+            release,
+        })
+    }
+
+    /// Cuts what is pending where the format allows.
+    fn cut(&mut self) -> Result<Segment, TooLarge> {
+        match self.mode {
+            Mode::Whole => Err(TooLarge),
+            Mode::Text => Ok(self.cut_text()),
+            Mode::Form => self.cut_form(),
+            Mode::Json => match self.cut_json() {
+                Some(segment) => Ok(segment),
+                None => {
+                    self.mode = Mode::Text;
+                    Ok(self.cut_text())
+                }
+            },
+        }
+    }
+
+    /// Splits off `pending[..at]` as the released bytes.
+    fn release(&mut self, at: usize) -> Vec<u8> {
+        let rest = self.pending.split_off(at);
+        self.cut_before = true;
+        std::mem::replace(&mut self.pending, rest)
+    }
+
+    fn cut_text(&mut self) -> Segment {
+        let at = utf8_boundary_at_or_before(&self.pending, self.pending.len());
+        let at = if at == 0 { self.pending.len() } else { at };
+        let release = self.release(at);
+        let mut doc = std::mem::take(&mut self.opening);
+        doc.extend_from_slice(&release);
+        self.opening = overlap_of(&release, |_, _| true);
+        Segment {
+            doc: Some(doc),
+            release,
+        }
+    }
+
+    fn cut_form(&mut self) -> Result<Segment, TooLarge> {
+        if let Some(amp) = memchr::memrchr(b'&', &self.pending) {
+            let release = self.release(amp + 1);
+            let mut doc = std::mem::take(&mut self.opening);
+            doc.extend_from_slice(&release);
+            self.form_name = None;
+            return Ok(Segment {
+                doc: Some(doc),
+                release,
+            });
+        }
+        // One value longer than a window: judged in windows under its name.
+        let name = match self.form_name.take() {
+            Some(name) => name,
+            None => {
+                let start = self.opening.len();
+                let mut whole = self.opening.clone();
+                whole.extend_from_slice(&self.pending[..self.pending.len().min(MAX_KEY)]);
+                match memchr::memchr(b'=', &whole[start.min(whole.len())..]) {
+                    Some(eq) if start == 0 => whole[..=eq].to_vec(),
+                    _ => Vec::new(),
+                }
+            }
+        };
+        let at = safe_cut(&self.pending, self.pending.len(), form_cut_ok).ok_or(TooLarge)?;
+        let release = self.release(at);
+        let mut doc = std::mem::take(&mut self.opening);
+        doc.extend_from_slice(&release);
+        let mut opening = name.clone();
+        opening.extend_from_slice(&overlap_of(&release, form_cut_ok));
+        self.opening = opening;
+        self.form_name = Some(name);
+        Ok(Segment {
+            doc: Some(doc),
+            release,
+        })
+    }
+
+    /// `None` when the JSON cannot be cut (a key too long): it is judged as text then.
+    fn cut_json(&mut self) -> Option<Segment> {
+        let lexer = &mut self.json;
+        if let Some(cut) = lexer.cut.take().filter(|c| c.at > 0) {
+            let closers = closers(&lexer.stack[..cut.depth]);
+            let context = opening_between(&lexer.stack[..cut.depth]);
+            lexer.rebase(cut.at);
+            let release = self.release(cut.at);
+            let mut doc = std::mem::replace(&mut self.opening, context);
+            doc.extend_from_slice(skip_separator(&release, Mode::Json));
+            doc.extend_from_slice(&closers);
+            return Some(Segment {
+                doc: Some(doc),
+                release,
+            });
+        }
+        let (at, suffix, reopen) = match lexer.state {
+            // Inside one string longer than a window: cut in it, under its key.
+            Lex::Str if !lexer.in_key => {
+                let from = lexer.str_start.map_or(0, |s| s + 1);
+                let at = string_cut_before(&self.pending, from, self.pending.len());
+                if at == 0 {
+                    return None;
+                }
+                let mut suffix = vec![b'"'];
+                suffix.extend_from_slice(&closers(&lexer.stack));
+                let mut reopen = opening_inside(&lexer.stack);
+                reopen.push(b'"');
+                (at, suffix, reopen)
+            }
+            // Between two tokens (whitespace padding): cut where the reading stands.
+            Lex::Value | Lex::ValueOrClose | Lex::KeyOrClose | Lex::Key | Lex::Colon
+                if lexer.scanned == self.pending.len() =>
+            {
+                let in_object = lexer.stack.last().is_some_and(|f| f.object);
+                let (suffix, reopen) = match lexer.state {
+                    // After `"key":`, the value is still to come.
+                    Lex::Value if in_object => (b"null".to_vec(), opening_inside(&lexer.stack)),
+                    // After `"key"`, the colon is still to come.
+                    Lex::Colon => {
+                        let mut reopen = opening_between(&lexer.stack);
+                        if let Some(frame) = lexer.stack.last() {
+                            reopen.push(b'"');
+                            reopen.extend_from_slice(&frame.key);
+                            reopen.push(b'"');
+                        }
+                        (b":null".to_vec(), reopen)
+                    }
+                    _ => (Vec::new(), opening_between(&lexer.stack)),
+                };
+                let mut suffix = suffix;
+                suffix.extend_from_slice(&closers(&lexer.stack));
+                (self.pending.len(), suffix, reopen)
+            }
+            _ => return None,
+        };
+        let string_from = lexer.str_start.map_or(0, |s| s + 1);
+        lexer.rebase(at);
+        lexer.str_start = None;
+        let string_cut = lexer.state == Lex::Str;
+        let release = self.release(at);
+        let mut doc = std::mem::take(&mut self.opening);
+        doc.extend_from_slice(skip_separator(&release, Mode::Json));
+        doc.extend_from_slice(&suffix);
+        let mut opening = reopen;
+        if string_cut {
+            let from =
+                string_cut_after(&release, string_from, release.len().saturating_sub(OVERLAP));
+            opening.extend_from_slice(&release[from..]);
+        }
+        self.opening = opening;
+        Some(Segment {
+            doc: Some(doc),
+            release,
+        })
+    }
+}
+
+/// A part that starts after a cut may start with the separator the cut left behind.
+fn skip_separator(part: &[u8], mode: Mode) -> &[u8] {
+    if mode != Mode::Json {
+        return part;
+    }
+    let start = part
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(part.len());
+    match part.get(start) {
+        Some(b',') => &part[start + 1..],
+        _ => part,
+    }
+}
+
+/// The last [`OVERLAP`] bytes of `part`, from a point where a cut is allowed.
+fn overlap_of(part: &[u8], ok: impl Fn(&[u8], usize) -> bool) -> Vec<u8> {
+    let mut start = part.len().saturating_sub(OVERLAP);
+    while start < part.len() && !(ok(part, start) && is_char_start(part, start)) {
+        start += 1;
+    }
+    part[start..].to_vec()
+}
+
+/// The latest point at or before `at` where a cut is allowed, not further back than
+/// [`MAX_CUT_BACKOFF`].
+fn safe_cut(bytes: &[u8], at: usize, ok: impl Fn(&[u8], usize) -> bool) -> Option<usize> {
+    let floor = at.saturating_sub(MAX_CUT_BACKOFF);
+    (floor..=at)
+        .rev()
+        .find(|&p| p > 0 && ok(bytes, p) && is_char_start(bytes, p))
+}
+
+fn is_char_start(bytes: &[u8], p: usize) -> bool {
+    bytes.get(p).is_none_or(|b| b & 0xC0 != 0x80)
+}
+
+fn utf8_boundary_at_or_before(bytes: &[u8], at: usize) -> usize {
+    (at.saturating_sub(3)..=at)
+        .rev()
+        .find(|&p| is_char_start(bytes, p))
+        .unwrap_or(at)
+}
+
+/// The escapes (`\"`, `\u00e9`) of the JSON string text that starts at `from` (a point
+/// outside any escape), as `(start, end)`, up to `until`.
+fn escapes(s: &[u8], from: usize, until: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = from;
+    std::iter::from_fn(move || {
+        let b = i + memchr::memchr(b'\\', s.get(i..until)?)?;
+        let len = if s.get(b + 1) == Some(&b'u') { 6 } else { 2 };
+        i = b + len;
+        Some((b, b + len))
+    })
+}
+
+/// The latest point at or before `at` in JSON string text starting at `from` that splits
+/// neither an escape nor a character.
+fn string_cut_before(s: &[u8], from: usize, at: usize) -> usize {
+    let mut cut = at;
+    for (start, end) in escapes(s, from, at) {
+        if end > at {
+            cut = start;
+        }
+    }
+    while cut > from && !is_char_start(s, cut) {
+        cut -= 1;
+    }
+    cut
+}
+
+/// The first point at or after `at` in JSON string text starting at `from` that splits
+/// neither an escape nor a character.
+fn string_cut_after(s: &[u8], from: usize, at: usize) -> usize {
+    let mut cut = at.max(from);
+    for (start, end) in escapes(s, from, cut + 1) {
+        if start < cut && cut < end {
+            cut = end;
+        }
+    }
+    while cut < s.len() && !is_char_start(s, cut) {
+        cut += 1;
+    }
+    cut.min(s.len())
+}
+
+/// In a form value, a cut must not split a `%XX` escape.
+fn form_cut_ok(bytes: &[u8], p: usize) -> bool {
+    !bytes[p.saturating_sub(2)..p].contains(&b'%')
+}
+
+/// What re-opens the containers `stack` at a point between two of the innermost one's
+/// members: `{"messages":[{`.
+fn opening_between(stack: &[Frame]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, frame) in stack.iter().enumerate() {
+        out.push(if frame.object { b'{' } else { b'[' });
+        if i + 1 < stack.len() && frame.object {
+            push_key(&mut out, &frame.key);
+        }
+    }
+    out
+}
+
+/// What re-opens the containers `stack` inside the innermost one's current member:
+/// `{"messages":[{"content":`.
+fn opening_inside(stack: &[Frame]) -> Vec<u8> {
+    let mut out = opening_between(stack);
+    if let Some(frame) = stack.last().filter(|f| f.object) {
+        push_key(&mut out, &frame.key);
+    }
+    out
+}
+
+fn push_key(out: &mut Vec<u8>, key: &[u8]) {
+    out.push(b'"');
+    out.extend_from_slice(key);
+    out.extend_from_slice(b"\":");
+}
+
+fn closers(stack: &[Frame]) -> Vec<u8> {
+    stack
+        .iter()
+        .rev()
+        .map(|f| if f.object { b'}' } else { b']' })
+        .collect()
+}
+
+#[derive(Debug, Clone, Default)]
+struct Frame {
+    object: bool,
+    /// The key of the member being read, as written (escapes kept).
+    key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Lex {
+    #[default]
+    Value,
+    ValueOrClose,
+    KeyOrClose,
+    Key,
+    Colon,
+    AfterValue,
+    Str,
+    Scalar,
+}
+
+/// Where a document can end: after a value, between members of the container at `depth`.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    at: usize,
+    depth: usize,
+}
+
+/// A JSON reader that keeps only what re-opening a cut needs: the open containers with
+/// their current keys, and the last place a cut can go.
+#[derive(Debug, Default)]
+struct JsonLexer {
+    state: Lex,
+    stack: Vec<Frame>,
+    in_key: bool,
+    /// In a string, the byte after a backslash is pending.
+    escaped: bool,
+    /// Where the current string's opening quote is, in `pending`.
+    str_start: Option<usize>,
+    /// How far `pending` was read.
+    scanned: usize,
+    cut: Option<Cut>,
+    invalid: bool,
+    /// The body has no type: decided on its first bytes.
+    typeless: bool,
+}
+
+impl JsonLexer {
+    /// Positions move back by `by` when the bytes before them are released.
+    fn rebase(&mut self, by: usize) {
+        self.scanned -= by;
+        self.str_start = self.str_start.and_then(|s| s.checked_sub(by));
+    }
+
+    fn value_ended(&mut self, at: usize) {
+        self.state = Lex::AfterValue;
+        self.cut = Some(Cut {
+            at,
+            depth: self.stack.len(),
+        });
+    }
+
+    fn scan(&mut self, s: &[u8]) {
+        let mut i = self.scanned;
+        while i < s.len() && !self.invalid {
+            let b = s[i];
+            match self.state {
+                Lex::Str => {
+                    if self.escaped {
+                        self.escaped = false;
+                        i += 1;
+                        continue;
+                    }
+                    let Some(off) = memchr::memchr2(b'"', b'\\', &s[i..]) else {
+                        i = s.len();
+                        break;
+                    };
+                    i += off;
+                    if s[i] == b'\\' {
+                        self.escaped = true;
+                        i += 1;
+                        continue;
+                    }
+                    // The closing quote.
+                    if self.in_key {
+                        let start = self.str_start.map_or(i, |s| s + 1);
+                        if i - start > MAX_KEY || self.str_start.is_none() {
+                            self.invalid = true;
+                            break;
+                        }
+                        if let Some(frame) = self.stack.last_mut() {
+                            frame.key = s[start..i].to_vec();
+                        }
+                        self.in_key = false;
+                        self.state = Lex::Colon;
+                    } else {
+                        self.value_ended(i + 1);
+                    }
+                    self.str_start = None;
+                    i += 1;
+                    continue;
+                }
+                Lex::Scalar => {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') {
+                        i += 1;
+                    } else {
+                        self.value_ended(i);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if b.is_ascii_whitespace() {
+                i += 1;
+                continue;
+            }
+            match (self.state, b) {
+                (Lex::Value | Lex::ValueOrClose, b'{' | b'[') => {
+                    if self.stack.len() >= MAX_DEPTH {
+                        self.invalid = true;
+                        break;
+                    }
+                    let object = b == b'{';
+                    self.stack.push(Frame {
+                        object,
+                        key: Vec::new(),
+                    });
+                    self.state = if object {
+                        Lex::KeyOrClose
+                    } else {
+                        Lex::ValueOrClose
+                    };
+                }
+                (Lex::Value | Lex::ValueOrClose, b'"') => {
+                    self.state = Lex::Str;
+                    self.in_key = false;
+                    self.str_start = Some(i);
+                }
+                (Lex::Value | Lex::ValueOrClose, b'-' | b'0'..=b'9' | b't' | b'f' | b'n') => {
+                    self.state = Lex::Scalar;
+                }
+                (Lex::KeyOrClose | Lex::Key, b'"') => {
+                    self.state = Lex::Str;
+                    self.in_key = true;
+                    self.str_start = Some(i);
+                }
+                (Lex::Colon, b':') => self.state = Lex::Value,
+                (Lex::AfterValue, b',') if !self.stack.is_empty() => {
+                    self.state = match self.stack.last() {
+                        Some(f) if f.object => Lex::Key,
+                        _ => Lex::Value,
+                    };
+                }
+                (Lex::KeyOrClose | Lex::AfterValue, b'}')
+                    if self.stack.last().is_some_and(|f| f.object) =>
+                {
+                    self.stack.pop();
+                    self.value_ended(i + 1);
+                }
+                (Lex::ValueOrClose | Lex::AfterValue, b']')
+                    if self.stack.last().is_some_and(|f| !f.object) =>
+                {
+                    self.stack.pop();
+                    self.value_ended(i + 1);
+                }
+                _ => {
+                    self.invalid = true;
+                    break;
+                }
+            }
+            i += 1;
+        }
+        self.scanned = i.min(s.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waf::parse::json_fields;
+
+    /// Every part of `body` fed in `chunk`-sized pieces with a small window.
+    fn segments(ct: &[u8], body: &[u8], window: usize, chunk: usize) -> Vec<Segment> {
+        let mut s = BodySegments::new(ct, window);
+        s.window = window;
+        let mut out = Vec::new();
+        for piece in body.chunks(chunk.max(1)) {
+            out.extend(s.push(piece).expect("cuttable"));
+        }
+        out.extend(s.finish());
+        out
+    }
+
+    fn released(parts: &[Segment]) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.release.clone()).collect()
+    }
+
+    /// (path, value) of every scalar in the documents, long values as they were judged.
+    fn values(docs: &[Segment]) -> Vec<(String, String)> {
+        docs.iter()
+            .flat_map(|d| {
+                json_fields(d.doc())
+                    .unwrap_or_else(|| panic!("not JSON: {:?}", String::from_utf8_lossy(d.doc())))
+            })
+            .filter_map(|f| Some((f.path, f.value?)))
+            .collect()
+    }
+
+    #[test]
+    fn a_body_within_one_window_goes_whole() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let parts = segments(b"application/json", body, 1 << 20, 7);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].doc(), body);
+        assert_eq!(parts[0].release, body);
+    }
+
+    #[test]
+    fn json_is_cut_between_members_and_keeps_every_path() {
+        let pad = "x".repeat(3000);
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"system","content":"{pad}"}},{{"role":"user","content":"{pad}","name":"n"}}],"tools":[{{"function":{{"name":"f","description":"{pad}"}}}}],"user":"' OR 1=1--"}}"#
+        );
+        let whole = values(&[Segment {
+            doc: None,
+            release: body.clone().into_bytes(),
+        }]);
+        for chunk in [1, 7, 100, 5000] {
+            let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, chunk);
+            // Read in small pieces, the body is cut before its end (in one piece past the
+            // window, it ends at the root's close: one part).
+            assert!(
+                chunk > 100 || parts.len() > 1,
+                "chunk {chunk}: {} parts",
+                parts.len()
+            );
+            assert_eq!(
+                released(&parts),
+                body.as_bytes(),
+                "every byte released once"
+            );
+            let mut got = values(&parts);
+            got.sort();
+            let mut want = whole.clone();
+            want.sort();
+            assert_eq!(got, want, "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_string_longer_than_a_window_is_judged_in_overlapping_windows_under_its_path() {
+        let attack = "' UNION SELECT password FROM users--";
+        for offset in [100, 8190, 8192, 8200, 20_000, 33_000] {
+            let mut prompt = "a".repeat(40_000);
+            prompt.replace_range(offset..offset + attack.len(), attack);
+            let body = format!(
+                r#"{{"messages":[{{"role":"user","content":"{prompt}\n\u00e9\"q\""}}],"user":"u"}}"#
+            );
+            let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, 1000);
+            assert!(parts.len() >= 4);
+            assert_eq!(released(&parts), body.as_bytes());
+            let got = values(&parts);
+            assert!(
+                got.iter()
+                    .any(|(p, v)| p == "messages[].content" && v.contains(attack)),
+                "the attack at {offset} is whole in one window under its path"
+            );
+            assert!(got
+                .iter()
+                .all(|(p, _)| p == "messages[].content" || p == "messages[].role" || p == "user"));
+            assert!(got.contains(&("user".to_string(), "u".to_string())));
+        }
+    }
+
+    #[test]
+    fn cuts_never_split_an_escape_or_a_character() {
+        // Escapes and multi-byte characters everywhere: each window must stay valid JSON.
+        let unit = r#"é\"\\\u00e9\n"#;
+        let body = format!(r#"{{"a":"{}"}}"#, unit.repeat(3000));
+        let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, 333);
+        assert!(parts.len() > 2);
+        for p in &parts {
+            assert!(std::str::from_utf8(p.doc()).is_ok());
+        }
+        assert!(values(&parts).iter().all(|(p, _)| p == "a"));
+        assert_eq!(released(&parts), body.as_bytes());
+    }
+
+    #[test]
+    fn a_form_is_cut_after_an_ampersand_and_a_long_value_under_its_name() {
+        let pad = "p".repeat(20_000);
+        let body = format!("pad={pad}&q=%27%20OR%201%3D1--&note=hello");
+        let parts = segments(
+            b"application/x-www-form-urlencoded",
+            body.as_bytes(),
+            2 * OVERLAP,
+            999,
+        );
+        assert_eq!(released(&parts), body.as_bytes());
+        let docs: Vec<String> = parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p.doc()).into_owned())
+            .collect();
+        assert!(
+            docs.iter().skip(1).any(|d| d.starts_with("pad=")),
+            "{docs:?}"
+        );
+        assert!(docs.iter().any(|d| d.contains("q=%27%20OR%201%3D1--")));
+        for d in &docs {
+            // No window ends inside a %XX escape.
+            let tail = &d.as_bytes()[d.len().saturating_sub(2)..];
+            assert!(!tail.contains(&b'%'), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn text_windows_overlap_and_unsplittable_formats_are_refused() {
+        let body = "a".repeat(30_000) + "<script>alert(1)</script>";
+        let parts = segments(b"text/plain", body.as_bytes(), 2 * OVERLAP, 4096);
+        assert_eq!(released(&parts), body.as_bytes());
+        assert!(parts
+            .iter()
+            .any(|p| String::from_utf8_lossy(p.doc()).contains("<script>alert(1)</script>")));
+        let mut multipart = BodySegments::new(b"multipart/form-data; boundary=x", 2 * OVERLAP);
+        assert_eq!(multipart.push(&vec![b'a'; 3 * OVERLAP]), Err(TooLarge));
+        let mut small = BodySegments::new(b"multipart/form-data; boundary=x", 2 * OVERLAP);
+        assert_eq!(small.push(b"--x\r\n").map(|v| v.len()), Ok(0));
+        assert!(small.finish().is_some());
+    }
+
+    #[test]
+    fn invalid_json_is_judged_as_text_and_a_typeless_body_is_read_as_the_waf_reads_it() {
+        let body = format!("{{\"a\": {} ]]] {}", "1".repeat(10), "z".repeat(20_000));
+        let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, 100);
+        assert_eq!(released(&parts), body.as_bytes());
+        let form = format!("a={}&b=c", "x".repeat(20_000));
+        let parts = segments(b"", form.as_bytes(), 2 * OVERLAP, 100);
+        assert!(parts.iter().skip(1).any(|p| p.doc().starts_with(b"a=")));
+    }
+
+    /// A small generator of JSON documents: nested objects and arrays, long and short
+    /// strings with escapes, numbers, literals, and whitespace padding.
+    struct Gen(u64);
+
+    impl Gen {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+
+        fn json(&mut self, depth: usize, out: &mut String) {
+            match (depth, self.next(6)) {
+                (d, 0 | 1) if d < 5 => {
+                    out.push('{');
+                    for i in 0..self.next(4) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let pad = self.next(3) * self.next(2) * 3000;
+                        out.push_str(&" ".repeat(pad as usize));
+                        let key = self.next(50);
+                        out.push_str(&format!("\"k{key}\":"));
+                        self.json(depth + 1, out);
+                    }
+                    out.push('}');
+                }
+                (d, 2) if d < 5 => {
+                    out.push('[');
+                    for i in 0..self.next(4) {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        self.json(depth + 1, out);
+                    }
+                    out.push(']');
+                }
+                (_, 3) => {
+                    let n = self.next(1000);
+                    out.push_str(&format!("-{n}.5e3"));
+                }
+                (_, 4) => out.push_str(["true", "false", "null"][self.next(3) as usize]),
+                _ => {
+                    let unit = ["ab", "é", "\\\"", "\\u00e9", "\\\\", "\\n", " "];
+                    out.push('"');
+                    for _ in 0..self.next(3) * self.next(3000) {
+                        out.push_str(unit[self.next(unit.len() as u64) as usize]);
+                    }
+                    out.push('"');
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_part_of_generated_json_is_json_and_every_byte_is_released_once() {
+        let mut gen = Gen(0x2545_f491_4f6c_dd1d);
+        let mut cut_rounds = 0;
+        for round in 0..600 {
+            let mut body = String::from("{\"root\":");
+            gen.json(0, &mut body);
+            body.push('}');
+            let chunk = 1 + gen.next(5000) as usize;
+            let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, chunk);
+            assert_eq!(released(&parts), body.as_bytes(), "round {round}");
+            cut_rounds += usize::from(parts.len() > 1);
+            for p in &parts {
+                assert!(
+                    json_fields(p.doc()).is_some(),
+                    "round {round}: part is not JSON: {:?}",
+                    String::from_utf8_lossy(&p.doc()[..p.doc().len().min(300)])
+                );
+                assert!(
+                    p.doc().len() <= 2 * OVERLAP + 8 * 1024 + 5000 + 2000,
+                    "bounded"
+                );
+            }
+            // Every path of the whole document is judged in some part.
+            let whole = json_fields(body.as_bytes()).expect("generated JSON");
+            let seen: std::collections::HashSet<String> = parts
+                .iter()
+                .flat_map(|p| json_fields(p.doc()).unwrap_or_default())
+                .map(|f| f.path)
+                .collect();
+            for f in whole {
+                assert!(
+                    seen.contains(&f.path),
+                    "round {round}: {} not judged",
+                    f.path
+                );
+            }
+        }
+        assert!(
+            cut_rounds > 80,
+            "only {cut_rounds} documents were long enough to cut"
+        );
+    }
+}
