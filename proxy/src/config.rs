@@ -344,7 +344,7 @@ pub struct ListenerConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-/// Request bodies are held back from the upstream until judged, up to `limit_bytes`.
+/// Request bodies are held back from the upstream until judged, `limit_bytes` at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BodyInspection {
@@ -421,11 +421,15 @@ impl Default for ClientLimits {
     }
 }
 
+/// What happens to a body larger than `limit_bytes` (see [`crate::held_body`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Oversize {
-    /// Judge the first `limit_bytes`, then let the rest through.
+    /// Judge every byte, `limit_bytes` at a time, each part going on once judged.
     #[default]
+    InspectAll,
+    /// Judge the first `limit_bytes`, then let the rest through unjudged: only for routes
+    /// whose bodies cannot be inspected, by explicit choice.
     InspectPrefix,
     /// Answer 413.
     Refuse,

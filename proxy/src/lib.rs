@@ -12,6 +12,7 @@ pub mod connection;
 pub mod explain;
 pub mod header_names;
 pub mod health;
+pub mod held_body;
 pub mod jwks;
 pub mod lifecycle;
 pub mod llm;

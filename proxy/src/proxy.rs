@@ -16,9 +16,10 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use rampart_plugins::{forwarded, path, Deny, Identity, Judgement, RequestView, Stage};
 
 use crate::access_log;
-use crate::config::{BodyInspection, Oversize};
+use crate::config::Oversize;
 use crate::connection::{BodyDeadline, CloseReason, RequestLink};
 use crate::header_names;
+use crate::held_body::{HeldBody, Part};
 use crate::llm::{self, Exchange, Outcome};
 use crate::metrics::status_class;
 use crate::reload::Gateway;
@@ -27,6 +28,20 @@ use crate::snapshot::{Route, RouteTarget, RuleSnapshot};
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
 /// The request body fell behind its deadline ([`BodyDeadline`]).
 const BODY_TIMEOUT: ErrorType = ErrorType::Custom("BodyTimeout");
+
+/// Cuts the upstream connection of a request whose body is refused midway, before Pingora
+/// can end the body it started: the upstream sees a request cut short (no last chunk, or
+/// fewer bytes than its Content-Length), never a complete one.
+fn abort_upstream(ctx: &mut RequestCtx) {
+    if let Some(fd) = ctx.upstream_fd.take() {
+        // SAFETY: the descriptor is the upstream socket Pingora handed to
+        // `connected_to_upstream` for this request, still open: Pingora closes it only when
+        // the request's session is dropped. shutdown() does not close or reuse it.
+        unsafe {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+    }
+}
 
 /// Reads the next chunk of the request body within the body's deadline, and moves the
 /// read timeout to what is left of it, so that a client that stops sending is cut off too.
@@ -97,13 +112,8 @@ pub struct RequestCtx {
     llm: Option<Outcome>,
     /// The request body's deadline (the listener's `client_limits`).
     body_clock: Option<BodyDeadline>,
-}
-
-/// What the body phase needs to judge a body it collects chunk by chunk.
-struct HeldBody {
-    buf: BytesMut,
-    path: String,
-    policy: BodyInspection,
+    /// The upstream connection's socket, to cut it when a body is refused midway.
+    upstream_fd: Option<std::os::unix::io::RawFd>,
 }
 
 /// Pingora's retry buffer holds this much: a body up to this size with a known length is
@@ -324,6 +334,57 @@ async fn read_whole_body(
 }
 
 impl RampartProxy {
+    /// Judges a body read whole (a provider route's) as the listener's `body_inspection`
+    /// says: in one piece up to `limit_bytes`, in parts past it.
+    async fn judge_whole_body(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        path: &str,
+        body: &Bytes,
+    ) -> std::result::Result<(), (&'static str, Deny)> {
+        let Some(policy) = ctx
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.listeners.get(&*self.listener))
+            .map(|rules| rules.body)
+        else {
+            return Ok(());
+        };
+        if body.len() <= policy.limit_bytes {
+            return self.judge_body_part(session, ctx, path, body).await;
+        }
+        let content_type = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map_or(&b""[..], |v| v.as_bytes());
+        let mut held = HeldBody::new(path.to_string(), policy, content_type);
+        let parts = held
+            .take(Some(body.clone()), true)
+            .map_err(|problem| ("proxy", Deny::new(413, problem.rule())))?;
+        for part in parts {
+            if let Part::Judge(segment) = part {
+                self.judge_body_part(session, ctx, path, segment.doc())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn judge_body_part(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        path: &str,
+        part: &[u8],
+    ) -> std::result::Result<(), (&'static str, Deny)> {
+        let judgement = self
+            .judge(session, ctx, path, Some(part), Stage::Body)
+            .await;
+        judgement.denied.map_or(Ok(()), Err)
+    }
+
     /// A provider route: the chain judges the headers, then the whole body, and the request
     /// goes to the providers with rampart's own client (see [`crate::llm`]).
     async fn serve_llm(
@@ -357,16 +418,8 @@ impl RampartProxy {
             }
         };
         if inspects {
-            let limit = rules.body.limit_bytes;
-            if body.len() > limit && rules.body.oversize == Oversize::Refuse {
-                return refuse(session, ctx, 413, "proxy", "body.too_large").await;
-            }
-            let judged = &body[..body.len().min(limit)];
-            let judgement = self
-                .judge(session, ctx, &path, Some(judged), Stage::Body)
-                .await;
-            if let Some((plugin, deny)) = judgement.denied {
-                return refuse_with(session, ctx, plugin, deny).await;
+            if let Err(refusal) = self.judge_whole_body(session, ctx, &path, &body).await {
+                return refuse_with(session, ctx, refusal.0, refusal.1).await;
             }
         }
         let exchange = Exchange {
@@ -476,6 +529,7 @@ impl ProxyHttp for RampartProxy {
             upstream_error: None,
             request_id: new_request_id(),
             body_clock: None,
+            upstream_fd: None,
             held: None,
             identity: None,
             llm: None,
@@ -547,11 +601,11 @@ impl ProxyHttp for RampartProxy {
                 }
                 Some(0) | None if !chunked => {}
                 _ => {
-                    ctx.held = Some(HeldBody {
-                        buf: BytesMut::new(),
-                        path: normalised.clone(),
-                        policy: rules.body,
-                    });
+                    let content_type = req
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .map_or(&b""[..], |v| v.as_bytes());
+                    ctx.held = Some(HeldBody::new(normalised.clone(), rules.body, content_type));
                 }
             }
         }
@@ -585,43 +639,67 @@ impl ProxyHttp for RampartProxy {
                 check_body_clock(session, clock)?;
             }
         }
-        let Some(held) = ctx.held.as_mut() else {
+        let Some(mut held) = ctx.held.take() else {
             return Ok(());
         };
-        if let Some(chunk) = body.take() {
-            held.buf.extend_from_slice(&chunk);
-        }
-        let limit = held.policy.limit_bytes;
-        let over = held.buf.len() > limit;
-        if !end_of_stream && !over {
-            // An empty chunk, not None: None would tell the upstream the body has ended.
-            *body = Some(Bytes::new());
-            return Ok(());
-        }
-        if over && held.policy.oversize == Oversize::Refuse {
-            ctx.refused = Some(("proxy", Cow::Borrowed("body.too_large")));
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(413),
-                "request body over the inspection limit",
-            ));
-        }
-        let Some(held) = ctx.held.take() else {
-            return Ok(());
+        let parts = match held.take(body.take(), end_of_stream) {
+            Ok(parts) => parts,
+            Err(problem) => {
+                abort_upstream(ctx);
+                ctx.refused = Some(("proxy", Cow::Borrowed(problem.rule())));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body cannot be inspected",
+                ));
+            }
         };
-        let judged = &held.buf[..held.buf.len().min(limit)];
-        let judgement = self
-            .judge(session, ctx, &held.path, Some(judged), Stage::Body)
-            .await;
-        if let Some((plugin, deny)) = judgement.denied {
-            let status = deny.status;
-            ctx.refused = Some((plugin, deny.detail.map_or(deny.rule, Cow::Borrowed)));
-            ctx.refused_headers = deny.headers;
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(status),
-                "request body refused",
-            ));
+        let mut judged = Vec::with_capacity(parts.len());
+        for part in parts {
+            let segment = match part {
+                Part::Pass(bytes) => {
+                    judged.push(bytes);
+                    continue;
+                }
+                Part::Judge(segment) => segment,
+            };
+            let judgement = self
+                .judge(session, ctx, &held.path, Some(segment.doc()), Stage::Body)
+                .await;
+            if let Some((plugin, deny)) = judgement.denied {
+                // Bytes before this part may have gone on: the upstream request is cut,
+                // never ended as a complete (shorter) one.
+                abort_upstream(ctx);
+                let status = deny.status;
+                ctx.refused = Some((plugin, deny.detail.map_or(deny.rule, Cow::Borrowed)));
+                ctx.refused_headers = deny.headers;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "request body refused",
+                ));
+            }
+            judged.push(Bytes::from(segment.release));
         }
-        *body = Some(held.buf.freeze());
+        ctx.held = Some(held);
+        // An empty chunk, not None: None would tell the upstream the body has ended.
+        *body = Some(match judged.len() {
+            0 => Bytes::new(),
+            1 => judged.swap_remove(0),
+            _ => judged.concat().into(),
+        });
+        Ok(())
+    }
+
+    /// The upstream's socket is kept to cut the request off if its body is refused midway.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.upstream_fd = Some(fd);
         Ok(())
     }
 

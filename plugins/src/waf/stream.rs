@@ -43,6 +43,19 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// A part judged as it is.
+    pub fn whole(release: Vec<u8>) -> Self {
+        Segment { doc: None, release }
+    }
+
+    /// A part judged by `doc` (a prefix of it, say).
+    pub fn judged_by(doc: Vec<u8>, release: Vec<u8>) -> Self {
+        Segment {
+            doc: Some(doc),
+            release,
+        }
+    }
+
     /// What to judge: a document in the body's own format.
     pub fn doc(&self) -> &[u8] {
         self.doc.as_deref().unwrap_or(&self.release)
