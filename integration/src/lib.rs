@@ -346,6 +346,11 @@ pub struct Rampart {
     pub admin: SocketAddr,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// The arguments and environment it was started with, to start its successor.
+    command: (
+        Vec<std::ffi::OsString>,
+        Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    ),
 }
 
 impl Rampart {
@@ -412,6 +417,12 @@ impl Rampart {
             cmd.env(k, v);
         }
         cmd.args(args);
+        let command = (
+            cmd.get_args().map(|a| a.to_os_string()).collect(),
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_os_string(), v?.to_os_string())))
+                .collect(),
+        );
         let stdout = rules_dir.path().with_extension("stdout");
         let stderr = rules_dir.path().with_extension("stderr");
         cmd.stdout(Stdio::from(
@@ -428,6 +439,7 @@ impl Rampart {
             admin,
             stdout,
             stderr,
+            command,
         };
         r.wait_live().await;
         r
@@ -513,6 +525,30 @@ impl Rampart {
         self.child.id()
     }
 
+    /// Starts a successor with the same arguments and `--upgrade`: it waits for the
+    /// listening sockets on the upgrade socket. Its stderr goes to `stderr`.
+    pub fn spawn_successor(&self, stderr: &Path) -> Child {
+        let (args, envs) = &self.command;
+        Command::new(rampart_binary())
+            .args(args)
+            .arg("--upgrade")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(
+                std::fs::File::create(stderr.with_extension("stdout")).expect("stdout file"),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(stderr).expect("stderr file"),
+            ))
+            .spawn()
+            .expect("spawn successor")
+    }
+
+    /// Makes `child` (a successor that took the listeners over) the process this handle
+    /// stands for; the one before is returned, to wait for its drain.
+    pub fn replace_child(&mut self, child: Child) -> Child {
+        std::mem::replace(&mut self.child, child)
+    }
+
     /// Sends a signal (`TERM`, `QUIT`, `HUP`...) to the process.
     pub fn signal(&self, name: &str) {
         signal_pid(self.child.id(), name);
@@ -541,8 +577,8 @@ pub fn signal_pid(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-/// An upstream that answers every request with a chunked stream of `events` server-sent
-/// events, one every `every`, then ends it. Written by hand on a socket, so that each
+/// An upstream that answers a request for a path holding `/stream` with a chunked stream
+/// of `events` server-sent events, one every `every`, then ends it; any other at once. Written by hand on a socket, so that each
 /// event leaves when it is due.
 pub async fn start_event_stream_upstream(events: usize, every: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -565,8 +601,8 @@ pub async fn start_event_stream_upstream(events: usize, every: Duration) -> Sock
                         }
                     }
                     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                    if !text.contains("x-forwarded-for") {
-                        // rampart's health check: a short answer.
+                    if !text.contains("x-forwarded-for") || !text.contains("/stream") {
+                        // rampart's health check, or a plain request: a short answer.
                         let _ = stream
                             .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
                             .await;

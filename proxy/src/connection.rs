@@ -465,8 +465,11 @@ async fn read_head(
         let read = tokio::select! {
             biased;
             read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => read,
-            // Draining: a connection between requests is closed at once.
-            _ = shutdown.changed(), if waiting => return Err((NoHead::Closed, buf)),
+            // Draining: a keep-alive connection between requests is closed at once. A new
+            // one was accepted to be served: its first request is awaited as usual.
+            _ = shutdown.changed(), if waiting && fresh.is_none() => {
+                return Err((NoHead::Closed, buf))
+            }
         };
         match read {
             Err(_elapsed) => {

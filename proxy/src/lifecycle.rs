@@ -76,6 +76,9 @@ impl ShutdownSignalWatch for DrainingSignals {
         let mut quit = install(SignalKind::quit(), "SIGQUIT");
         let mut term = install(SignalKind::terminate(), "SIGTERM");
         let mut int = install(SignalKind::interrupt(), "SIGINT");
+        // Until here a SIGQUIT would kill the process: a successor is ready to be upgraded
+        // in turn only once this is logged.
+        log::info!("serving: SIGTERM drains, SIGQUIT hands the listeners over, SIGINT stops");
         tokio::select! {
             _ = next(&mut quit) => {
                 // The new process answers /ready (and the admin API) from now on.
