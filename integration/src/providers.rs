@@ -53,16 +53,13 @@ impl FakeProvider {
 
     /// Over TLS with the certificate and key at these paths.
     pub async fn start_tls(cert: &Path, key: &Path) -> FakeProvider {
-        let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-            std::fs::File::open(cert).expect("cert"),
-        ))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("certs");
-        let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-            std::fs::File::open(key).expect("key"),
-        ))
-        .expect("key file")
-        .expect("a key");
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert)
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certs");
+        let key = PrivateKeyDer::from_pem_file(key).expect("a key");
         let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
             tokio_rustls::rustls::crypto::ring::default_provider(),
         ))
