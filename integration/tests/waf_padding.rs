@@ -171,6 +171,11 @@ async fn an_attack_after_1_8_and_64_mib_of_form_padding_is_refused() {
         })
         .await
     );
+    // Refusals are the WAF's ordinary work: logged as blocks, not as errors.
+    let stderr = rampart.stderr_text();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{:?}", &errors[..errors.len().min(3)]);
+    assert!(stderr.contains("rampart::blocked"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
