@@ -1,5 +1,29 @@
 //! The Pingora adapter: turns a session into a [`RequestView`], runs the listener's chain,
 //! routes, and prepares the upstream request. One instance per listener.
+//!
+//! A request's way through the phases (the connection around it: [`crate::connection`]):
+//!
+//! ```text
+//!  request_filter ───── write timeout, body deadline (client_limits)
+//!   │                   ambiguous framing ──────────────────────────────► 400
+//!   │                   path normalisation ─────────────────────────────► 400
+//!   │                   client address (X-Forwarded-For from trusted peers only)
+//!   │                   route (longest prefix) ─────────────────────────► 404
+//!   ├─ provider route ─ chain on the headers ► body read whole ► chain on the body (a
+//!   │  (serve_llm)      window at a time) ► crate::llm calls the providers ► answer streams
+//!   │                   back; any denial ────────────────────────────────► 403/429/413/408
+//!   └─ pooled route ─── small body with a length: read now; otherwise held (held_body)
+//!                       chain on the headers (and the small body) ───────► 403/429...
+//!  upstream_peer ────── a healthy replica of the route's pool ───────────► 502
+//!  connected_to_upstream  the socket kept, to cut a request refused midway
+//!  upstream_request_filter  consumed secrets, client X-Rampart-*, hop-by-hop out;
+//!                       verified caller, X-Forwarded-For/-Proto, X-Request-Id in
+//!  request_body_filter  held parts judged a window at a time, each sent on once judged;
+//!                       a denial cuts the upstream connection ─────────────► 403/413
+//!  fail_to_proxy ────── one JSON answer for every error (client's: 400/408, upstream's:
+//!                       502/504); response streams back untouched otherwise
+//!  logging ──────────── one access-log line, metrics, closes counted
+//! ```
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr};
