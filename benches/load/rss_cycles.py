@@ -56,11 +56,17 @@ def main():
     ap.add_argument("--connections", type=int, default=2000)
     ap.add_argument("--heads", type=int, default=200)
     ap.add_argument("--header-timeout-ms", type=int, default=3000)
+    ap.add_argument("--trim", action="store_true",
+                    help="at the end, call glibc's malloc_trim(0) in the process (gdb) and read RSS again: "
+                         "what it gives back was free memory the allocator kept, not a leak")
     args = ap.parse_args()
 
     import resource
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     up_port, port, admin = free_port(), free_port(), free_port()
+    ThreadingHTTPServer.request_queue_size = 4096
+    ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer(("127.0.0.1", up_port), Upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     rules = Path(tempfile.mkdtemp())
@@ -77,8 +83,8 @@ upstream = "app"
 """)
     proc = subprocess.Popen([str(RAMPART), "--rules", str(rules), "--admin", f"127.0.0.1:{admin}",
                              "--threads", "2", "--no-watch"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "error"},
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536)))
+                            stderr=open(rules / "stderr.log", "w"), env={**os.environ, "RUST_LOG": "warn"},
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard)))
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port)).close()
@@ -120,6 +126,14 @@ upstream = "app"
             s.close()
         time.sleep(1)
         steps.append((f"cycle {cycle}: heads timed out", rss_mib(proc.pid)))
+        print(f"{steps[-1][0]}: {steps[-1][1]:.1f} MiB", flush=True)
+    time.sleep(15)
+    steps.append(("15 s later", rss_mib(proc.pid)))
+    print(f"{steps[-1][0]}: {steps[-1][1]:.1f} MiB", flush=True)
+    if args.trim:
+        subprocess.run(["gdb", "-p", str(proc.pid), "-batch", "-ex", "call (int)malloc_trim(0)"],
+                       capture_output=True, timeout=120)
+        steps.append(("after malloc_trim(0)", rss_mib(proc.pid)))
         print(f"{steps[-1][0]}: {steps[-1][1]:.1f} MiB", flush=True)
     proc.terminate()
     proc.wait(10)

@@ -13,8 +13,8 @@ Contenders:
                 limit, known bad inputs and OWASP at paranoia 1, bot control, admin secret, JWT)
   modsecurity   nginx + ModSecurity 3 + OWASP CRS 3.3.4 at paranoia 1 (Debian packages)
 
-Requests: a GET with a token, a 4 KB form POST, a 16 KB chat-completion POST (which goes through
-the WAF's `llm` profile in `full`).
+Requests: a GET with a token, a 4 KB form POST, a 16 KB chat-completion POST and a 1 MB one (a
+coding agent's prompt), both through the WAF's `llm` profile in `full`, every byte judged.
 
 Reports, in BENCH_OUT (default target/bench/report.md, with the raw figures in report.json):
 throughput and wrk's p50/p99 at saturation, CPU microseconds per request of the proxy process,
@@ -319,12 +319,19 @@ def requests(token):
         {"role": "system", "content": "You are a helpful assistant for the platform's operators."},
         {"role": "user", "content": (PROSE * 200)[:16000]},
     ]})
+    # A coding agent's request: a megabyte of prompt, judged whole (every window of it).
+    chat_1m = json.dumps({"model": "gpt-4o-mini", "stream": False, "messages": [
+        {"role": "system", "content": "You are a coding agent. Read the files and fix the bug."},
+        {"role": "user", "content": (PROSE * 6000)[:1_000_000]},
+    ]})
     out = {
         "get": f"GET /v1/models HTTP/1.1\r\n{head}\r\n",
         "form_4k": f"POST /submit HTTP/1.1\r\n{head}Content-Type: application/x-www-form-urlencoded\r\n"
                    f"Content-Length: {len(form)}\r\n\r\n{form}",
         "chat_16k": f"POST /v1/chat/completions HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
                     f"Content-Length: {len(chat)}\r\n\r\n{chat}",
+        "chat_1m": f"POST /v1/chat/completions HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+                   f"Content-Length: {len(chat_1m)}\r\n\r\n{chat_1m}",
     }
     files = {}
     for name, raw in out.items():
@@ -499,6 +506,9 @@ def memory(reqs):
     out["connections_10k_answered"] = ok
     for s in conns:
         s.close()
+    # Given back once they closed (the allocator returns freed pages within seconds).
+    time.sleep(12)
+    out["connections_10k_closed_mib"] = p.rss_kib() / 1024
     p.stop()
     # A million client addresses (X-Forwarded-For from a trusted peer) in the rate limiter, in
     # a fresh process: memory freed by the connections above would hide the limiter's growth.

@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use rampart::server::{self, RunOptions};
 use rampart::snapshot::{Carried, RuleSnapshot};
 
+/// jemalloc, with background threads that return freed pages to the system after a few
+/// seconds: with glibc's allocator, memory freed after a load peak stayed in its per-thread
+/// arenas for good (benches/load/rss_cycles.py).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rampart",
