@@ -247,3 +247,58 @@ async fn a_large_benign_body_arrives_whole_and_byte_identical() {
     assert!(big_chunked.complete);
     assert!(big_chunked.body == chunked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_cannot_inspect_says_so_and_only_it_skips() {
+    let up = RecordingUpstream::start("app").await;
+    let config = format!(
+        r#"
+[upstreams.app]
+addrs = ["{addr}"]
+
+[[listeners]]
+name = "web"
+listen = "0.0.0.0:80"
+
+# The `llm` profile switches the body size rule off, so that only the attack can refuse.
+[[listeners.plugins]]
+type = "owasp"
+rules = ["{rules}/../rules/waf/owasp"]
+routes = {{ app = "llm", uploads = "llm" }}
+
+[[listeners.routes]]
+prefix = "/uploads/"
+name = "uploads"
+upstream = "app"
+body_inspection = {{ oversize = "inspect_prefix" }}
+
+[[listeners.routes]]
+prefix = "/"
+upstream = "app"
+"#,
+        addr = up.addr,
+        rules = env!("CARGO_MANIFEST_DIR"),
+    );
+    let rampart = Rampart::start(&config, &["web"]).await;
+    let to = rampart.addr("web");
+    let form = "application/x-www-form-urlencoded";
+    let body = form_with_attack_after(2 * MIB);
+    let status = send(
+        to,
+        head("/submit", form, Some(body.len())),
+        body.clone(),
+        false,
+    )
+    .await;
+    assert_eq!(
+        status,
+        Some(403),
+        "the listener's default judges every byte"
+    );
+    let status = send(to, head("/uploads/x", form, Some(body.len())), body, false).await;
+    assert_eq!(
+        status,
+        Some(200),
+        "the route that said inspect_prefix judges its first MiB only"
+    );
+}

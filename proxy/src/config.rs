@@ -455,6 +455,9 @@ pub struct RouteConfig {
     #[serde(default)]
     pub models: bool,
     pub provider: Option<String>,
+    /// This route's own `body_inspection`, in place of the listener's: say, a route of
+    /// binary uploads that cannot be inspected (`oversize = "inspect_prefix"`).
+    pub body_inspection: Option<BodyInspection>,
 }
 
 /// A rules error that names the file and, where known, the line.

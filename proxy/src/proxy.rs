@@ -367,12 +367,7 @@ impl RampartProxy {
         path: &str,
         body: &Bytes,
     ) -> std::result::Result<(), (&'static str, Deny)> {
-        let Some(policy) = ctx
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.listeners.get(&*self.listener))
-            .map(|rules| rules.body)
-        else {
+        let Some(policy) = ctx.route.as_ref().map(|route| route.body) else {
             return Ok(());
         };
         if body.len() <= policy.limit_bytes {
@@ -610,7 +605,8 @@ impl ProxyHttp for RampartProxy {
         if rules.chain.inspects_body() {
             let length = content_length(req);
             let chunked = req.headers.contains_key(TRANSFER_ENCODING);
-            let limit = rules.body.limit_bytes as u64;
+            let policy = route.body;
+            let limit = policy.limit_bytes as u64;
             match length {
                 Some(n) if !chunked && n > 0 && n <= RETRY_BUFFER_LIMIT.min(limit) => {
                     session.enable_retry_buffering();
@@ -620,7 +616,7 @@ impl ProxyHttp for RampartProxy {
                     }
                     body = Some(buf.freeze());
                 }
-                Some(n) if !chunked && n > limit && rules.body.oversize == Oversize::Refuse => {
+                Some(n) if !chunked && n > limit && policy.oversize == Oversize::Refuse => {
                     return refuse(session, ctx, 413, "proxy", "body.too_large").await;
                 }
                 Some(0) | None if !chunked => {}
@@ -629,7 +625,7 @@ impl ProxyHttp for RampartProxy {
                         .headers
                         .get(http::header::CONTENT_TYPE)
                         .map_or(&b""[..], |v| v.as_bytes());
-                    ctx.held = Some(HeldBody::new(normalised.clone(), rules.body, content_type));
+                    ctx.held = Some(HeldBody::new(normalised.clone(), policy, content_type));
                 }
             }
         }

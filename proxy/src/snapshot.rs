@@ -47,7 +47,6 @@ pub struct RuleSnapshot {
 pub struct ListenerRules {
     pub chain: Chain,
     pub tls: bool,
-    pub body: BodyInspection,
     pub client: ClientLimits,
     pub block_log_sample: f64,
     /// Longest prefix first, so the first match is the most specific.
@@ -58,6 +57,8 @@ pub struct Route {
     pub name: String,
     pub prefix: String,
     pub target: RouteTarget,
+    /// How bodies on this route are held and judged (the route's or the listener's).
+    pub body: BodyInspection,
 }
 
 pub enum RouteTarget {
@@ -347,13 +348,13 @@ fn build_listener(
             name: r.name.clone().unwrap_or_else(|| default_route_name(r)),
             prefix: r.prefix.clone(),
             target,
+            body: r.body_inspection.unwrap_or(listener.body_inspection),
         }));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.trim_end_matches('/').len()));
     Ok(ListenerRules {
         chain: Chain::new(entries),
         tls: listener.tls.is_some(),
-        body: listener.body_inspection,
         client: listener.client_limits,
         block_log_sample: listener.block_log_sample.clamp(0.0, 1.0),
         routes,
