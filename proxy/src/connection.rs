@@ -220,15 +220,6 @@ impl GuardedHttp {
         }
     }
 
-    fn limits(&self) -> ClientLimits {
-        self.gateway
-            .snapshot()
-            .listeners
-            .get(&*self.listener)
-            .map(|l| l.client)
-            .unwrap_or_default()
-    }
-
     fn count(&self, reason: CloseReason) {
         self.gateway
             .metrics
@@ -352,16 +343,23 @@ impl BodyDeadline {
 /// How long a refused client gets to take its answer.
 const ANSWER_TIME: Duration = Duration::from_secs(1);
 
-/// A request head's method and path (without the query), for the log line of a request
-/// refused before Pingora parsed it: printable ASCII only, and at most 256 bytes.
-fn request_line(head: &[u8]) -> (String, String) {
+/// The request line of a head (after the empty lines RFC 9112 lets precede it), at most
+/// 512 bytes of it.
+fn first_line(head: &[u8]) -> &[u8] {
     let start = head
         .iter()
         .position(|b| !matches!(b, b'\r' | b'\n'))
         .unwrap_or(head.len());
     let line = &head[start..];
-    let line = &line[..memchr_newline(line).unwrap_or(line.len()).min(512)];
-    let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    &line[..memchr::memchr(b'\n', line).unwrap_or(line.len()).min(512)]
+}
+
+/// A request head's method and path (without the query), for the log line of a request
+/// refused before Pingora parsed it: printable ASCII only, and at most 256 bytes.
+fn request_line(head: &[u8]) -> (String, String) {
+    let mut parts = first_line(head)
+        .split(|&b| b == b' ')
+        .filter(|p| !p.is_empty());
     let clean = |bytes: &[u8], max: usize| -> String {
         bytes
             .iter()
@@ -378,17 +376,12 @@ fn request_line(head: &[u8]) -> (String, String) {
     (method, clean(path, 256))
 }
 
-fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\n')
-}
-
 /// How waiting for a request head ended, when it did not end with a head.
 #[derive(Debug, PartialEq, Eq)]
 enum NoHead {
-    /// The client closed, or the server is shutting down, before a byte of a new request.
+    /// The client closed (before or in the middle of a head), or the server is shutting
+    /// down between requests: nothing to answer.
     Closed,
-    /// The head was cut off by the client; nothing to answer.
-    Truncated,
     Limit(CloseReason),
 }
 
@@ -415,7 +408,7 @@ impl HeadScan {
             self.scanned = self.leading;
             self.line_start = self.leading;
         }
-        while let Some(offset) = memchr_newline(&buf[self.scanned..]) {
+        while let Some(offset) = memchr::memchr(b'\n', &buf[self.scanned..]) {
             let newline = self.scanned + offset;
             let line = &buf[self.line_start..newline];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -480,8 +473,7 @@ async fn read_head(
                 };
                 return Err((NoHead::Limit(reason), buf));
             }
-            Ok(Ok(0)) | Ok(Err(_)) if waiting => return Err((NoHead::Closed, buf)),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err((NoHead::Truncated, buf)),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err((NoHead::Closed, buf)),
             Ok(Ok(_)) => {}
         }
         if waiting && fresh.is_none() {
@@ -511,8 +503,12 @@ impl ServerApp for GuardedHttp {
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let limits = self.limits();
         let snapshot = self.gateway.snapshot();
+        let limits = snapshot
+            .listeners
+            .get(&*self.listener)
+            .map(|l| l.client)
+            .unwrap_or_default();
         let capped_address = peer.is_some_and(|ip| {
             !snapshot.internal.contains(ip) && !snapshot.trusted_proxies.contains(ip)
         });
@@ -547,7 +543,7 @@ impl ServerApp for GuardedHttp {
                     self.close(&mut stream, reason, peer, &head).await;
                     return None;
                 }
-                Err((NoHead::Closed | NoHead::Truncated, _)) => return None,
+                Err((NoHead::Closed, _)) => return None,
             };
             fresh = None;
             let mut session = ServerSession::new_http1(stream);
@@ -563,7 +559,8 @@ impl ServerApp for GuardedHttp {
             }
             let link = Arc::new(RequestLink::default());
             session.set_connection_user_context(Some(Box::new(link.clone())));
-            let head_copy = request_line_bytes(&head);
+            // The request line alone, kept for a log line after the head went to Pingora.
+            let head_copy = first_line(&head).to_vec();
             session.set_pipelined_prefix(head);
             let started = Instant::now();
             let reused = self.proxy.process_new_http(session, &shutdown).await;
@@ -594,16 +591,6 @@ impl ServerApp for GuardedHttp {
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
     }
-}
-
-/// The request line alone, kept for a log line after the head went to Pingora.
-fn request_line_bytes(head: &[u8]) -> Vec<u8> {
-    let start = head
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(head.len());
-    let end = memchr_newline(&head[start..]).map_or(head.len(), |n| start + n);
-    head[..end.min(start + 512)].to_vec()
 }
 
 /// Runs `f` when dropped.

@@ -50,17 +50,15 @@ pub fn is_credential(name: &str) -> bool {
     CREDENTIALS.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 
-/// Names (lowercase) of the `x-rampart-*` headers in a request, to be removed.
+/// The `x-rampart-*` names among `headers` (a header map's keys, each once), to be removed.
 pub fn rampart_own_in<'a>(
     headers: impl IntoIterator<Item = &'a http::HeaderName>,
 ) -> Vec<http::HeaderName> {
-    let mut names: Vec<http::HeaderName> = headers
+    headers
         .into_iter()
         .filter(|n| is_rampart_own(n.as_str()))
         .cloned()
-        .collect();
-    names.dedup();
-    names
+        .collect()
 }
 
 #[cfg(test)]

@@ -358,7 +358,7 @@ async fn read_whole_body(
 }
 
 impl RampartProxy {
-    /// Judges a body read whole (a provider route's) as the listener's `body_inspection`
+    /// Judges a body read whole (a provider route's) as the route's `body_inspection`
     /// says: in one piece up to `limit_bytes`, in parts past it.
     async fn judge_whole_body(
         &self,
@@ -373,11 +373,7 @@ impl RampartProxy {
         if body.len() <= policy.limit_bytes {
             return self.judge_body_part(session, ctx, path, body).await;
         }
-        let content_type = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map_or(&b""[..], |v| v.as_bytes());
+        let content_type = content_type(session.req_header());
         let mut held = HeldBody::new(path.to_string(), policy, content_type);
         let parts = held
             .take(Some(body.clone()), true)
@@ -520,6 +516,13 @@ fn content_length(req: &RequestHeader) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The declared body type, empty when there is none.
+fn content_type(req: &RequestHeader) -> &[u8] {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .map_or(&b""[..], |v| v.as_bytes())
+}
+
 /// Whether a raw HTTP/1 header block has a line for header `name` (lowercase).
 fn has_header_line(raw: &[u8], name: &[u8]) -> bool {
     raw.split(|&b| b == b'\n').skip(1).any(|line| {
@@ -621,10 +624,7 @@ impl ProxyHttp for RampartProxy {
                 }
                 Some(0) | None if !chunked => {}
                 _ => {
-                    let content_type = req
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .map_or(&b""[..], |v| v.as_bytes());
+                    let content_type = content_type(req);
                     ctx.held = Some(HeldBody::new(normalised.clone(), policy, content_type));
                 }
             }

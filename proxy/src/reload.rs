@@ -14,7 +14,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::config::ConfigError;
 use crate::metrics::Metrics;
 use crate::redis_windows::StoreMetrics;
-use crate::snapshot::{Carried, RuleSnapshot, Running};
+use crate::snapshot::{Carried, Removed, RuleSnapshot, Running};
 
 /// Editors write a file in several steps; changes closer together than this are one reload.
 const WATCH_DEBOUNCE: Duration = Duration::from_millis(50);
@@ -102,7 +102,8 @@ impl Gateway {
             RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old), &self.carried)
                 .and_then(|snapshot| {
                     let removed = snapshot.removed_since(&old);
-                    let listener_removed = removed.iter().any(|r| r.starts_with("listener"));
+                    let listener_removed =
+                        removed.iter().any(|r| matches!(r, Removed::Listener(_)));
                     if removed.is_empty() || (allow_removals && !listener_removed) {
                         return Ok(snapshot);
                     }
@@ -116,7 +117,11 @@ impl Gateway {
                         line: None,
                         message: format!(
                             "refused: this reload would remove what is serving ({}); {how}",
-                            removed.join(", ")
+                            removed
+                                .iter()
+                                .map(Removed::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     })
                 });

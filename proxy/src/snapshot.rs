@@ -53,6 +53,24 @@ pub struct ListenerRules {
     routes: Vec<Arc<Route>>,
 }
 
+/// Something a reload would take away from what is serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    Listener(String),
+    Route { listener: String, prefix: String },
+}
+
+impl std::fmt::Display for Removed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Removed::Listener(name) => write!(f, "listener {name:?}"),
+            Removed::Route { listener, prefix } => {
+                write!(f, "route {prefix:?} on listener {listener:?}")
+            }
+        }
+    }
+}
+
 pub struct Route {
     pub name: String,
     pub prefix: String,
@@ -189,20 +207,22 @@ impl RuleSnapshot {
         })
     }
 
-    /// What `previous` served that this snapshot drops: `listener "web"`, or
-    /// `route "/grafana/" on listener "web"`.
-    pub fn removed_since(&self, previous: &RuleSnapshot) -> Vec<String> {
+    /// What `previous` served that this snapshot drops.
+    pub fn removed_since(&self, previous: &RuleSnapshot) -> Vec<Removed> {
         let mut removed = Vec::new();
         let mut names: Vec<&String> = previous.listeners.keys().collect();
         names.sort();
         for name in names {
             let Some(now) = self.listeners.get(name) else {
-                removed.push(format!("listener {name:?}"));
+                removed.push(Removed::Listener(name.clone()));
                 continue;
             };
             for route in &previous.listeners[name].routes {
                 if !now.routes.iter().any(|r| r.prefix == route.prefix) {
-                    removed.push(format!("route {:?} on listener {name:?}", route.prefix));
+                    removed.push(Removed::Route {
+                        listener: name.clone(),
+                        prefix: route.prefix.clone(),
+                    });
                 }
             }
         }

@@ -64,6 +64,9 @@ impl Segment {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
+    /// A body without a type: decided on its first bytes, as the WAF reads it (JSON if it
+    /// starts with `{`, a form if it holds `=`, text otherwise).
+    Undecided,
     Json,
     Form,
     Text,
@@ -100,8 +103,7 @@ impl BodySegments {
         } else if has(b"json") {
             Mode::Json
         } else if ct.is_empty() {
-            // Decided on the first bytes, as the WAF reads a body without a type.
-            Mode::Text
+            Mode::Undecided
         } else {
             Mode::Text
         };
@@ -114,20 +116,11 @@ impl BodySegments {
             json: JsonLexer::default(),
             form_name: None,
         }
-        .typeless(ct.is_empty())
-    }
-
-    fn typeless(mut self, typeless: bool) -> Self {
-        self.json.typeless = typeless;
-        self
     }
 
     /// Takes a chunk of the body; returns the parts that are ready to be judged.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Segment>, TooLarge> {
-        if self.json.typeless && self.pending.is_empty() && !self.cut_before {
-            // The WAF reads a body without a type as JSON if it starts with `{`, as a
-            // form if it holds `=`.
-            self.json.typeless = false;
+        if self.mode == Mode::Undecided {
             let first = chunk.iter().find(|b| !b.is_ascii_whitespace());
             self.mode = match first {
                 Some(b'{') => Mode::Json,
@@ -170,7 +163,8 @@ impl BodySegments {
     fn cut(&mut self) -> Result<Segment, TooLarge> {
         match self.mode {
             Mode::Whole => Err(TooLarge),
-            Mode::Text => Ok(self.cut_text()),
+            // Decided by the first push, before any cut.
+            Mode::Text | Mode::Undecided => Ok(self.cut_text()),
             Mode::Form => self.cut_form(),
             Mode::Json => match self.cut_json() {
                 Some(segment) => Ok(segment),
@@ -214,18 +208,12 @@ impl BodySegments {
             });
         }
         // One value longer than a window: judged in windows under its name.
-        let name = match self.form_name.take() {
-            Some(name) => name,
-            None => {
-                let start = self.opening.len();
-                let mut whole = self.opening.clone();
-                whole.extend_from_slice(&self.pending[..self.pending.len().min(MAX_KEY)]);
-                match memchr::memchr(b'=', &whole[start.min(whole.len())..]) {
-                    Some(eq) if start == 0 => whole[..=eq].to_vec(),
-                    _ => Vec::new(),
-                }
-            }
-        };
+        // The field's name is at the start of what is pending (the pair began after the last
+        // cut, at a `&`), unless an earlier window of this value found it.
+        let name = self.form_name.take().unwrap_or_else(|| {
+            let head = &self.pending[..self.pending.len().min(MAX_KEY)];
+            memchr::memchr(b'=', head).map_or_else(Vec::new, |eq| head[..=eq].to_vec())
+        });
         let at = safe_cut(&self.pending, self.pending.len(), form_cut_ok).ok_or(TooLarge)?;
         let release = self.release(at);
         let mut doc = std::mem::take(&mut self.opening);
@@ -488,8 +476,6 @@ struct JsonLexer {
     scanned: usize,
     cut: Option<Cut>,
     invalid: bool,
-    /// The body has no type: decided on its first bytes.
-    typeless: bool,
 }
 
 impl JsonLexer {
