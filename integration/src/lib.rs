@@ -810,3 +810,52 @@ upstream = "victoriametrics"
         litellm = addrs(&litellm),
     )
 }
+
+/// The shipped rules directory (`rules/`), every file, with `gateway.toml` pointed at the
+/// test's network (internal peer 127.0.0.2 in place of the VPC) and at `upstreams` (name,
+/// address). Panics if the shipped file no longer has what is rewritten, so that a change to
+/// it cannot silently leave a test on other rules.
+pub fn shipped_rules(upstreams: &[(&str, SocketAddr)]) -> Vec<(String, String)> {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"));
+    let mut files = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read rules dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let name = path
+                .strip_prefix(&root)
+                .expect("under rules")
+                .to_string_lossy()
+                .into_owned();
+            let text = std::fs::read_to_string(&path).expect("read rule file");
+            files.push((name, text));
+        }
+    }
+    let gateway = files
+        .iter_mut()
+        .find(|(name, _)| name == "gateway.toml")
+        .expect("rules/gateway.toml");
+    assert!(gateway.1.contains("10.20.0.0/16"), "the shipped VPC moved");
+    let mut text = gateway
+        .1
+        .replace("10.20.0.0/16", &format!("{INTERNAL_PEER}/32"));
+    for (name, addr) in upstreams {
+        let header = format!("[upstreams.{name}]\n");
+        let at = text
+            .find(&header)
+            .unwrap_or_else(|| panic!("no [upstreams.{name}] in the shipped rules"));
+        let addrs_at = at
+            + text[at..]
+                .find("\naddrs = ")
+                .unwrap_or_else(|| panic!("[upstreams.{name}] has no addrs"))
+            + 1;
+        let end = addrs_at + text[addrs_at..].find('\n').unwrap_or(text.len() - addrs_at);
+        text.replace_range(addrs_at..end, &format!("addrs = [\"{addr}\"]"));
+    }
+    gateway.1 = text;
+    files
+}

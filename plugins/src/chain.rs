@@ -2,8 +2,10 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use std::cell::OnceCell;
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::net::NetSet;
 use crate::request::Identity;
 use crate::verdict::Finding;
 use crate::waf::Inspections;
@@ -55,6 +57,15 @@ impl Stage {
 pub struct ChainEntry {
     pub plugin: Box<dyn Plugin>,
     pub action: Action,
+    /// Socket peers this plugin never judges (`exempt_internal`: the internal networks).
+    pub exempt: Option<NetSet>,
+}
+
+impl ChainEntry {
+    /// Whether this entry judges requests from the socket peer `peer`.
+    pub fn judges(&self, peer: IpAddr) -> bool {
+        self.exempt.as_ref().is_none_or(|nets| !nets.contains(peer))
+    }
 }
 
 /// A match reported while a chain runs, for metrics and logs: a plugin's own denial
@@ -114,7 +125,8 @@ impl Chain {
         let inspections = Inspections::default();
         let mut view = *req;
         view.inspections = view.inspections.or(Some(&inspections));
-        for entry in self.entries.iter().filter(|e| stage.asks(&*e.plugin)) {
+        let asked = |e: &&ChainEntry| stage.asks(&*e.plugin) && e.judges(req.peer);
+        for entry in self.entries.iter().filter(asked) {
             let plugin = entry.plugin.name();
             let verdict = match entry.plugin.check_shared(&view) {
                 Some(future) => future.await,
@@ -165,10 +177,10 @@ impl Chain {
 
     /// Whether a blocking plugin of this chain refuses every request from `peer`, so that
     /// its connections can be dropped at accept.
-    pub fn refuses_connection(&self, peer: std::net::IpAddr) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.action == Action::Block && e.plugin.refuses_connection(peer))
+    pub fn refuses_connection(&self, peer: IpAddr) -> bool {
+        self.entries.iter().any(|e| {
+            e.action == Action::Block && e.judges(peer) && e.plugin.refuses_connection(peer)
+        })
     }
 
     /// Headers that some plugin of this chain consumes and that must be removed before forwarding.
@@ -176,9 +188,11 @@ impl Chain {
         &self.consumed_headers
     }
 
-    /// Whether some plugin of this chain reads request bodies.
-    pub fn inspects_body(&self) -> bool {
-        self.entries.iter().any(|e| e.plugin.inspects_body())
+    /// Whether some plugin of this chain reads the bodies of requests from `peer`.
+    pub fn inspects_body(&self, peer: IpAddr) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.plugin.inspects_body() && e.judges(peer))
     }
 
     pub fn len(&self) -> usize {

@@ -19,6 +19,10 @@ pub struct PluginSpec {
     pub kind: String,
     #[serde(default)]
     pub action: Action,
+    /// Peers in `[network] internal_cidrs` skip this plugin: the platform's services calling
+    /// each other inside the VPC, which seed 003 routes around the WAF.
+    #[serde(default)]
+    pub exempt_internal: bool,
     /// The plugin's own settings; each plugin rejects fields it does not know.
     #[serde(flatten)]
     pub config: toml::Table,
@@ -220,6 +224,9 @@ pub fn build(spec: &PluginSpec, ctx: &dyn BuildContext) -> Result<ChainEntry, Bu
     Ok(ChainEntry {
         plugin: builder(spec.config.clone(), ctx)?,
         action: spec.action,
+        exempt: spec
+            .exempt_internal
+            .then(|| ctx.internal_networks().clone()),
     })
 }
 

@@ -418,7 +418,7 @@ impl RampartProxy {
         ) else {
             return refuse(session, ctx, 503, "proxy", "llm.not_configured").await;
         };
-        let inspects = rules.chain.inspects_body();
+        let inspects = rules.chain.inspects_body(ctx.peer);
         let stage = if inspects { Stage::Headers } else { Stage::All };
         let judgement = self.judge(session, ctx, &path, None, stage).await;
         ctx.identity = judgement.identity;
@@ -605,7 +605,7 @@ impl ProxyHttp for RampartProxy {
         // Bodies that plugins inspect never reach an upstream unjudged: a small body with a
         // known length is read now, anything else is held in the body phase.
         let mut body = None;
-        if rules.chain.inspects_body() {
+        if rules.chain.inspects_body(ctx.peer) {
             let length = content_length(req);
             let chunked = req.headers.contains_key(TRANSFER_ENCODING);
             let policy = route.body;

@@ -29,10 +29,6 @@ pub struct RateLimitConfig {
     /// What to do while the shared store cannot answer.
     #[serde(default)]
     pub on_store_error: StoreFallback,
-    /// Peers in `[network] internal_cidrs` are not limited (services of the platform
-    /// calling each other, such as LiteLLM sending traces to Langfuse).
-    #[serde(default)]
-    pub exempt_internal: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -178,7 +174,6 @@ pub(crate) fn fnv128(bytes: &[u8]) -> u128 {
 
 pub struct RateLimit {
     limits: Vec<Limit>,
-    exempt: Option<crate::net::NetSet>,
     shared: Option<Arc<dyn SharedWindows>>,
     fallback: StoreFallback,
 }
@@ -236,26 +231,14 @@ impl RateLimit {
             None
         };
         Ok(RateLimit {
-            exempt: config
-                .exempt_internal
-                .then(|| ctx.internal_networks().clone()),
             limits,
             shared,
             fallback: config.on_store_error,
         })
     }
 
-    fn exempt(&self, req: &RequestView<'_>) -> bool {
-        self.exempt
-            .as_ref()
-            .is_some_and(|nets| nets.contains(req.peer))
-    }
-
     /// Counts the request locally against every limit that applies, all or none.
     fn check_local(&self, req: &RequestView<'_>, now: u64) -> Verdict {
-        if self.exempt(req) {
-            return Verdict::Continue;
-        }
         let mut counted: Vec<(&Limit, u128)> = Vec::with_capacity(self.limits.len());
         for limit in &self.limits {
             let Some(key) = limit.key(req) else { continue };
@@ -325,9 +308,6 @@ impl Plugin for RateLimit {
 
     fn check_shared<'a>(&'a self, req: &'a RequestView<'_>) -> Option<VerdictFuture<'a>> {
         let store = self.shared.as_deref()?;
-        if self.exempt(req) {
-            return None;
-        }
         if !store.available() {
             return match self.fallback {
                 StoreFallback::Local => None,
@@ -448,17 +428,6 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(status(&p, &TestRequest::new("192.0.2.1", "/")), 200);
         }
-    }
-
-    #[test]
-    fn internal_peers_can_be_exempt() {
-        let p = plugin(
-            "exempt_internal = true\n[[limits]]\nname = \"x\"\nrequests = 1\nwindow_seconds = 60",
-        );
-        let internal = TestRequest::new("10.20.1.1", "/");
-        assert_eq!((0..5).map(|_| status(&p, &internal)).max(), Some(200));
-        let external = TestRequest::new("192.0.2.1", "/");
-        assert_eq!((status(&p, &external), status(&p, &external)), (200, 429));
     }
 
     #[test]
