@@ -329,6 +329,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn internal_peers_skip_an_exempt_plugin_and_nobody_else_does() {
+        use crate::plugins::testing::TestRequest;
+        let limit =
+            "type = \"rate_limit\"\n[[limits]]\nname = \"x\"\nrequests = 1\nwindow_seconds = 60";
+        let chain = |exempt: bool| {
+            let src = format!("exempt_internal = {exempt}\n{limit}");
+            crate::Chain::new(vec![
+                build(&spec(&src), &TestContext::new()).expect("builds")
+            ])
+        };
+        let refused = |chain: &crate::Chain, req: &TestRequest| {
+            let judged =
+                crate::now_or_never(chain.evaluate(&req.view(), crate::Stage::All, |_| {}));
+            judged.expect("ready").denied.is_some()
+        };
+        let internal = TestRequest::new("10.20.1.1", "/");
+        let external = TestRequest::new("192.0.2.1", "/");
+        let exempt = chain(true);
+        assert!(
+            (0..5).all(|_| !refused(&exempt, &internal)),
+            "the VPC is not limited"
+        );
+        assert!(!refused(&exempt, &external));
+        assert!(refused(&exempt, &external), "outside is");
+        let judged = chain(false);
+        assert!(!refused(&judged, &internal));
+        assert!(
+            refused(&judged, &internal),
+            "without the flag the VPC is limited too"
+        );
+        assert!(!exempt.inspects_body("10.20.1.1".parse().expect("ip")));
+    }
+
+    #[test]
     fn builds_from_toml_with_action() {
         let entry = build(
             &spec("type = \"admin_secret\"\nsecret = \"admin\"\naction = \"count\""),
