@@ -5,6 +5,7 @@ pub mod decode;
 pub mod encoding;
 pub mod inspect;
 pub mod memo;
+pub mod otlp;
 pub mod parse;
 pub mod rules;
 pub mod stream;
