@@ -116,11 +116,25 @@ impl VenvServer {
         probe: &str,
         ready: fn(u16) -> bool,
     ) -> VenvServer {
+        Self::start_env(program, args, &[], probe, ready).await
+    }
+
+    /// Like [`VenvServer::start`], with extra environment.
+    async fn start_env(
+        program: &str,
+        args: impl FnOnce(&str) -> Vec<String>,
+        env: &[(&str, &str)],
+        probe: &str,
+        ready: fn(u16) -> bool,
+    ) -> VenvServer {
         let port = free_port();
+        let log = std::env::temp_dir().join(format!("rampart-test-{program}-{port}.log"));
+        let log = std::fs::File::create(&log).map_or_else(|_| Stdio::null(), Stdio::from);
         let child = Command::new(venv_bin(program))
             .args(args(&port.to_string()))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("start {program}: {e}"));
         let mut server = VenvServer {
@@ -130,7 +144,7 @@ impl VenvServer {
         let raw = format!("GET {probe} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         // Python servers import a lot before they listen: on a busy machine that has taken
         // over 20 s. A server that exited is reported at once.
-        for _ in 0..600 {
+        for _ in 0..1200 {
             if let Ok(r) = send_raw(server.addr, "127.0.0.1", raw.as_bytes()).await {
                 if ready(r.status) {
                     return server;
@@ -141,7 +155,7 @@ impl VenvServer {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("{program} did not come up on port {port} within 60 s");
+        panic!("{program} did not come up on port {port} within 120 s");
     }
 }
 
@@ -256,6 +270,51 @@ impl Llmock {
         Llmock {
             addr: server.addr,
             _server: server,
+        }
+    }
+}
+
+/// LiteLLM's proxy (`litellm[proxy]` from PyPI, pinned in scripts/venv.sh) on a free port,
+/// with `config` (its YAML) and `env` (its Langfuse callback's settings, say).
+pub struct Litellm {
+    _server: VenvServer,
+    pub addr: SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Litellm {
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> Litellm {
+        let file = tempfile::Builder::new()
+            .suffix(".yaml")
+            .tempfile()
+            .expect("config file");
+        std::fs::write(file.path(), config).expect("write config");
+        let path = file.path().to_string_lossy().into_owned();
+        let server = VenvServer::start_env(
+            "litellm",
+            |port| {
+                [
+                    "--config",
+                    &path,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    port,
+                    "--num_workers",
+                    "1",
+                ]
+                .map(String::from)
+                .to_vec()
+            },
+            env,
+            "/health/liveliness",
+            |status| status == 200,
+        )
+        .await;
+        Litellm {
+            addr: server.addr,
+            _server: server,
+            _config: file,
         }
     }
 }

@@ -216,6 +216,40 @@ pub async fn send_raw(to: SocketAddr, source: &str, raw: &[u8]) -> std::io::Resu
     parse_response(&buf)
 }
 
+/// Like [`send_raw`], for a request the server may answer before reading all of it (a body
+/// refused midway): a failed write is not an error, and the answer is read regardless.
+pub async fn send_raw_refusable(
+    to: SocketAddr,
+    source: &str,
+    raw: &[u8],
+) -> std::io::Result<RawResponse> {
+    let socket = TcpSocket::new_v4()?;
+    let src: IpAddr = source.parse().map_err(std::io::Error::other)?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    let stream = socket.connect(to).await?;
+    let (mut read, mut write) = stream.into_split();
+    let raw = raw.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&raw).await;
+        write
+    });
+    let mut buf = Vec::new();
+    let read_all = async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read_all)
+        .await
+        .map_err(|_| std::io::Error::other("response timed out"))?;
+    writer.abort();
+    parse_response(&buf)
+}
+
 fn parse_response(buf: &[u8]) -> std::io::Result<RawResponse> {
     let bad = |m: &str| std::io::Error::other(format!("{m}: {:?}", String::from_utf8_lossy(buf)));
     let end = buf

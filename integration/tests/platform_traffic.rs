@@ -33,16 +33,9 @@ async fn post(
     content_type: &str,
     body: &[u8],
 ) -> RawResponse {
-    let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: rampart-tests/1.0\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    for (k, v) in headers {
-        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    raw.extend_from_slice(b"\r\n");
-    raw.extend_from_slice(body);
+    let mut all = vec![("Content-Type", content_type)];
+    all.extend_from_slice(headers);
+    let raw = post_raw(path, &all, body);
     send_raw(to, source, &raw)
         .await
         .unwrap_or_else(|e| panic!("POST {path} from {source}: {e}"))
@@ -167,4 +160,148 @@ async fn internal_flows_skip_the_waf_as_seed_003_draws_them() {
     )
     .await;
     assert_eq!(r.status, 200, "admin path from the VPC with the secret");
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+/// A Langfuse ingestion batch of `events` generations whose inputs and outputs hold code,
+/// with `user_id` as the trace's user.
+fn ingestion_batch(events: usize, user_id: &str) -> Vec<u8> {
+    let code = "import os\nos.system('rm -rf /tmp/x; cat /etc/passwd')\nq = \"SELECT * FROM t WHERE a='1' OR '1'='1'\"";
+    let mut batch = Vec::new();
+    for i in 0..events {
+        batch.push(serde_json::json!({
+            "id": format!("e{i}"), "type": "generation-create", "timestamp": "2026-11-27T10:00:00Z",
+            "body": {"id": format!("g{i}"), "traceId": "t1", "name": "chat", "userId": user_id,
+                     "input": {"args": [code], "kwargs": {"n": i}},
+                     "output": [{"role": "assistant", "content": code}],
+                     "metadata": {"source": code}}
+        }));
+    }
+    serde_json::to_vec(&serde_json::json!({ "batch": batch })).expect("json")
+}
+
+fn post_raw(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: langfuse-python/2.60\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (k, v) in headers {
+        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(body);
+    raw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
+    let Seed { up, rampart } = shipped().await;
+    let to = rampart.addr("langfuse");
+    let ingest = "/api/public/ingestion";
+    let json = [
+        ("Content-Type", "application/json"),
+        ("X-Origin-Verify", ORIGIN_SECRET),
+    ];
+    let gz = [
+        ("Content-Type", "application/json"),
+        ("Content-Encoding", "gzip"),
+        ("X-Origin-Verify", ORIGIN_SECRET),
+    ];
+    // Small (read at once) and large (held and judged a window at a time, 3 MiB decoded).
+    for events in [3, 2_000] {
+        let sent = gzip(&ingestion_batch(events, "user-42"));
+        let raw = post_raw(ingest, &gz, &sent);
+        let r = send_raw(to, EXTERNAL_PEER, &raw).await.expect("answer");
+        assert_eq!(r.status, 200, "{events} events: {:?}", r.json());
+        let seen = up.langfuse.requests().pop().expect("recorded");
+        assert_eq!(seen.header("content-encoding"), Some("gzip"));
+        assert!(seen.complete && seen.body[..] == sent[..], "byte-identical");
+
+        // The same batch with an attack in a structural field, compressed: refused, and the
+        // upstream never saw it whole.
+        let attacked = gzip(&ingestion_batch(
+            events,
+            "x' UNION SELECT password FROM users --",
+        ));
+        let path = format!("{ingest}?attacked={events}");
+        let r = send_raw_refusable(to, EXTERNAL_PEER, &post_raw(&path, &gz, &attacked))
+            .await
+            .expect("answer");
+        assert_eq!(r.status, 403, "{events} events: {:?}", r.json());
+        let seen = up.langfuse.requests();
+        assert!(seen
+            .iter()
+            .all(|r| !r.uri.ends_with(&path[ingest.len()..]) || !r.complete));
+    }
+
+    // A decompression bomb: 512 MiB of zeros in about 500 KiB.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![b' '; 1 << 20];
+    for _ in 0..512 {
+        std::io::Write::write_all(&mut bomb, &zeros).expect("gzip");
+    }
+    let bomb = bomb.finish().expect("gzip");
+    let r = send_raw_refusable(to, EXTERNAL_PEER, &post_raw("/bomb", &gz, &bomb))
+        .await
+        .expect("answer");
+    assert_eq!(r.status, 413, "{:?}", r.json());
+    assert_eq!(r.json()["rule"], "body.decompression_limit");
+    assert!(up
+        .langfuse
+        .requests()
+        .iter()
+        .all(|r| r.uri != "/bomb" || !r.complete));
+
+    // Encodings rampart does not decode, and streams that are not what they say.
+    let before = up.langfuse.count();
+    for (encoding, body, status, rule) in [
+        ("br", &b"\x1b\x03\x00"[..], 415, "body.unsupported_encoding"),
+        (
+            "gzip, gzip",
+            &gzip(&gzip(b"{}"))[..],
+            415,
+            "body.unsupported_encoding",
+        ),
+        ("gzip", b"{\"batch\":[]}", 400, "body.corrupt_encoding"),
+        ("deflate", b"\xff\xff\xff", 400, "body.corrupt_encoding"),
+    ] {
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", encoding),
+            ("X-Origin-Verify", ORIGIN_SECRET),
+        ];
+        let r = send_raw_refusable(to, EXTERNAL_PEER, &post_raw("/odd", &headers, body))
+            .await
+            .expect("answer");
+        assert_eq!(
+            (r.status, r.json()["rule"].as_str()),
+            (status, Some(rule)),
+            "{encoding}"
+        );
+    }
+    assert_eq!(
+        up.langfuse.count(),
+        before,
+        "nothing refused reached Langfuse"
+    );
+
+    // Uncompressed, the same rules hold; from the VPC, the body is not judged at all.
+    let r = send_raw(
+        to,
+        EXTERNAL_PEER,
+        &post_raw(ingest, &json, &ingestion_batch(3, "u")),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(r.status, 200);
+    let raw = post_raw(ingest, &gz[..2], &gzip(&ingestion_batch(3, "x' OR 1=1 --")));
+    let r = send_raw(to, INTERNAL_PEER, &raw).await.expect("answer");
+    assert_eq!(r.status, 200, "internal exports are not judged");
 }

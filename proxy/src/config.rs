@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use rampart_plugins::waf::encoding::DecodeLimits;
 use rampart_plugins::PluginSpec;
 use serde::Deserialize;
 use toml::Spanned;
@@ -353,6 +354,32 @@ pub struct BodyInspection {
     /// What happens to a body larger than the limit.
     #[serde(default)]
     pub oversize: Oversize,
+    /// A compressed body (`Content-Encoding: gzip` or `deflate`) is judged decoded, up to
+    /// this many decoded bytes (413 `body.decompression_limit` past it).
+    #[serde(default = "default_decoded_limit")]
+    pub decoded_limit_bytes: u64,
+    /// ... and at most this many decoded bytes per encoded byte past the first MiB: a
+    /// decompression bomb meets this first.
+    #[serde(default = "default_decoded_ratio")]
+    pub decoded_max_ratio: u64,
+}
+
+impl BodyInspection {
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_bytes: self.decoded_limit_bytes,
+            max_ratio: self.decoded_max_ratio,
+            ..DecodeLimits::default()
+        }
+    }
+}
+
+fn default_decoded_limit() -> u64 {
+    DecodeLimits::default().max_bytes
+}
+
+fn default_decoded_ratio() -> u64 {
+    DecodeLimits::default().max_ratio
 }
 
 fn default_block_log_sample() -> f64 {
@@ -368,6 +395,8 @@ impl Default for BodyInspection {
         BodyInspection {
             limit_bytes: default_body_limit(),
             oversize: Oversize::default(),
+            decoded_limit_bytes: default_decoded_limit(),
+            decoded_max_ratio: default_decoded_ratio(),
         }
     }
 }

@@ -37,10 +37,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use rampart_plugins::waf::encoding::{ContentDecoder, DecodeError};
 use rampart_plugins::{forwarded, path, Deny, Identity, Judgement, RequestView, Stage};
 
 use crate::access_log;
-use crate::config::Oversize;
+use crate::config::{BodyInspection, Oversize};
 use crate::connection::{BodyDeadline, CloseReason, RequestLink};
 use crate::header_names;
 use crate::held_body::{HeldBody, Part};
@@ -374,10 +375,11 @@ impl RampartProxy {
             return self.judge_body_part(session, ctx, path, body).await;
         }
         let content_type = content_type(session.req_header());
-        let mut held = HeldBody::new(path.to_string(), policy, content_type);
-        let parts = held
-            .take(Some(body.clone()), true)
-            .map_err(|problem| ("proxy", Deny::new(413, problem.rule())))?;
+        let mut held = HeldBody::new(path.to_string(), policy, content_type, None);
+        let parts = held.take(Some(body.clone()), true).map_err(|problem| {
+            let (status, rule) = problem.refusal();
+            ("proxy", Deny::new(status, rule))
+        })?;
         for part in parts {
             if let Part::Judge(segment) = part {
                 self.judge_body_part(session, ctx, path, segment.doc())
@@ -431,6 +433,16 @@ impl RampartProxy {
             Err(BodyProblem::TooLarge) => {
                 return refuse(session, ctx, 413, "proxy", "body.too_large").await
             }
+        };
+        // A provider gets the body decoded (rampart reads and may rewrite it), without the
+        // client's Content-Encoding (see `llm::not_forwarded`).
+        let decoded = body_decoder(session.req_header(), &route.body)
+            .and_then(|d| d.map(|mut d| d.decode_all(&body)).transpose());
+        let body = match decoded {
+            Ok(None) => body,
+            Ok(Some(decoded)) if decoded.len() <= max_body => decoded.into(),
+            Ok(Some(_)) => return refuse(session, ctx, 413, "proxy", "body.too_large").await,
+            Err(e) => return refuse_decoding(session, ctx, &e).await,
         };
         if inspects {
             if let Err(refusal) = self.judge_whole_body(session, ctx, &path, &body).await {
@@ -514,6 +526,25 @@ fn content_length(req: &RequestHeader) -> Option<u64> {
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// The decoder of a body sent with a `Content-Encoding`, within the route's limits.
+fn body_decoder(
+    req: &RequestHeader,
+    policy: &BodyInspection,
+) -> std::result::Result<Option<ContentDecoder>, DecodeError> {
+    let encoding = req.headers.get(http::header::CONTENT_ENCODING);
+    ContentDecoder::for_header(encoding.map(|v| v.as_bytes()), policy.decode_limits())
+}
+
+/// Answers a body that cannot be decoded (415, 413 or 400, see [`DecodeError::refusal`]).
+async fn refuse_decoding(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    e: &DecodeError,
+) -> Result<bool> {
+    let (status, rule) = e.refusal();
+    refuse(session, ctx, status, "proxy", rule).await
 }
 
 /// The declared body type, empty when there is none.
@@ -610,6 +641,11 @@ impl ProxyHttp for RampartProxy {
             let chunked = req.headers.contains_key(TRANSFER_ENCODING);
             let policy = route.body;
             let limit = policy.limit_bytes as u64;
+            // A compressed body is judged decoded; the upstream gets it as it was sent.
+            let mut decoder = match body_decoder(req, &policy) {
+                Ok(decoder) => decoder,
+                Err(e) => return refuse_decoding(session, ctx, &e).await,
+            };
             match length {
                 Some(n) if !chunked && n > 0 && n <= RETRY_BUFFER_LIMIT.min(limit) => {
                     session.enable_retry_buffering();
@@ -617,7 +653,12 @@ impl ProxyHttp for RampartProxy {
                     while let Some(chunk) = next_body_chunk(session, &mut ctx.body_clock).await? {
                         buf.extend_from_slice(&chunk);
                     }
-                    body = Some(buf.freeze());
+                    let sent = buf.freeze();
+                    body = Some(match decoder.as_mut().map(|d| d.decode_all(&sent)) {
+                        None => sent,
+                        Some(Ok(decoded)) => decoded.into(),
+                        Some(Err(e)) => return refuse_decoding(session, ctx, &e).await,
+                    });
                 }
                 Some(n) if !chunked && n > limit && policy.oversize == Oversize::Refuse => {
                     return refuse(session, ctx, 413, "proxy", "body.too_large").await;
@@ -625,7 +666,12 @@ impl ProxyHttp for RampartProxy {
                 Some(0) | None if !chunked => {}
                 _ => {
                     let content_type = content_type(req);
-                    ctx.held = Some(HeldBody::new(normalised.clone(), policy, content_type));
+                    ctx.held = Some(HeldBody::new(
+                        normalised.clone(),
+                        policy,
+                        content_type,
+                        decoder,
+                    ));
                 }
             }
         }
@@ -666,9 +712,10 @@ impl ProxyHttp for RampartProxy {
             Ok(parts) => parts,
             Err(problem) => {
                 abort_upstream(ctx);
-                ctx.refused = Some(("proxy", Cow::Borrowed(problem.rule())));
+                let (status, rule) = problem.refusal();
+                ctx.refused = Some(("proxy", Cow::Borrowed(rule)));
                 return Err(Error::explain(
-                    ErrorType::HTTPStatus(413),
+                    ErrorType::HTTPStatus(status),
                     "request body cannot be inspected",
                 ));
             }

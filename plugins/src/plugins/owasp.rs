@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::registry::{BuildContext, BuildError};
 use crate::waf::Target;
-use crate::waf::{FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
+use crate::waf::{BodyProblem, FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
 use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 fn target_name(t: Target) -> &'static str {
@@ -103,6 +103,66 @@ pub fn llm_profile() -> Profile {
     }
 }
 
+/// The built-in profile for trace ingestion (Langfuse's `/api/public/ingestion` and OTLP
+/// `/v1/traces` exports): what an LLM call recorded is prose, whatever its shape; the
+/// structure around it (ids, names, tags, resource attributes) is inspected in full.
+pub fn traces_profile() -> Profile {
+    let ingestion = [
+        "input",
+        "output",
+        "metadata",
+        "statusMessage",
+        "log",
+        "prompt",
+        "completion",
+    ]
+    .map(|f| format!("batch[].body.{f}.**"));
+    // OTLP attributes and log bodies (see `waf::otlp` for the paths): the GenAI semantic
+    // conventions, Langfuse's own, and OpenInference/OpenLLMetry's, which LiteLLM emits.
+    let attributes = [
+        "gen_ai.prompt",
+        "gen_ai.completion",
+        "gen_ai.input.messages",
+        "gen_ai.output.messages",
+        "gen_ai.system_instructions",
+        "gen_ai.tool.definitions",
+        "gen_ai.tool.call.arguments",
+        "gen_ai.tool.call.result",
+        "langfuse.observation.input",
+        "langfuse.observation.output",
+        "langfuse.observation.metadata",
+        "langfuse.observation.status_message",
+        "langfuse.observation.model.parameters",
+        "langfuse.trace.input",
+        "langfuse.trace.output",
+        "langfuse.trace.metadata",
+        "langfuse.experiment.description",
+        "langfuse.experiment.metadata",
+        "langfuse.experiment.item.expected_output",
+        "langfuse.experiment.item.metadata",
+        "input.value",
+        "output.value",
+        "llm.input_messages",
+        "llm.output_messages",
+        "llm.prompts",
+        "llm.completions",
+        "traceloop.entity.input",
+        "traceloop.entity.output",
+        "exception.message",
+        "exception.stacktrace",
+    ]
+    .map(|a| format!("*.attributes.{a}.**"));
+    Profile {
+        prose_fields: ingestion
+            .into_iter()
+            .chain(attributes)
+            .chain(["span.status.message".to_string(), "log.body.**".to_string()])
+            .collect(),
+        exclude_fields: Vec::new(),
+        exclude_rules: vec!["SizeRestrictions_BODY".to_string()],
+    }
+}
+
 pub struct Waf {
     name: &'static str,
     rules: Arc<RuleSet>,
@@ -124,6 +184,8 @@ const MEMO_SLOTS: usize = 1024;
 pub struct Assessment {
     pub score: u32,
     pub matches: Vec<(RuleMatch, RuleAction)>,
+    /// The body could not be read as its declared type, so it could not be judged.
+    pub body_problem: Option<BodyProblem>,
 }
 
 impl Waf {
@@ -153,6 +215,9 @@ impl Waf {
         profiles
             .entry("llm".to_string())
             .or_insert_with(llm_profile);
+        profiles
+            .entry("traces".to_string())
+            .or_insert_with(traces_profile);
         let mut route_profiles = HashMap::new();
         for (route, profile) in &config.routes {
             let p = profiles.get(profile).ok_or_else(|| {
@@ -209,10 +274,12 @@ impl Waf {
             )
         };
         let evaluate = |inspection: &Inspection| {
-            self.rules
-                .evaluate(inspection, self.paranoia, &off_everywhere, Some(&self.memo))
+            let found =
+                self.rules
+                    .evaluate(inspection, self.paranoia, &off_everywhere, Some(&self.memo));
+            (found, inspection.body_problem)
         };
-        let found = match req.inspections {
+        let (found, body_problem) = match req.inspections {
             Some(shared) => shared.with(req, profile, *fingerprint, evaluate),
             None => evaluate(&Inspection::new(req, profile)),
         };
@@ -227,7 +294,11 @@ impl Waf {
                 matches.push((m, action));
             }
         }
-        Assessment { score, matches }
+        Assessment {
+            score,
+            matches,
+            body_problem,
+        }
     }
 }
 
@@ -265,7 +336,13 @@ impl Plugin for Waf {
                 )
             })
             .collect();
-        let verdict = if a.score >= self.threshold {
+        if let Some(problem) = a.body_problem {
+            let (status, rule) = problem.refusal();
+            lines.push(format!(
+                "{rule}: the body cannot be read as its Content-Type says ({status})"
+            ));
+        }
+        let verdict = if a.score >= self.threshold || a.body_problem.is_some() {
             "REFUSED"
         } else {
             "passes"
@@ -297,6 +374,11 @@ impl Plugin for Waf {
                 location: &location,
                 excerpt: &m.excerpt,
             });
+        }
+        if let Some(problem) = a.body_problem {
+            // Unread is unjudged: a body the WAF cannot read never passes as if it were clean.
+            let (status, rule) = problem.refusal();
+            return Verdict::Deny(Deny::new(status, rule));
         }
         if a.score < self.threshold {
             return Verdict::Continue;

@@ -88,7 +88,7 @@ impl Write for Sink {
 }
 
 /// A decoder writing into a [`Sink`].
-trait Inflate: Write + Send {
+trait Inflate: Write + Send + Sync {
     fn end(&mut self) -> std::io::Result<()>;
     fn sink(&mut self) -> &mut Sink;
 }
@@ -334,7 +334,7 @@ mod tests {
         let mut d = ContentDecoder::for_header(Some(b"gzip"), limits)
             .expect("ok")
             .expect("gzip");
-        let e = d.decode_all(&gzip(&text)).err().expect("one byte past");
+        let e = d.decode_all(&gzip(&text)).expect_err("one byte past");
         assert_eq!(e.refusal().0, 413);
     }
 

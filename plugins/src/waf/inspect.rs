@@ -10,6 +10,7 @@ use regex::bytes::Regex;
 use serde::Deserialize;
 
 use super::decode;
+use super::otlp::{self, Signal};
 use super::parse;
 use crate::RequestView;
 
@@ -147,6 +148,11 @@ impl Profile {
         self.exclude_fields.iter().any(|f| f == name)
     }
 
+    /// Whether the field at `path` is prose under this profile.
+    pub fn is_prose(&self, path: &str) -> bool {
+        self.prose_fields.iter().any(|p| path_matches(p, path))
+    }
+
     /// A digest of how the profile reads a request (its prose and excluded fields; the rules
     /// it switches off do not change the inspection): profiles that read alike have the same.
     /// Profiles come from the operator's configuration, so no one aims at a collision.
@@ -229,6 +235,8 @@ pub struct Inspection {
     pub path_len: usize,
     /// The request announced a chunked body (its length is not known up front).
     pub chunked: bool,
+    /// The body could not be read as its declared type.
+    pub body_problem: Option<BodyProblem>,
 }
 
 impl Inspection {
@@ -314,8 +322,9 @@ impl Inspection {
             }
         }
         let body_len = req.body.map_or(0, <[u8]>::len);
+        let mut body_problem = None;
         if let Some(body) = req.body.filter(|b| !b.is_empty()) {
-            body_fields(body, content_type, profile, &mut fields);
+            body_problem = body_fields(body, content_type, req.path, profile, &mut fields);
         }
         Inspection {
             fields,
@@ -324,6 +333,7 @@ impl Inspection {
             body_len,
             path_len: req.path.len(),
             chunked: req.headers.contains_key(http::header::TRANSFER_ENCODING),
+            body_problem,
         }
     }
 }
@@ -348,8 +358,22 @@ fn push_pairs(
 }
 
 /// A profile's JSON path against a field's: `*` stands for any one segment
-/// (`tools[].function.parameters.properties.*.description`).
+/// (`tools[].function.parameters.properties.*.description`); a final `**` for the field
+/// itself and everything under it, whatever its shape (`batch[].body.input.**` covers
+/// `batch[].body.input`, `batch[].body.input[]` and `batch[].body.input.args[].code`).
 fn path_matches(pattern: &str, path: &str) -> bool {
+    if let Some(base) = pattern.strip_suffix(".**") {
+        // Each segment of the base matches, an array's `[]` aside; the rest is under it.
+        let mut f = path.split('.');
+        return base.split('.').all(|seg| {
+            f.next().is_some_and(|field| {
+                seg == "*"
+                    || field
+                        .strip_prefix(seg)
+                        .is_some_and(|rest| rest.bytes().all(|b| b == b'[' || b == b']'))
+            })
+        });
+    }
     let mut p = pattern.split('.');
     let mut f = path.split('.');
     loop {
@@ -362,8 +386,98 @@ fn path_matches(pattern: &str, path: &str) -> bool {
     }
 }
 
-fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut Vec<Field>) {
-    let ct = content_type.to_ascii_lowercase();
+/// How a body is read, decided by its declared type (and, for OTLP, by its path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    Form,
+    Multipart,
+    Json,
+    Xml,
+    /// An OTLP/HTTP export in protobuf.
+    OtlpProtobuf(Signal),
+    /// An OTLP/HTTP export in JSON.
+    OtlpJson(Signal),
+    /// Protobuf of a schema the WAF does not know: it cannot be read.
+    Protobuf,
+    /// `text/*`.
+    Text,
+    /// No type, or a type with no parser here: read as what its first bytes say it is (JSON
+    /// if it starts with `{` or `[`, a form if it holds `=`, text otherwise), as the
+    /// upstream may well read it whatever the header says.
+    Sniffed,
+}
+
+impl BodyFormat {
+    pub fn of(content_type: &[u8], path: &str) -> BodyFormat {
+        let ct = content_type.to_ascii_lowercase();
+        let essence = ct
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        let has = |needle: &[u8]| parse::find(essence, needle).is_some();
+        let signal = Signal::of_path(path);
+        if essence == b"application/x-www-form-urlencoded" {
+            BodyFormat::Form
+        } else if essence.starts_with(b"multipart/") {
+            BodyFormat::Multipart
+        } else if has(b"protobuf") {
+            signal.map_or(BodyFormat::Protobuf, BodyFormat::OtlpProtobuf)
+        } else if has(b"json") {
+            signal.map_or(BodyFormat::Json, BodyFormat::OtlpJson)
+        } else if has(b"xml") {
+            BodyFormat::Xml
+        } else if essence.starts_with(b"text/") {
+            BodyFormat::Text
+        } else {
+            BodyFormat::Sniffed
+        }
+    }
+}
+
+/// Why a body could not be read as its declared type. It is never judged as the raw bytes
+/// of another format instead: the WAF refuses it (400, or 415 for a schema it lacks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyProblem {
+    /// Not valid as its declared type (JSON that does not parse, a multipart body without
+    /// a boundary, a protobuf export that does not decode).
+    Malformed,
+    /// Protobuf that is not an OTLP export: without its schema it cannot be read.
+    UnknownSchema,
+}
+
+impl BodyProblem {
+    pub fn refusal(self) -> (u16, &'static str) {
+        match self {
+            BodyProblem::Malformed => (400, "body.malformed"),
+            BodyProblem::UnknownSchema => (415, "body.unknown_schema"),
+        }
+    }
+}
+
+/// The URLs in a prose value: all that is inspected of it.
+fn push_prose(fields: &mut Vec<Field>, name: &str, value: &[u8]) {
+    let urls = url_pattern()
+        .filter(|_| may_hold_urls(value))
+        .into_iter()
+        .flat_map(|re| re.find_iter(value));
+    for url in urls {
+        fields.push(Field::new(
+            Target::Urls,
+            Source::Body,
+            name.to_string(),
+            url.as_bytes().to_vec(),
+        ));
+    }
+}
+
+fn body_fields(
+    body: &[u8],
+    content_type: &[u8],
+    path: &str,
+    profile: &Profile,
+    fields: &mut Vec<Field>,
+) -> Option<BodyProblem> {
     let arg = |fields: &mut Vec<Field>, name: String, raw_name: Option<Vec<u8>>, value: Vec<u8>| {
         if profile.excludes(&name) {
             return;
@@ -378,22 +492,26 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
         }
         fields.push(Field::new(Target::Args, Source::Body, name, value));
     };
-    // A body without a type is read as a form too: that is what most servers would do.
-    if ct.starts_with(b"application/x-www-form-urlencoded")
-        || ct.is_empty() && body.first() != Some(&b'{') && body.contains(&b'=')
-    {
-        for (name, value) in parse::form_pairs(body) {
-            arg(
-                fields,
-                String::from_utf8_lossy(&name).into_owned(),
-                Some(name),
-                value,
-            );
-        }
-        return;
+    let mut format = BodyFormat::of(content_type, path);
+    if format == BodyFormat::Sniffed {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        format = match first {
+            Some(b'{' | b'[') if parse::json_fields(body).is_some() => BodyFormat::Json,
+            _ if body.contains(&b'=') => BodyFormat::Form,
+            _ => BodyFormat::Text,
+        };
     }
-    if ct.starts_with(b"multipart/") {
-        if let Some(boundary) = parse::multipart_boundary(content_type) {
+    match format {
+        BodyFormat::Form => {
+            for (name, value) in parse::form_pairs(body) {
+                let label = String::from_utf8_lossy(&name).into_owned();
+                arg(fields, label, Some(name), value);
+            }
+        }
+        BodyFormat::Multipart => {
+            let Some(boundary) = parse::multipart_boundary(content_type) else {
+                return Some(BodyProblem::Malformed);
+            };
             for part in parse::multipart_parts(body, boundary) {
                 let name =
                     String::from_utf8_lossy(part.name.as_deref().unwrap_or_default()).into_owned();
@@ -424,15 +542,17 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
                 }
                 arg(fields, name, part.name.clone(), part.content.to_vec());
             }
-            return;
         }
-    }
-    if ct.contains(&b'j') && parse::find(&ct, b"json").is_some()
-        || (ct.is_empty() && body.first() == Some(&b'{'))
-    {
-        if let Some(json) = parse::json_fields(body) {
+        BodyFormat::Json => {
+            let Some(json) = parse::json_fields(body).or_else(|| json_scalar(body)) else {
+                return Some(BodyProblem::Malformed);
+            };
             for f in json {
-                if let Some(key) = f.key {
+                if profile.is_prose(&f.path) {
+                    if let Some(value) = f.value {
+                        push_prose(fields, &f.path, value.as_bytes());
+                    }
+                } else if let Some(key) = f.key {
                     if !profile.excludes(&f.path) {
                         fields.push(Field::new(
                             Target::ArgNames,
@@ -442,42 +562,61 @@ fn body_fields(body: &[u8], content_type: &[u8], profile: &Profile, fields: &mut
                         ));
                     }
                 } else if let Some(value) = f.value {
-                    if profile
-                        .prose_fields
-                        .iter()
-                        .any(|p| path_matches(p, &f.path))
-                    {
-                        let urls = url_pattern()
-                            .filter(|_| may_hold_urls(value.as_bytes()))
-                            .into_iter()
-                            .flat_map(|re| re.find_iter(value.as_bytes()));
-                        for url in urls {
-                            fields.push(Field::new(
-                                Target::Urls,
-                                Source::Body,
-                                f.path.clone(),
-                                url.as_bytes().to_vec(),
-                            ));
-                        }
-                    } else {
-                        arg(fields, f.path, None, value.into_bytes());
-                    }
+                    arg(fields, f.path, None, value.into_bytes());
                 }
             }
-            return;
+        }
+        BodyFormat::OtlpProtobuf(signal) | BodyFormat::OtlpJson(signal) => {
+            let decoded = match format {
+                BodyFormat::OtlpProtobuf(_) => otlp::protobuf_fields(body, signal),
+                _ => otlp::json_fields(body, signal),
+            };
+            let Ok(otlp) = decoded else {
+                return Some(BodyProblem::Malformed);
+            };
+            for f in otlp {
+                if profile.is_prose(&f.path) {
+                    // A prose attribute's key is plain (`gen_ai.prompt`); its value is prose.
+                    if f.key.is_none() {
+                        push_prose(fields, &f.path, &f.value);
+                    }
+                } else if f.key.is_some() {
+                    if !profile.excludes(&f.path) {
+                        fields.push(Field::new(Target::ArgNames, Source::Body, f.path, f.value));
+                    }
+                } else {
+                    arg(fields, f.path, None, f.value);
+                }
+            }
+        }
+        BodyFormat::Protobuf => return Some(BodyProblem::UnknownSchema),
+        BodyFormat::Xml => {
+            for (name, value) in parse::xml_values(body) {
+                let label = String::from_utf8_lossy(&name).into_owned();
+                arg(fields, label, None, value);
+            }
+            fields.push(Field::new(Target::Body, Source::Body, "", body.to_vec()));
+        }
+        BodyFormat::Text | BodyFormat::Sniffed => {
+            fields.push(Field::new(Target::Body, Source::Body, "", body.to_vec()));
         }
     }
-    if parse::find(&ct, b"xml").is_some() || body.starts_with(b"<?xml") {
-        for (name, value) in parse::xml_values(body) {
-            arg(
-                fields,
-                String::from_utf8_lossy(&name).into_owned(),
-                None,
-                value,
-            );
-        }
-    }
-    fields.push(Field::new(Target::Body, Source::Body, "", body.to_vec()));
+    None
+}
+
+/// A JSON document that is a lone scalar (`"text"`, `42`): one value, at the root.
+fn json_scalar(body: &[u8]) -> Option<Vec<parse::JsonField>> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let text = match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => return None,
+        other => other.to_string(),
+    };
+    Some(vec![parse::JsonField {
+        path: String::new(),
+        key: None,
+        value: Some(text),
+    }])
 }
 
 #[cfg(test)]
@@ -633,6 +772,30 @@ mod tests {
             "messages[].content[].text"
         ));
         assert!(!path_matches("a.*", "a"));
+        // `**`: the field and its whole subtree, whatever its shape.
+        for under in [
+            "batch[].body.input",
+            "batch[].body.input[]",
+            "batch[].body.input.args[]",
+            "batch[].body.input.kwargs.code.lines[]",
+        ] {
+            assert!(path_matches("batch[].body.input.**", under), "{under}");
+        }
+        for beside in [
+            "batch[].body.inputs",
+            "batch[].body",
+            "batch[].body.output.input",
+        ] {
+            assert!(!path_matches("batch[].body.input.**", beside), "{beside}");
+        }
+        assert!(path_matches(
+            "*.attributes.langfuse.observation.input.**",
+            "span.attributes.langfuse.observation.input"
+        ));
+        assert!(!path_matches(
+            "*.attributes.langfuse.observation.input.**",
+            "span.attributes.langfuse.observation.inputs"
+        ));
     }
 
     #[test]

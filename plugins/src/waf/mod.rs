@@ -10,7 +10,9 @@ pub mod parse;
 pub mod rules;
 pub mod stream;
 
-pub use inspect::{Inspection, Inspections, Profile, Source, Target, Transform};
+pub use inspect::{
+    BodyFormat, BodyProblem, Inspection, Inspections, Profile, Source, Target, Transform,
+};
 pub use memo::FieldMemo;
 pub use rules::{RuleError, RuleMatch, RuleSet, Severity};
 

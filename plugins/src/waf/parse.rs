@@ -59,7 +59,12 @@ pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField>> {
         return None;
     }
     match walker.value(String::new(), 0) {
-        Ok(()) | Err(JsonStop::Eof) => Some(walker.out),
+        Ok(()) => {
+            // Bytes after the document would reach the upstream unjudged.
+            walker.skip_ws();
+            (walker.i == body.len()).then_some(walker.out)
+        }
+        Err(JsonStop::Eof) => Some(walker.out),
         Err(JsonStop::Invalid) => None,
     }
 }

@@ -15,6 +15,8 @@
 //! - Formats whose parts only mean something whole (multipart, XML) cannot be cut: past a
 //!   window they are refused ([`TooLarge`]).
 //!
+//! - So do OTLP exports, and protobuf of an unknown schema.
+//!
 //! A body no larger than a window is handed over as it came, with no copy.
 
 /// Bytes a window carries over from the one before, so that an attack across a cut is
@@ -27,7 +29,9 @@ const MAX_KEY: usize = 1024;
 /// How far back a cut inside a string or form value may move to avoid splitting an escape.
 const MAX_CUT_BACKOFF: usize = 4096;
 
-/// A body that cannot be cut (a multipart or XML body past one window, or a string made
+use super::inspect::BodyFormat;
+
+/// A body that cannot be cut (a multipart, XML or OTLP body past one window, or a string made
 /// only of escapes for longer than [`MAX_CUT_BACKOFF`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLarge;
@@ -91,21 +95,19 @@ pub struct BodySegments {
 }
 
 impl BodySegments {
-    /// `content_type` decides how the body is cut (as the WAF reads it: JSON, a form,
-    /// multipart, XML or text); `window` is how much is held before a cut.
-    pub fn new(content_type: &[u8], window: usize) -> Self {
-        let ct = content_type.to_ascii_lowercase();
-        let has = |needle: &[u8]| ct.windows(needle.len()).any(|w| w == needle);
-        let mode = if ct.starts_with(b"application/x-www-form-urlencoded") {
-            Mode::Form
-        } else if ct.starts_with(b"multipart/") || has(b"xml") {
-            Mode::Whole
-        } else if has(b"json") {
-            Mode::Json
-        } else if ct.is_empty() {
-            Mode::Undecided
-        } else {
-            Mode::Text
+    /// How the body is cut follows how the WAF reads it ([`BodyFormat::of`] its type and
+    /// path); `window` is how much is held before a cut.
+    pub fn new(content_type: &[u8], path: &str, window: usize) -> Self {
+        let mode = match BodyFormat::of(content_type, path) {
+            BodyFormat::Form => Mode::Form,
+            BodyFormat::Json => Mode::Json,
+            BodyFormat::Text => Mode::Text,
+            BodyFormat::Sniffed => Mode::Undecided,
+            BodyFormat::Multipart
+            | BodyFormat::Xml
+            | BodyFormat::OtlpProtobuf(_)
+            | BodyFormat::OtlpJson(_)
+            | BodyFormat::Protobuf => Mode::Whole,
         };
         BodySegments {
             mode,
@@ -123,7 +125,7 @@ impl BodySegments {
         if self.mode == Mode::Undecided {
             let first = chunk.iter().find(|b| !b.is_ascii_whitespace());
             self.mode = match first {
-                Some(b'{') => Mode::Json,
+                Some(b'{' | b'[') => Mode::Json,
                 _ if chunk.contains(&b'=') => Mode::Form,
                 _ => Mode::Text,
             };
@@ -614,7 +616,7 @@ mod tests {
 
     /// Every part of `body` fed in `chunk`-sized pieces with a small window.
     fn segments(ct: &[u8], body: &[u8], window: usize, chunk: usize) -> Vec<Segment> {
-        let mut s = BodySegments::new(ct, window);
+        let mut s = BodySegments::new(ct, "/", window);
         s.window = window;
         let mut out = Vec::new();
         for piece in body.chunks(chunk.max(1)) {
@@ -754,9 +756,9 @@ mod tests {
         assert!(parts
             .iter()
             .any(|p| String::from_utf8_lossy(p.doc()).contains("<script>alert(1)</script>")));
-        let mut multipart = BodySegments::new(b"multipart/form-data; boundary=x", 2 * OVERLAP);
+        let mut multipart = BodySegments::new(b"multipart/form-data; boundary=x", "/", 2 * OVERLAP);
         assert_eq!(multipart.push(&vec![b'a'; 3 * OVERLAP]), Err(TooLarge));
-        let mut small = BodySegments::new(b"multipart/form-data; boundary=x", 2 * OVERLAP);
+        let mut small = BodySegments::new(b"multipart/form-data; boundary=x", "/", 2 * OVERLAP);
         assert_eq!(small.push(b"--x\r\n").map(|v| v.len()), Ok(0));
         assert!(small.finish().is_some());
     }

@@ -116,8 +116,8 @@ enum Failure {
 
 /// Whether a client's request header stays behind: connection and framing headers, the
 /// client's own credentials (the provider gets its key from rampart), forwarding headers,
-/// rampart's own, and `Accept-Encoding` (the answer is read for its usage, so it must
-/// come uncompressed).
+/// rampart's own, `Accept-Encoding` (the answer is read for its usage, so it must come
+/// uncompressed) and `Content-Encoding` (a compressed request body was decoded).
 fn not_forwarded(name: &http::HeaderName) -> bool {
     let name = name.as_str();
     HOP_BY_HOP.contains(&name)
@@ -125,6 +125,7 @@ fn not_forwarded(name: &http::HeaderName) -> bool {
         || CREDENTIALS.contains(&name)
         || FORWARDING.contains(&name)
         || name == "accept-encoding"
+        || name == "content-encoding"
         || header_names::is_rampart_own(name)
 }
 
