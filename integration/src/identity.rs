@@ -116,18 +116,18 @@ impl VenvServer {
         probe: &str,
         ready: fn(u16) -> bool,
     ) -> VenvServer {
-        Self::start_env(program, args, &[], probe, ready).await
+        Self::start_env(program, args, &[], probe, ready, free_port()).await
     }
 
-    /// Like [`VenvServer::start`], with extra environment.
+    /// Like [`VenvServer::start`], with extra environment, on `port`.
     async fn start_env(
         program: &str,
         args: impl FnOnce(&str) -> Vec<String>,
         env: &[(&str, &str)],
         probe: &str,
         ready: fn(u16) -> bool,
+        port: u16,
     ) -> VenvServer {
-        let port = free_port();
         let log = std::env::temp_dir().join(format!("rampart-test-{program}-{port}.log"));
         let log = std::fs::File::create(&log).map_or_else(|_| Stdio::null(), Stdio::from);
         let child = Command::new(venv_bin(program))
@@ -274,8 +274,8 @@ impl Llmock {
     }
 }
 
-/// LiteLLM's proxy (`litellm[proxy]` from PyPI, pinned in scripts/venv.sh) on a free port,
-/// with `config` (its YAML) and `env` (its Langfuse callback's settings, say).
+/// LiteLLM's proxy (`litellm[proxy]` from PyPI, pinned in scripts/venv.sh) on loopback
+/// `port`, with `config` (its YAML) and `env` (its Langfuse callback's settings, say).
 pub struct Litellm {
     _server: VenvServer,
     pub addr: SocketAddr,
@@ -283,7 +283,7 @@ pub struct Litellm {
 }
 
 impl Litellm {
-    pub async fn start(config: &str, env: &[(&str, &str)]) -> Litellm {
+    pub async fn start(port: u16, config: &str, env: &[(&str, &str)]) -> Litellm {
         let file = tempfile::Builder::new()
             .suffix(".yaml")
             .tempfile()
@@ -309,6 +309,7 @@ impl Litellm {
             env,
             "/health/liveliness",
             |status| status == 200,
+            port,
         )
         .await;
         Litellm {

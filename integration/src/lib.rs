@@ -850,6 +850,11 @@ upstream = "victoriametrics"
 /// address). Panics if the shipped file no longer has what is rewritten, so that a change to
 /// it cannot silently leave a test on other rules.
 pub fn shipped_rules(upstreams: &[(&str, SocketAddr)]) -> Vec<(String, String)> {
+    shipped_rules_in(&format!("{INTERNAL_PEER}/32"), upstreams)
+}
+
+/// [`shipped_rules`] with `vpc` (a network) in place of the shipped VPC.
+pub fn shipped_rules_in(vpc: &str, upstreams: &[(&str, SocketAddr)]) -> Vec<(String, String)> {
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"));
     let mut files = Vec::new();
     let mut dirs = vec![root.clone()];
@@ -874,9 +879,7 @@ pub fn shipped_rules(upstreams: &[(&str, SocketAddr)]) -> Vec<(String, String)> 
         .find(|(name, _)| name == "gateway.toml")
         .expect("rules/gateway.toml");
     assert!(gateway.1.contains("10.20.0.0/16"), "the shipped VPC moved");
-    let mut text = gateway
-        .1
-        .replace("10.20.0.0/16", &format!("{INTERNAL_PEER}/32"));
+    let mut text = gateway.1.replace("10.20.0.0/16", vpc);
     for (name, addr) in upstreams {
         let header = format!("[upstreams.{name}]\n");
         let at = text
