@@ -7,7 +7,7 @@ if [ "${1:-}" = bench ]; then   # the load run: its load generator, the contende
   want+=(nginx wrk valgrind libnginx-mod-http-modsecurity modsecurity-crs)
 fi
 if [ "${1:-}" = test ]; then
-  want+=(openssl prometheus redis-server)   # dev certificates; promtool and a real Prometheus; shared rate limits
+  want+=(openssl prometheus redis-server victoria-metrics)   # dev certificates; promtool and a real Prometheus; shared rate limits; the :9090 upstream
 fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || want+=(python3-venv)
 

@@ -35,8 +35,8 @@ installed() {  # a Python check that distribution $1 is at version $2
 need=()
 [ -x "$VENV/bin/moto_server" ] || need+=('moto[server]')
 [ -x "$VENV/bin/llmock" ] || need+=(llmock)
-venv "$VENV" "import openai; $(installed litellm $LITELLM); $(installed langfuse $LANGFUSE_FOR_LITELLM)" \
-  openai "litellm[proxy]==$LITELLM" "langfuse==$LANGFUSE_FOR_LITELLM"
+venv "$VENV" "import openai, prometheus_client; $(installed litellm $LITELLM); $(installed langfuse $LANGFUSE_FOR_LITELLM)" \
+  openai prometheus_client "litellm[proxy]==$LITELLM" "langfuse==$LANGFUSE_FOR_LITELLM"
 ((${#need[@]} == 0)) || "$VENV/bin/pip" install -q --disable-pip-version-check "${need[@]}"
 venv "$VENV-langfuse5" "$(installed langfuse $LANGFUSE_CURRENT)" "langfuse==$LANGFUSE_CURRENT"
 venv "$VENV-langfuse2" "$(installed langfuse $LANGFUSE_LEGACY)" "langfuse==$LANGFUSE_LEGACY"
