@@ -1,5 +1,5 @@
 # rampart: the commands README.md promises, and the checks CI runs.
-.PHONY: demo run test lint check bench certs
+.PHONY: demo run test lint check bench certs image
 
 # Run rampart on the shipped rules in front of a real OpenAI-compatible server, and show
 # what it refuses and what it lets through.
@@ -36,3 +36,9 @@ bench:
 
 certs:
 	bash certs/make-dev-cert.sh certs/dev
+
+# The container image, built with podman here (base bootstrapped from the Debian archive,
+# the binary built on this host), then run as non-root: /live, a proxied request, a reload.
+image:
+	bash scripts/deps.sh image
+	bash scripts/image.sh all
