@@ -1,10 +1,10 @@
 # rampart: the commands README.md promises, and the checks CI runs.
 .PHONY: demo run test lint check bench certs image
 
-# Run rampart on the shipped rules in front of a real OpenAI-compatible server, and show
-# what it refuses and what it lets through.
+# Run rampart on the shipped rules in the seed's topology (LiteLLM, VictoriaMetrics, traces
+# to a Langfuse stand-in), and show what it refuses and what it lets through.
 demo:
-	bash scripts/deps.sh
+	bash scripts/deps.sh demo
 	bash scripts/demo.sh
 
 # Serve the shipped rules on their real ports (80, 8080, 9090 need root or CAP_NET_BIND_SERVICE).

@@ -9,6 +9,9 @@ fi
 if [ "${1:-}" = test ]; then
   want+=(openssl prometheus redis-server victoria-metrics)   # dev certificates; promtool and a real Prometheus; shared rate limits; the :9090 upstream
 fi
+if [ "${1:-}" = demo ]; then   # the demo's :9090 upstream
+  want+=(victoria-metrics)
+fi
 if [ "${1:-}" = image ]; then   # building and running the container image here
   want+=(podman debootstrap binutils)
 fi
