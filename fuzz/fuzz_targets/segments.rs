@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         2 => b"text/plain",
         _ => b"",
     };
-    let mut segments = BodySegments::new(content_type, 8192);
+    let mut segments = BodySegments::new(content_type, "/", 8192);
     let mut released = Vec::new();
     let mut parts = Vec::new();
     for piece in body.chunks(usize::from(chunk).max(1) * 37) {

@@ -493,12 +493,17 @@ fn body_fields(
         fields.push(Field::new(Target::Args, Source::Body, name, value));
     };
     let mut format = BodyFormat::of(content_type, path);
+    // A sniffed body is JSON only if it parses: the fields are kept, not parsed twice.
+    let mut json = None;
     if format == BodyFormat::Sniffed {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
-        format = match first {
-            Some(b'{' | b'[') if parse::json_fields(body).is_some() => BodyFormat::Json,
-            _ if body.contains(&b'=') => BodyFormat::Form,
-            _ => BodyFormat::Text,
+        if matches!(first, Some(b'{' | b'[')) {
+            json = parse::json_fields(body);
+        }
+        format = match json {
+            Some(_) => BodyFormat::Json,
+            None if body.contains(&b'=') => BodyFormat::Form,
+            None => BodyFormat::Text,
         };
     }
     match format {
@@ -544,7 +549,8 @@ fn body_fields(
             }
         }
         BodyFormat::Json => {
-            let Some(json) = parse::json_fields(body).or_else(|| json_scalar(body)) else {
+            let json = json.or_else(|| parse::json_fields(body).or_else(|| json_scalar(body)));
+            let Some(json) = json else {
                 return Some(BodyProblem::Malformed);
             };
             for f in json {
