@@ -43,7 +43,7 @@ build_image() {
   cargo build "${flag[@]}" -p rampart --bin rampart
   local ctx=$WORK/context
   rm -rf "$ctx" && mkdir -p "$ctx"
-  strip -o "$ctx/rampart" "target/$PROFILE/rampart"
+  strip -o "$ctx/rampart" "${CARGO_TARGET_DIR:-target}/$PROFILE/rampart"
   cp -r rules "$ctx/rules"
   podman build --quiet --file Containerfile.runtime --tag "$IMAGE" "$ctx" >/dev/null
   echo "image: $IMAGE built ($(podman image inspect "$IMAGE" --format '{{.Size}}') bytes)"
