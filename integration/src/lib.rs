@@ -339,19 +339,29 @@ where
 /// A free TCP port on loopback (bound and released), never the same one twice in a test
 /// process: the kernel may hand a released port out again, and two tests running side by side
 /// would then start servers on one port and talk to each other's.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on Linux), which outgoing
+/// connections take their source ports from: a port picked there could be taken by any
+/// client's connection before the server that was meant to have it binds it.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-        if !given.contains(&port) {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test processes run one after another, but leftovers of one (a slow child) may still
+    // hold ports: each process starts at its own place in the range.
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for i in 0..SPAN {
+        let port = (FIRST + (start + i) % SPAN) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN);
 }
 
 static BUILD: Once = Once::new();
