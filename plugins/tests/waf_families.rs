@@ -390,3 +390,28 @@ fn english_with_command_words_is_not_a_command_line() {
         ],
     );
 }
+
+/// Traversal in the spellings lenient decoders accept: over-long UTF-8, `%u` slashes,
+/// dots left over after a filter strips `../`, Tomcat's `..;/`, `0x2e` text.
+#[test]
+fn traversal_in_every_spelling_a_server_decodes() {
+    check(
+        "traversal spellings",
+        &[
+            "%c0%ae%c0%ae%c0%afetc/passwd",
+            "%e0%80%ae%e0%80%ae%e0%80%afWEB-INF/web.xml",
+            "%252e%252e%c1%9c%252e%252e%c1%9cboot.ini",
+            "..%u2215..%u2215etc/hosts",
+            "....//....//WEB-INF/web.xml",
+            "....\\....\\windows\\win.ini",
+            "/..;/..;/WEB-INF/web.xml",
+            "static/0x2e0x2e\\0x2e0x2e\\app.config",
+        ],
+        &[
+            "Wait... what happened to my order?",
+            "Versions 1.2..1.4 are affected",
+            "see the docs at /docs/getting-started/",
+            "and/or ... the rest",
+        ],
+    );
+}

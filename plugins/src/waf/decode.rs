@@ -219,7 +219,61 @@ pub fn decoded(input: &[u8]) -> Vec<u8> {
     if memchr::memchr(0, &v).is_some() {
         v.retain(|&b| b != 0);
     }
-    fold_fullwidth(js_unescape(v))
+    fold_fullwidth(fold_lookalikes(js_unescape(v)))
+}
+
+/// Over-long UTF-8 encodings of ASCII (`%c0%ae` is `.`, `%c0%af` and `%e0%80%af` are `/`,
+/// `%c1%9c` is `\\`), which lenient decoders (old IIS, some Java and PHP stacks) read as the
+/// character, and the Unicode slashes that path code can treat as separators (U+2215 DIVISION
+/// SLASH, U+2216 SET MINUS) and a dot leader (U+2024): read as the ASCII they stand for.
+fn fold_lookalikes(v: Vec<u8>) -> Vec<u8> {
+    if !v
+        .iter()
+        .any(|&b| matches!(b, 0xc0 | 0xc1 | 0xe0 | 0xe2 | 0xf0))
+    {
+        return v;
+    }
+    let cont = |b: Option<&u8>| b.is_some_and(|&b| b & 0xc0 == 0x80);
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        let b = v[i];
+        let (len, code) = match b {
+            0xc0 | 0xc1 if cont(v.get(i + 1)) => {
+                (2, u32::from(b & 0x1f) << 6 | u32::from(v[i + 1] & 0x3f))
+            }
+            0xe0 if matches!(v.get(i + 1), Some(0x80..=0x9f)) && cont(v.get(i + 2)) => (
+                3,
+                u32::from(v[i + 1] & 0x3f) << 6 | u32::from(v[i + 2] & 0x3f),
+            ),
+            0xf0 if matches!(v.get(i + 1), Some(0x80..=0x8f))
+                && cont(v.get(i + 2))
+                && cont(v.get(i + 3)) =>
+            {
+                (
+                    4,
+                    u32::from(v[i + 1] & 0x0f) << 12
+                        | u32::from(v[i + 2] & 0x3f) << 6
+                        | u32::from(v[i + 3] & 0x3f),
+                )
+            }
+            0xe2 => match (v.get(i + 1), v.get(i + 2)) {
+                (Some(0x88), Some(0x95)) => (3, u32::from(b'/')),
+                (Some(0x88), Some(0x96)) => (3, u32::from(b'\\')),
+                (Some(0x80), Some(0xa4)) => (3, u32::from(b'.')),
+                _ => (0, 0),
+            },
+            _ => (0, 0),
+        };
+        if len > 0 && code < 0x80 {
+            out.push(code as u8);
+            i += len;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// JavaScript and JSON escapes of ASCII characters (`\u006f`, `\x6f`), which browsers and
@@ -503,6 +557,19 @@ mod tests {
         assert_eq!(s(&decoded(b"%2527%20or%201")), "' or 1");
         assert_eq!(s(&decoded(b"%u003cscript%u003e")), "<script>");
         assert_eq!(s(&decoded(b"%uff1cscript%uff1e")), "<script>");
+        // Over-long UTF-8 and Unicode slashes, as lenient path decoders read them.
+        assert_eq!(s(&decoded(b"%c0%ae%c0%ae%c0%afetc")), "../etc");
+        assert_eq!(
+            s(&decoded(b"%e0%80%ae%e0%80%ae%c1%9cboot.ini")),
+            "..\\boot.ini"
+        );
+        assert_eq!(s(&decoded(b"%f0%80%80%ae.%u2215x%u2216y")), "../x\\y");
+        assert_eq!(s(&decoded(b"%c0%bcscript%c0%be")), "<script>");
+        // Real UTF-8 stays as it is: an e-acute, a curly quote, an em dash.
+        assert_eq!(
+            s(&decoded("caf\u{e9} \u{201c}x\u{201d} \u{2014}".as_bytes())),
+            "caf\u{e9} \u{201c}x\u{201d} \u{2014}"
+        );
         assert_eq!(s(&decoded(b"100%")), "100%");
     }
 
