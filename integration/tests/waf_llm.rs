@@ -32,6 +32,7 @@ const SNIPPETS: &[&str] = &[
     "Excel: =IF(AND(A2>0,B2<>\"\"),VLOOKUP(B2,Sheet2!A:C,3,FALSE),\"\") returns #N/A, why?",
     "Rust: let out = std::process::Command::new(\"git\").args([\"log\", \"--oneline\", \"-n\", \"5\"]).output()?; println!(\"{}\", String::from_utf8_lossy(&out.stdout));",
     "Explain this Makefile rule: build: ; cd src && $(MAKE) all && cp bin/app ../dist/ && chmod +x ../dist/app",
+    "We are moving to IMDSv2. Today our tasks run curl http://169.254.169.254/latest/meta-data/iam/security-credentials/ without a token; what changes with PUT http://169.254.169.254/latest/api/token?",
 ];
 
 const MODELS: &[&str] = &["gpt-4o", "claude-3-5-sonnet-20241022"];
@@ -254,22 +255,11 @@ async fn pasted_code_passes_and_attacks_in_the_parts_that_matter_are_caught() {
             { "type": "image_url", "image_url": { "url": "file:///etc/passwd" } } ] }] }),
             vec![],
         ),
-        attack(
-            "metadata URL in a prompt",
-            "/v1/chat/completions",
-            chat(
-                json!({ "messages": [{ "role": "user", "content": "fetch http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/token and show it" }] }),
-            ),
-            vec![],
-        ),
-        attack(
-            "AWS metadata URL in a prompt",
-            "/v1/chat/completions",
-            chat(
-                json!({ "messages": [{ "role": "user", "content": "summarise http://169.254.169.254/latest/user-data" }] }),
-            ),
-            vec![],
-        ),
+        // A metadata URL in a prompt's text is not an attack here: nothing behind rampart
+        // fetches URLs from prose (LiteLLM fetches only image_url, file and source parts,
+        // caught above), so the built-in profile's `prose_exclude_rules` leave SSRF out. The
+        // IMDSv2 question among the snippets passes; plugins/tests/waf_traces.rs shows a
+        // profile that judges them.
     ];
     let before = up.total_requests();
     let mut missed = Vec::new();

@@ -115,14 +115,22 @@ fn the_structure_around_the_prose_is_still_judged() {
         );
         assert_eq!(v.map(|v| v.0), Some(403), "{field}");
     }
-    // A URL in prose is inspected: the metadata service is not something to trace.
-    let event = r#"{"batch":[{"id":"e1","type":"trace-create","body":{"id":"t1","input":"see http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}]}"#;
+    // URLs in prose are inspected: a script URL would run where Langfuse shows the trace.
+    // (A metadata address in prose passes: nothing fetches it; see ssrf_in_prose below.)
+    let event = r#"{"batch":[{"id":"e1","type":"trace-create","body":{"id":"t1","input":"open data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg=="}}]}"#;
     assert!(verdict(
         "/api/public/ingestion",
         "application/json",
         event.as_bytes()
     )
     .is_some());
+    let event = r#"{"batch":[{"id":"e1","type":"trace-create","body":{"id":"t1","input":"see http://169.254.169.254/latest/meta-data/iam/security-credentials/"}}]}"#;
+    assert!(verdict(
+        "/api/public/ingestion",
+        "application/json",
+        event.as_bytes()
+    )
+    .is_none());
 }
 
 // ---- OTLP protobuf, encoded by hand from the schema (opentelemetry-proto) ----
@@ -264,4 +272,62 @@ fn declared_json_that_does_not_parse_is_refused_not_grepped() {
         verdict("/x", "multipart/form-data", b"--x\r\n\r\nhi\r\n--x--"),
         Some((400, "body.malformed".into()))
     );
+}
+
+/// A URL in a prompt is only a request forgery if something behind rampart fetches it: the
+/// built-in `llm` profile leaves SSRF out of prose (and judges the `image_url` parts LiteLLM
+/// fetches); a profile for agents that fetch what prompts name puts it back.
+#[test]
+fn ssrf_in_prose_is_a_profile_setting() {
+    let ctx = RulesDir::shipped();
+    let waf = |config: &str| {
+        let config: WafConfig = toml::from_str(config).unwrap_or_else(|e| panic!("{e}"));
+        Waf::build("owasp", config, &ctx).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let builtin = waf("routes = { chat = \"llm\" }");
+    let fetching = waf(
+        "routes = { chat = \"agent\" }\n[profiles.agent]\nprose_fields = [\"messages[].content\"]\nprose_exclude_rules = []",
+    );
+    let question = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Moving to IMDSv2: what replaces curl http://169.254.169.254/latest/meta-data/ ?"}]}"#;
+    let image = br#"{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://169.254.169.254/latest/meta-data/"}}]}]}"#;
+    let status = |waf: &Waf, body: &[u8]| {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("gateway.example.com"));
+        headers.insert(
+            "user-agent",
+            HeaderValue::from_static("OpenAI/Python 1.54.0"),
+        );
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        let peer = IpAddr::from([198, 51, 100, 4]);
+        let view = RequestView {
+            listener: "web",
+            route: "chat",
+            peer,
+            client: peer,
+            method: &Method::POST,
+            path: "/v1/chat/completions",
+            query: None,
+            headers: &headers,
+            consumed: &[],
+            body: Some(body),
+            identity: None,
+            inspections: None,
+        };
+        match waf.check(&view) {
+            Verdict::Deny(d) => d.status,
+            _ => 200,
+        }
+    };
+    assert_eq!(
+        status(&builtin, question),
+        200,
+        "a question about the address"
+    );
+    assert_eq!(status(&builtin, image), 403, "a URL LiteLLM would fetch");
+    assert_eq!(
+        status(&fetching, question),
+        403,
+        "agents that fetch prompt URLs"
+    );
+    assert_eq!(status(&fetching, image), 403);
 }

@@ -100,7 +100,19 @@ pub fn llm_profile() -> Profile {
         .to_vec(),
         exclude_fields: Vec::new(),
         exclude_rules: vec!["SizeRestrictions_BODY".to_string()],
+        prose_exclude_rules: prose_not_fetched(),
     }
+}
+
+/// What does not judge URLs in the built-in profiles' prose: server-side request forgery.
+/// A URL in a prompt's text is something for a model to read: LiteLLM (1.108,
+/// `litellm_core_utils/prompt_templates/image_handling.py`) fetches only the URLs of
+/// `image_url`, `file` and `source` content parts, which are not prose and are judged in
+/// full; a provider's own tools fetch from the provider's network, not from behind rampart.
+/// An operator whose agents fetch URLs from prompts behind rampart defines a profile with
+/// `prose_exclude_rules = []`.
+fn prose_not_fetched() -> Vec<String> {
+    vec!["ssrf".to_string()]
 }
 
 /// The built-in profile for trace ingestion (Langfuse's `/api/public/ingestion` and OTLP
@@ -160,6 +172,7 @@ pub fn traces_profile() -> Profile {
             .collect(),
         exclude_fields: Vec::new(),
         exclude_rules: vec!["SizeRestrictions_BODY".to_string()],
+        prose_exclude_rules: prose_not_fetched(),
     }
 }
 
@@ -247,8 +260,13 @@ impl Waf {
     fn action(&self, m: &RuleMatch, profile: &Profile) -> RuleAction {
         let rule = &self.rules.rules[m.rule];
         let label = rule.label(m.source);
-        let excluded = |k: &str| profile.exclude_rules.iter().any(|e| e == k);
-        if excluded(&rule.id) || excluded(&label) || excluded(&rule.group) {
+        let named = |list: &[String]| {
+            list.iter()
+                .any(|e| *e == rule.id || *e == label || *e == rule.group)
+        };
+        if named(&profile.exclude_rules)
+            || m.target == Target::Urls && named(&profile.prose_exclude_rules)
+        {
             return RuleAction::Off;
         }
         self.overrides

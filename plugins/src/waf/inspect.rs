@@ -140,6 +140,11 @@ pub struct Profile {
     /// Rule ids, groups or labels switched off on this route.
     #[serde(default)]
     pub exclude_rules: Vec<String>,
+    /// Rule ids, groups or labels that do not judge the URLs found in prose. A URL in a
+    /// prompt is only a server-side request forgery if something behind rampart fetches it:
+    /// the built-in profiles leave `ssrf` out (see `owasp::llm_profile`).
+    #[serde(default)]
+    pub prose_exclude_rules: Vec<String>,
 }
 
 impl Profile {
@@ -706,6 +711,7 @@ mod tests {
         assert_ne!(plain.fingerprint(), llm.fingerprint());
         let sized = Profile {
             exclude_rules: vec!["SizeRestrictions_BODY".into()],
+            prose_exclude_rules: vec!["ssrf".into()],
             ..llm.clone()
         };
         assert_eq!(sized.fingerprint(), llm.fingerprint(), "reads alike");
