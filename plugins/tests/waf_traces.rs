@@ -22,11 +22,17 @@ fn wafs() -> [Waf; 2] {
     [build("owasp"), build("bad_inputs")]
 }
 
-/// The first refusal (status, rule) of a POST of `body` as `content_type` to `path` on the
-/// `langfuse` route, or `None` if both WAFs let it pass.
-fn verdict(path: &str, content_type: &str, body: &[u8]) -> Option<(u16, String)> {
+/// The first refusal (status, rule) by `wafs` of a JSON-or-other POST of `body` as
+/// `content_type` to `path` on `route`, or `None` if they let it pass.
+fn refusal(
+    wafs: &[Waf],
+    route: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Option<(u16, String)> {
     let mut headers = HeaderMap::new();
-    headers.insert("host", HeaderValue::from_static("langfuse.example.com"));
+    headers.insert("host", HeaderValue::from_static("gateway.example.com"));
     headers.insert(
         "user-agent",
         HeaderValue::from_static("langfuse-python/3.0"),
@@ -38,8 +44,8 @@ fn verdict(path: &str, content_type: &str, body: &[u8]) -> Option<(u16, String)>
     let peer = IpAddr::from([198, 51, 100, 4]);
     let method = Method::POST;
     let view = RequestView {
-        listener: "langfuse",
-        route: "langfuse",
+        listener: "web",
+        route,
         peer,
         client: peer,
         method: &method,
@@ -51,10 +57,15 @@ fn verdict(path: &str, content_type: &str, body: &[u8]) -> Option<(u16, String)>
         identity: None,
         inspections: None,
     };
-    wafs().iter().find_map(|w| match w.check(&view) {
+    wafs.iter().find_map(|w| match w.check(&view) {
         Verdict::Deny(d) => Some((d.status, d.reason().to_string())),
         _ => None,
     })
+}
+
+/// The first refusal of a POST to `path` on the `langfuse` route (both WAFs, `traces`).
+fn verdict(path: &str, content_type: &str, body: &[u8]) -> Option<(u16, String)> {
+    refusal(&wafs(), "langfuse", path, content_type, body)
 }
 
 /// Code an agent pastes into a prompt: shell, SQL, script tags, paths, templates.
@@ -284,50 +295,28 @@ fn ssrf_in_prose_is_a_profile_setting() {
         let config: WafConfig = toml::from_str(config).unwrap_or_else(|e| panic!("{e}"));
         Waf::build("owasp", config, &ctx).unwrap_or_else(|e| panic!("{e}"))
     };
-    let builtin = waf("routes = { chat = \"llm\" }");
-    let fetching = waf(
+    let builtin = || waf("routes = { chat = \"llm\" }");
+    let fetching = || {
+        waf(
         "routes = { chat = \"agent\" }\n[profiles.agent]\nprose_fields = [\"messages[].content\"]\nprose_exclude_rules = []",
-    );
+    )
+    };
     let question = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"Moving to IMDSv2: what replaces curl http://169.254.169.254/latest/meta-data/ ?"}]}"#;
     let image = br#"{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"http://169.254.169.254/latest/meta-data/"}}]}]}"#;
-    let status = |waf: &Waf, body: &[u8]| {
-        let mut headers = HeaderMap::new();
-        headers.insert("host", HeaderValue::from_static("gateway.example.com"));
-        headers.insert(
-            "user-agent",
-            HeaderValue::from_static("OpenAI/Python 1.54.0"),
-        );
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        let peer = IpAddr::from([198, 51, 100, 4]);
-        let view = RequestView {
-            listener: "web",
-            route: "chat",
-            peer,
-            client: peer,
-            method: &Method::POST,
-            path: "/v1/chat/completions",
-            query: None,
-            headers: &headers,
-            consumed: &[],
-            body: Some(body),
-            identity: None,
-            inspections: None,
-        };
-        match waf.check(&view) {
-            Verdict::Deny(d) => d.status,
-            _ => 200,
-        }
+    let status = |waf: Waf, body: &[u8]| {
+        let path = "/v1/chat/completions";
+        refusal(&[waf], "chat", path, "application/json", body).map_or(200, |r| r.0)
     };
     assert_eq!(
-        status(&builtin, question),
+        status(builtin(), question),
         200,
         "a question about the address"
     );
-    assert_eq!(status(&builtin, image), 403, "a URL LiteLLM would fetch");
+    assert_eq!(status(builtin(), image), 403, "a URL LiteLLM would fetch");
     assert_eq!(
-        status(&fetching, question),
+        status(fetching(), question),
         403,
         "agents that fetch prompt URLs"
     );
-    assert_eq!(status(&fetching, image), 403);
+    assert_eq!(status(fetching(), image), 403);
 }
