@@ -200,6 +200,64 @@ fn command(rng: &mut Rng) -> String {
     out
 }
 
+/// Server-side includes: `<!--#directive param="value" -->`, with the spacing and quoting
+/// servers accept.
+fn server_side_include(rng: &mut Rng) -> String {
+    let directives = [
+        ("exec", "cmd", "id"),
+        ("exec", "cmd", "cat /etc/passwd"),
+        ("exec", "cgi", "/cgi-bin/test.cgi"),
+        ("include", "virtual", "/etc/passwd"),
+        ("include", "file", "../../web.config"),
+        ("echo", "var", "DOCUMENT_ROOT"),
+        ("echo", "var", "DATE_LOCAL"),
+        ("printenv", "", ""),
+        ("config", "errmsg", "x"),
+        ("fsize", "file", "index.html"),
+        ("flastmod", "virtual", "/index.html"),
+        ("set", "var", "x"),
+    ];
+    let (d, p, v) = directives[(rng.next() % directives.len() as u64) as usize];
+    let sp = rng.pick(&["", " ", "  "]);
+    let q = rng.pick(&["\"", "'", ""]);
+    let body = if p.is_empty() {
+        String::new()
+    } else {
+        format!(" {p}={q}{v}{q}")
+    };
+    format!(
+        "{}<!--{sp}#{d}{body}{sp}-->",
+        rng.pick(&["", "x", "<p>", "name="])
+    )
+}
+
+/// LDAP filter injection: close the application's filter and open one of the attacker's
+/// (`*)(uid=*))(|(uid=*`), by the filter grammar of RFC 4515.
+fn ldap(rng: &mut Rng) -> String {
+    let attrs = [
+        "uid",
+        "cn",
+        "objectClass",
+        "userPassword",
+        "mail",
+        "sn",
+        "memberOf",
+        "description",
+    ];
+    let values = ["*", "admin*", "a*", "*)", "x"];
+    let a = rng.pick(&attrs);
+    let b = rng.pick(&attrs);
+    let v = rng.pick(&values);
+    match rng.below(6) {
+        0 => format!("*)({a}=*))(|({b}=*"),
+        1 => format!("{v})(|({a}=*)"),
+        2 => format!("admin)(&({a}=*)"),
+        3 => format!("*)(!({a}={v}))"),
+        4 => format!("x)({a}>={v})(|(cn=*"),
+        _ => format!("*))%00({a}=*"),
+    }
+}
+
 // ---- benign texts ----
 
 /// Support questions and how-tos that use command and SQL words as English, the way people
@@ -479,6 +537,8 @@ fn main() {
     };
     corpora.push(("traversal", true, gen(&mut rng, 3000, traversal)));
     corpora.push(("command", true, gen(&mut rng, 3000, command)));
+    corpora.push(("ssi", true, gen(&mut rng, 600, server_side_include)));
+    corpora.push(("ldap", true, gen(&mut rng, 600, ldap)));
     corpora.push((
         "support-questions",
         false,

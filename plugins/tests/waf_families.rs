@@ -415,3 +415,23 @@ fn traversal_in_every_spelling_a_server_decodes() {
         ],
     );
 }
+
+/// Server-side include directives, which a server with SSI on runs or expands, against HTML
+/// comments and editor folding markers.
+#[test]
+fn server_side_includes() {
+    check(
+        "ssi",
+        &[
+            "<!--#exec cmd=\"id\"-->",
+            "<!-- #include virtual=\"/etc/passwd\" -->",
+            "x<!--#echo var=\"DOCUMENT_ROOT\"-->",
+            "<!--#printenv -->",
+        ],
+        &[
+            "<!-- a comment about #exec -->",
+            "<!-- #region navigation -->",
+            "use #include <stdio.h> in C",
+        ],
+    );
+}
