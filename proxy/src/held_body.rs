@@ -153,9 +153,8 @@ impl HeldBody {
         for part in parts {
             out.push(match part {
                 Part::Judge(segment) => {
-                    let doc = segment.doc().to_vec();
                     let release = decoding.release(segment.release.len());
-                    Part::Judge(Segment::judged_by(doc, release))
+                    Part::Judge(segment.releasing(release))
                 }
                 Part::Pass(bytes) => Part::Pass(decoding.release(bytes.len()).into()),
             });

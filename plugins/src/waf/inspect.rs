@@ -460,6 +460,12 @@ impl BodyProblem {
     }
 }
 
+/// A string of a structured body: an object's key, or a value.
+enum Named {
+    Name(Vec<u8>),
+    Value(Vec<u8>),
+}
+
 /// The URLs in a prose value: all that is inspected of it.
 fn push_prose(fields: &mut Vec<Field>, name: &str, value: &[u8]) {
     let urls = url_pattern()
@@ -496,6 +502,14 @@ fn body_fields(
             ));
         }
         fields.push(Field::new(Target::Args, Source::Body, name, value));
+    };
+    // A key or a value of a structured body (JSON, OTLP) at its path. Under a prose path a
+    // value is prose and a key is plain (`gen_ai.prompt`, `args`); elsewhere both are judged.
+    let structured = |fields: &mut Vec<Field>, path: String, named: Named| match named {
+        Named::Value(value) if profile.is_prose(&path) => push_prose(fields, &path, &value),
+        Named::Name(_) if profile.is_prose(&path) || profile.excludes(&path) => {}
+        Named::Name(key) => fields.push(Field::new(Target::ArgNames, Source::Body, path, key)),
+        Named::Value(value) => arg(fields, path, None, value),
     };
     let mut format = BodyFormat::of(content_type, path);
     // A sniffed body is JSON only if it parses: the fields are kept, not parsed twice.
@@ -559,21 +573,12 @@ fn body_fields(
                 return Some(BodyProblem::Malformed);
             };
             for f in json {
-                if profile.is_prose(&f.path) {
-                    if let Some(value) = f.value {
-                        push_prose(fields, &f.path, value.as_bytes());
+                match (f.key, f.value) {
+                    (Some(key), _) => structured(fields, f.path, Named::Name(key.into_bytes())),
+                    (None, Some(value)) => {
+                        structured(fields, f.path, Named::Value(value.into_bytes()))
                     }
-                } else if let Some(key) = f.key {
-                    if !profile.excludes(&f.path) {
-                        fields.push(Field::new(
-                            Target::ArgNames,
-                            Source::Body,
-                            f.path,
-                            key.into_bytes(),
-                        ));
-                    }
-                } else if let Some(value) = f.value {
-                    arg(fields, f.path, None, value.into_bytes());
+                    (None, None) => {}
                 }
             }
         }
@@ -586,18 +591,11 @@ fn body_fields(
                 return Some(BodyProblem::Malformed);
             };
             for f in otlp {
-                if profile.is_prose(&f.path) {
-                    // A prose attribute's key is plain (`gen_ai.prompt`); its value is prose.
-                    if f.key.is_none() {
-                        push_prose(fields, &f.path, &f.value);
-                    }
-                } else if f.key.is_some() {
-                    if !profile.excludes(&f.path) {
-                        fields.push(Field::new(Target::ArgNames, Source::Body, f.path, f.value));
-                    }
-                } else {
-                    arg(fields, f.path, None, f.value);
-                }
+                let named = match f.key {
+                    Some(_) => Named::Name(f.value),
+                    None => Named::Value(f.value),
+                };
+                structured(fields, f.path, named);
             }
         }
         BodyFormat::Protobuf => return Some(BodyProblem::UnknownSchema),

@@ -64,6 +64,15 @@ impl Segment {
     pub fn doc(&self) -> &[u8] {
         self.doc.as_deref().unwrap_or(&self.release)
     }
+
+    /// The same document, releasing other bytes once it passed (a compressed body's encoded
+    /// bytes, where the document was cut from the decoded ones). Moves, never copies.
+    pub fn releasing(self, release: Vec<u8>) -> Self {
+        Segment {
+            doc: Some(self.doc.unwrap_or(self.release)),
+            release,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
