@@ -305,3 +305,49 @@ async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
     let r = send_raw(to, INTERNAL_PEER, &raw).await.expect("answer");
     assert_eq!(r.status, 200, "internal exports are not judged");
 }
+
+/// A small compressed body (read at once, under 64 KiB) that decodes past the inspection
+/// window meets the route's policy on its decoded size, as a held one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_compressed_body_meets_the_policy_on_its_decoded_size() {
+    let up = RecordingUpstream::start("app").await;
+    let plugins = |oversize: &str| {
+        let owasp = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/waf/owasp");
+        format!("body_inspection = {{ limit_bytes = 10000, oversize = \"{oversize}\" }}\n\n[[listeners.plugins]]\ntype = \"owasp\"\nrules = [\"{owasp}\"]\noverrides = {{ SizeRestrictions_BODY = \"off\" }}\n")
+    };
+    // 20 KB of form text, then an attack past the first window.
+    let mut text: Vec<u8> = (0..2000u32)
+        .flat_map(|i| format!("f{i}=v{}&", i * 7 % 97).into_bytes())
+        .collect();
+    text.truncate(20_000);
+    let attacked = [&text[..], b"&q=1' UNION SELECT password FROM users--"].concat();
+    let headers = [
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Content-Encoding", "gzip"),
+    ];
+    for (oversize, body, status) in [
+        ("refuse", &text, 413),
+        ("inspect_all", &text, 200),
+        ("inspect_all", &attacked, 403),
+    ] {
+        let rampart =
+            Rampart::start(&one_listener(up.addr, "", &plugins(oversize)), &["web"]).await;
+        let sent = gzip(body);
+        assert!(sent.len() < 10_000, "read at once: {} bytes", sent.len());
+        let before = up.count();
+        let r = send_raw(
+            rampart.addr("web"),
+            EXTERNAL_PEER,
+            &post_raw("/form", &headers, &sent),
+        )
+        .await
+        .expect("answer");
+        assert_eq!(r.status, status, "{oversize}: {:?}", r.json());
+        let reached = up.count() - before;
+        assert_eq!(
+            reached,
+            usize::from(status == 200),
+            "{oversize}: upstream saw {reached}"
+        );
+    }
+}

@@ -359,8 +359,9 @@ async fn read_whole_body(
 }
 
 impl RampartProxy {
-    /// Judges a body read whole (a provider route's) as the route's `body_inspection`
-    /// says: in one piece up to `limit_bytes`, in parts past it.
+    /// Judges a body read whole (a provider route's, or a small compressed one decoded past
+    /// the window) as the route's `body_inspection` says: in one piece up to `limit_bytes`,
+    /// in parts past it.
     async fn judge_whole_body(
         &self,
         session: &Session,
@@ -675,7 +676,11 @@ impl ProxyHttp for RampartProxy {
                 }
             }
         }
-        let stage = if ctx.held.is_some() {
+        // A small compressed body can decode past the window: it is judged as the route's
+        // `body_inspection` says of its decoded size, like a held one (in parts, a prefix, or
+        // refused), after the headers.
+        let decoded_past_window = body.take_if(|b| b.len() > route.body.limit_bytes);
+        let stage = if ctx.held.is_some() || decoded_past_window.is_some() {
             Stage::Headers
         } else {
             Stage::All
@@ -684,10 +689,18 @@ impl ProxyHttp for RampartProxy {
             .judge(session, ctx, &normalised, body.as_deref(), stage)
             .await;
         ctx.identity = judgement.identity;
-        match judgement.denied {
-            Some((plugin, deny)) => refuse_with(session, ctx, plugin, deny).await,
-            None => Ok(false),
+        if let Some((plugin, deny)) = judgement.denied {
+            return refuse_with(session, ctx, plugin, deny).await;
         }
+        if let Some(decoded) = decoded_past_window {
+            let judged = self
+                .judge_whole_body(session, ctx, &normalised, &decoded)
+                .await;
+            if let Err((plugin, deny)) = judged {
+                return refuse_with(session, ctx, plugin, deny).await;
+            }
+        }
+        Ok(false)
     }
 
     /// The body phase: chunks are held back until the whole body (or the inspection limit)
