@@ -7,7 +7,7 @@ use std::path::Path;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::plugins::owasp::Waf;
 use rampart_plugins::{path, RequestView};
 use rules_dir::RulesDir;
 
@@ -27,13 +27,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .cloned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let ctx = RulesDir::shipped();
-    let build = |name: &'static str| {
-        let config: WafConfig =
-            toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));
-        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
-    };
-    let wafs = [build("owasp"), build("bad_inputs")];
+    let wafs = RulesDir::shipped().wafs("paranoia = 1\nthreshold = 5");
     let corpus = root.join("../shared/waf-corpus/crs-dev.jsonl");
     let text =
         std::fs::read_to_string(&corpus).unwrap_or_else(|e| panic!("{}: {e}", corpus.display()));

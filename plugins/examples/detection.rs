@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::plugins::owasp::Waf;
 use rampart_plugins::RequestView;
 use rules_dir::RulesDir;
 
@@ -405,13 +405,7 @@ fn documentation_sentences(limit: usize) -> Vec<String> {
 // ---- judging ----
 
 fn wafs() -> [Waf; 2] {
-    let ctx = RulesDir::shipped();
-    let build = |name| {
-        let config: WafConfig =
-            toml::from_str("paranoia = 1\nthreshold = 5").unwrap_or_else(|e| panic!("{e}"));
-        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
-    };
-    [build("owasp"), build("bad_inputs")]
+    RulesDir::shipped().wafs("paranoia = 1\nthreshold = 5")
 }
 
 fn form_encode(v: &str) -> String {

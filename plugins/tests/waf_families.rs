@@ -7,17 +7,12 @@ mod rules_dir;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::plugins::owasp::Waf;
 use rampart_plugins::RequestView;
 use rules_dir::RulesDir;
 
 fn wafs() -> [Waf; 2] {
-    let ctx = RulesDir::shipped();
-    let build = |name| {
-        let config: WafConfig = toml::from_str("").unwrap_or_else(|e| panic!("{e}"));
-        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
-    };
-    [build("owasp"), build("bad_inputs")]
+    RulesDir::shipped().wafs("")
 }
 
 fn request<'a>(

@@ -8,18 +8,12 @@ mod rules_dir;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderValue, Method};
-use rampart_plugins::plugins::owasp::{Waf, WafConfig};
+use rampart_plugins::plugins::owasp::Waf;
 use rampart_plugins::{Plugin, RequestView, Verdict};
 use rules_dir::RulesDir;
 
 fn wafs() -> [Waf; 2] {
-    let ctx = RulesDir::shipped();
-    let build = |name| {
-        let config: WafConfig =
-            toml::from_str("routes = { langfuse = \"traces\" }").unwrap_or_else(|e| panic!("{e}"));
-        Waf::build(name, config, &ctx).unwrap_or_else(|e| panic!("{e}"))
-    };
-    [build("owasp"), build("bad_inputs")]
+    RulesDir::shipped().wafs("routes = { langfuse = \"traces\" }")
 }
 
 /// The first refusal (status, rule) by `wafs` of a JSON-or-other POST of `body` as
@@ -291,10 +285,7 @@ fn declared_json_that_does_not_parse_is_refused_not_grepped() {
 #[test]
 fn ssrf_in_prose_is_a_profile_setting() {
     let ctx = RulesDir::shipped();
-    let waf = |config: &str| {
-        let config: WafConfig = toml::from_str(config).unwrap_or_else(|e| panic!("{e}"));
-        Waf::build("owasp", config, &ctx).unwrap_or_else(|e| panic!("{e}"))
-    };
+    let waf = |config: &str| ctx.waf("owasp", config);
     let builtin = || waf("routes = { chat = \"llm\" }");
     let fetching = || {
         waf(

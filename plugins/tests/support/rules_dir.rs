@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use rampart_plugins::net::NetSet;
+use rampart_plugins::plugins::owasp::{Waf, WafConfig};
 use rampart_plugins::registry::{BuildContext, BuildError};
 use rampart_plugins::{SecretValues, SharedSecret};
 
@@ -22,6 +23,20 @@ impl RulesDir {
             internal: NetSet::default(),
             secret: None,
         }
+    }
+
+    /// The shipped WAF rules, as the `owasp` and `bad_inputs` plugins with `config` (their
+    /// TOML settings, such as `routes = { chat = "llm" }`).
+    #[allow(dead_code)] // not every file that includes this module builds a WAF
+    pub fn wafs(&self, config: &str) -> [Waf; 2] {
+        ["owasp", "bad_inputs"].map(|name| self.waf(name, config))
+    }
+
+    /// One WAF plugin (`owasp` or `bad_inputs`) with `config`.
+    #[allow(dead_code)]
+    pub fn waf(&self, plugin: &'static str, config: &str) -> Waf {
+        let config: WafConfig = toml::from_str(config).unwrap_or_else(|e| panic!("{e}"));
+        Waf::build(plugin, config, self).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
