@@ -320,6 +320,22 @@ pub async fn request(
         .unwrap_or_else(|e| panic!("{method} {path} from {source}: {e}"))
 }
 
+/// A POST of `body` with `headers` (after Host, a langfuse SDK's User-Agent, Connection:
+/// close and Content-Length), as raw bytes for [`send_raw`].
+pub fn raw_post(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: langfuse-python/2.60\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (k, v) in headers {
+        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(body);
+    raw
+}
+
 /// Polls `check` until it holds or `within` passes.
 pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
 where

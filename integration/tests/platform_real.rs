@@ -322,21 +322,13 @@ async fn real_clients_pass_untouched_and_attacks_do_not() {
 
 /// A POST to :8080 from outside, as a client with the CDN's header would send it.
 fn post_ingestion(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: langfuse.example.com\r\nUser-Agent: langfuse-python/2.60\r\nConnection: close\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut all = vec![("X-Origin-Verify", ORIGIN_SECRET)];
     if !headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
     {
-        raw.extend_from_slice(b"Content-Type: application/json\r\n");
+        all.push(("Content-Type", "application/json"));
     }
-    for (k, v) in headers {
-        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    raw.extend_from_slice(b"\r\n");
-    raw.extend_from_slice(body);
-    raw
+    all.extend_from_slice(headers);
+    raw_post(path, &all, body)
 }

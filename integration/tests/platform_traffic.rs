@@ -35,7 +35,7 @@ async fn post(
 ) -> RawResponse {
     let mut all = vec![("Content-Type", content_type)];
     all.extend_from_slice(headers);
-    let raw = post_raw(path, &all, body);
+    let raw = raw_post(path, &all, body);
     send_raw(to, source, &raw)
         .await
         .unwrap_or_else(|e| panic!("POST {path} from {source}: {e}"))
@@ -186,20 +186,6 @@ fn ingestion_batch(events: usize, user_id: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "batch": batch })).expect("json")
 }
 
-fn post_raw(path: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut raw = format!(
-        "POST {path} HTTP/1.1\r\nHost: gateway.test\r\nUser-Agent: langfuse-python/2.60\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    for (k, v) in headers {
-        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    raw.extend_from_slice(b"\r\n");
-    raw.extend_from_slice(body);
-    raw
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
     let Seed { up, rampart } = shipped().await;
@@ -217,7 +203,7 @@ async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
     // Small (read at once) and large (held and judged a window at a time, 3 MiB decoded).
     for events in [3, 2_000] {
         let sent = gzip(&ingestion_batch(events, "user-42"));
-        let raw = post_raw(ingest, &gz, &sent);
+        let raw = raw_post(ingest, &gz, &sent);
         let r = send_raw(to, EXTERNAL_PEER, &raw).await.expect("answer");
         assert_eq!(r.status, 200, "{events} events: {:?}", r.json());
         let seen = up.langfuse.requests().pop().expect("recorded");
@@ -231,7 +217,7 @@ async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
             "x' UNION SELECT password FROM users --",
         ));
         let path = format!("{ingest}?attacked={events}");
-        let r = send_raw_refusable(to, EXTERNAL_PEER, &post_raw(&path, &gz, &attacked))
+        let r = send_raw_refusable(to, EXTERNAL_PEER, &raw_post(&path, &gz, &attacked))
             .await
             .expect("answer");
         assert_eq!(r.status, 403, "{events} events: {:?}", r.json());
@@ -248,7 +234,7 @@ async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
         std::io::Write::write_all(&mut bomb, &zeros).expect("gzip");
     }
     let bomb = bomb.finish().expect("gzip");
-    let r = send_raw_refusable(to, EXTERNAL_PEER, &post_raw("/bomb", &gz, &bomb))
+    let r = send_raw_refusable(to, EXTERNAL_PEER, &raw_post("/bomb", &gz, &bomb))
         .await
         .expect("answer");
     assert_eq!(r.status, 413, "{:?}", r.json());
@@ -277,7 +263,7 @@ async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
             ("Content-Encoding", encoding),
             ("X-Origin-Verify", ORIGIN_SECRET),
         ];
-        let r = send_raw_refusable(to, EXTERNAL_PEER, &post_raw("/odd", &headers, body))
+        let r = send_raw_refusable(to, EXTERNAL_PEER, &raw_post("/odd", &headers, body))
             .await
             .expect("answer");
         assert_eq!(
@@ -296,12 +282,12 @@ async fn compressed_bodies_are_judged_decoded_and_delivered_as_sent() {
     let r = send_raw(
         to,
         EXTERNAL_PEER,
-        &post_raw(ingest, &json, &ingestion_batch(3, "u")),
+        &raw_post(ingest, &json, &ingestion_batch(3, "u")),
     )
     .await
     .expect("answer");
     assert_eq!(r.status, 200);
-    let raw = post_raw(ingest, &gz[..2], &gzip(&ingestion_batch(3, "x' OR 1=1 --")));
+    let raw = raw_post(ingest, &gz[..2], &gzip(&ingestion_batch(3, "x' OR 1=1 --")));
     let r = send_raw(to, INTERNAL_PEER, &raw).await.expect("answer");
     assert_eq!(r.status, 200, "internal exports are not judged");
 }
@@ -338,7 +324,7 @@ async fn a_small_compressed_body_meets_the_policy_on_its_decoded_size() {
         let r = send_raw(
             rampart.addr("web"),
             EXTERNAL_PEER,
-            &post_raw("/form", &headers, &sent),
+            &raw_post("/form", &headers, &sent),
         )
         .await
         .expect("answer");
