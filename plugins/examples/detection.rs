@@ -1,6 +1,6 @@
 //! Detection figures on corpora this project makes itself, never on the CRS half the rules
 //! were written against: `cargo run --release -p rampart-plugins --example detection
-//! [-- --misses FAMILY | --false-positives]`.
+//! [-- --misses FAMILY | --false-positives | --explain VALUE]`.
 //!
 //! Attacks are generated from each injection language's grammar (a payload is a walk through
 //! choices: where it breaks out, what it runs, how it is spelled and encoded), benign texts are
@@ -465,16 +465,16 @@ fn refused(wafs: &[Waf], value: &str) -> [Vec<String>; 2] {
     [get, post]
 }
 
-fn judge(
-    wafs: &[Waf],
-    method: &Method,
-    path: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-    body: Option<&[u8]>,
-) -> Vec<String> {
+/// A request from an outside client to the `app` route.
+fn view<'a>(
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    body: Option<&'a [u8]>,
+) -> RequestView<'a> {
     let peer = std::net::IpAddr::from([198, 51, 100, 7]);
-    let view = RequestView {
+    RequestView {
         listener: "web",
         route: "app",
         peer,
@@ -487,7 +487,18 @@ fn judge(
         body,
         identity: None,
         inspections: None,
-    };
+    }
+}
+
+fn judge(
+    wafs: &[Waf],
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Vec<String> {
+    let view = view(method, path, query, headers, body);
     let mut labels = Vec::new();
     for w in wafs {
         let a = w.assess(&view);
@@ -505,6 +516,19 @@ fn judge(
     labels
 }
 
+/// How each WAF reads `value` sent as a query parameter (`--explain VALUE`).
+fn explain(wafs: &[Waf], value: &str) {
+    use rampart_plugins::Plugin;
+    let query = format!("q={}", form_encode(value));
+    let headers = HeaderMap::new();
+    let view = view(&Method::GET, "/search", Some(&query), &headers, None);
+    for w in wafs {
+        for line in w.explain(&view) {
+            println!("{}: {line}", w.name());
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tally {
     cases: usize,
@@ -520,6 +544,14 @@ fn main() {
         .cloned();
     let show_fp = args.iter().any(|a| a == "--false-positives");
     let wafs = wafs();
+    if let Some(value) = args
+        .iter()
+        .position(|a| a == "--explain")
+        .and_then(|i| args.get(i + 1))
+    {
+        explain(&wafs, value);
+        return;
+    }
     let mut rng = Rng(0x9e3779b97f4a7c15);
 
     let mut corpora: Vec<(&str, bool, Vec<String>)> = Vec::new();

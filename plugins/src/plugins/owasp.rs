@@ -351,7 +351,11 @@ impl Plugin for Waf {
                     m.source,
                     m.excerpt,
                     rule.description,
-                )
+                ) + &m
+                    .why
+                    .as_ref()
+                    .map(|w| format!("\n      detector: {w}"))
+                    .unwrap_or_default()
             })
             .collect();
         if let Some(problem) = a.body_problem {

@@ -2,6 +2,7 @@
 //! signature rules compiled for one pass per field, and anomaly scoring.
 
 pub mod decode;
+pub mod detect;
 pub mod encoding;
 pub mod inspect;
 pub mod memo;

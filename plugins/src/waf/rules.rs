@@ -21,13 +21,14 @@
 //! (`sqli`, `xss`), `max_bytes` (a size limit), `missing` (the targets' headers are absent) or
 //! `methods`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use thiserror::Error;
 
+use super::detect::{self, Detector};
 use super::inspect::{Field, Inspection, Source, Target, Transform, TRANSFORMS};
 use super::literal_screen;
 use super::memo::{FieldHit, FieldMemo};
@@ -94,7 +95,11 @@ struct RuleSpec {
     /// With `phrases`: the phrase must not touch a letter, digit or `_` on either side.
     #[serde(default)]
     boundary: bool,
-    detector: Option<Detector>,
+    detector: Option<detect::Kind>,
+    /// With `detector`: the detector's word classes, each a list of `lists` names
+    /// (`words = { strong = ["unix_strong"], weak = ["unix_weak"] }`).
+    #[serde(default)]
+    words: BTreeMap<String, Vec<String>>,
     max_bytes: Option<usize>,
     #[serde(default)]
     missing: bool,
@@ -109,13 +114,6 @@ struct RuleSpec {
 
 fn one() -> u8 {
     1
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Detector {
-    Sqli,
-    Xss,
 }
 
 #[derive(Debug, Error)]
@@ -312,7 +310,12 @@ pub struct RuleMatch {
     pub field: String,
     /// A short excerpt of what matched (decoded form), for the explain output and logs.
     pub excerpt: String,
+    /// For a detector's match: why it counts, and how the detector read the excerpt.
+    pub why: Option<String>,
 }
+
+/// The most of a detector's token stream an explanation shows.
+const EXPLAIN_CHARS: usize = 400;
 
 const EXCERPT: usize = 80;
 
@@ -398,7 +401,9 @@ impl RuleSet {
                         entry.1.push((index, spec.boundary));
                     }
                     Matcher::Pattern
-                } else if let Some(d) = spec.detector {
+                } else if let Some(kind) = spec.detector {
+                    let d = Detector::build(kind, &spec.words, &parsed.lists)
+                        .map_err(|m| err(at, format!("rule {}: {m}", spec.id)))?;
                     detectors.push(index);
                     Matcher::Detector(d)
                 } else if let Some(n) = spec.max_bytes {
@@ -531,6 +536,7 @@ impl RuleSet {
                         target: field.target,
                         field: field.name.clone(),
                         excerpt: excerpt(form, h.at as usize, h.len as usize),
+                        why: self.why(i, form, h),
                     });
                 }
             }
@@ -615,10 +621,35 @@ impl RuleSet {
                     target,
                     field: String::new(),
                     excerpt,
+                    why: None,
                 });
             }
         }
         out
+    }
+
+    /// For a detector rule's hit: why the detector counted it, and its reading of the part
+    /// of `form` around the hit (bounded: a refused request costs no more than a few
+    /// hundred bytes' tokenising more).
+    fn why(&self, rule: usize, form: &[u8], hit: &FieldHit) -> Option<String> {
+        let Matcher::Detector(d) = &self.rules[rule].matcher else {
+            return None;
+        };
+        let at = (hit.at as usize).min(form.len());
+        let end = (at + (hit.len as usize).max(1))
+            .min(form.len())
+            .min(at + 200);
+        let reason = d.detect(form).map_or("", |found| found.why);
+        let mut tokens = d.explain(&form[at..end]);
+        if tokens.len() > EXPLAIN_CHARS {
+            let cut = (0..=EXPLAIN_CHARS)
+                .rev()
+                .find(|&c| tokens.is_char_boundary(c))
+                .unwrap_or(0);
+            tokens.truncate(cut);
+            tokens.push('…');
+        }
+        Some(format!("{reason}; read as: {tokens}"))
     }
 
     /// Every active rule that matches `field` on its own, once each, in the order the
@@ -696,17 +727,16 @@ impl RuleSet {
                     .as_ref()
                     .is_none_or(|f| f.is_match(field.form(Transform::Norm)))
             };
-            let found = match self.rules[i].matcher {
-                Matcher::Detector(Detector::Sqli) => {
-                    worth(&self.sqli_prefilter) && libinjectionrs::detect_sqli(input).is_injection()
-                }
-                Matcher::Detector(Detector::Xss) => {
-                    worth(&self.xss_prefilter) && libinjectionrs::detect_xss(input).is_injection()
-                }
-                _ => false,
+            let Matcher::Detector(detector) = &self.rules[i].matcher else {
+                continue;
             };
-            if found {
-                push(out, i, 0, input.len().min(EXCERPT));
+            let screened = match detector {
+                Detector::Sqli => worth(&self.sqli_prefilter),
+                Detector::Xss => worth(&self.xss_prefilter),
+                _ => true,
+            };
+            if let Some(d) = screened.then(|| detector.detect(input)).flatten() {
+                push(out, i, d.at, d.len);
             }
         }
     }
