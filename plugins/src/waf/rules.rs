@@ -730,9 +730,9 @@ impl RuleSet {
             let Matcher::Detector(detector) = &self.rules[i].matcher else {
                 continue;
             };
-            let screened = match detector {
-                Detector::Sqli => worth(&self.sqli_prefilter),
-                Detector::Xss => worth(&self.xss_prefilter),
+            let screened = match detector.kind() {
+                detect::Kind::Sqli => worth(&self.sqli_prefilter),
+                detect::Kind::Xss => worth(&self.xss_prefilter),
                 _ => true,
             };
             if let Some(d) = screened.then(|| detector.detect(input)).flatten() {

@@ -875,11 +875,12 @@ fn detect_in(toks: &[Tok], dict: &Dictionary) -> Option<Detection> {
             }
             Tok::Open(open) => {
                 // A parenthesis or brace in the middle of words is punctuation ("(set to 41
-                // by default)"); a subshell or group opens where a command could start.
+                // by default)"); a subshell or group opens where a command could start, or
+                // right after another closes (PHP's `("system")("id")`).
                 let commands = matches!(open, Open::Subst | Open::Backtick)
                     || matches!(
                         i.checked_sub(1).map(|p| &toks[p]),
-                        None | Some(Tok::Sep { .. } | Tok::Open(_))
+                        None | Some(Tok::Sep { .. } | Tok::Open(_) | Tok::Close(_))
                     );
                 opens.push((*open, closed[i] && commands));
                 position = commands.then_some(Position::Inside {
