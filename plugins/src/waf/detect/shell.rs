@@ -792,7 +792,9 @@ fn judge(toks: &[Tok], mut i: usize, position: Position, dict: &Dictionary) -> O
                 return found("a command with command-line arguments after a separator");
             }
             let at_end = next.is_none();
-            if args.is_empty() && (by_syntax || at_end && (class == Class::Bare || !prose)) {
+            // A word that is also English, alone after a spaced separator, is a phrase
+            // ("c++ | more"); glued to it (`x|more`), or revealing something alone, a command.
+            if args.is_empty() && (by_syntax || at_end && (class == Class::Bare || !spaced)) {
                 return found("a command alone after a separator");
             }
             if args.len() == 1 && (by_syntax || at_end && !prose) {
