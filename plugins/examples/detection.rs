@@ -517,6 +517,31 @@ fn graphql(rng: &mut Rng) -> String {
     }
 }
 
+/// An attack of any family above, base64-encoded (standard or URL-safe) into a parameter,
+/// as applications that pass encoded blobs receive it.
+fn base64_wrapped(rng: &mut Rng) -> String {
+    let families: [fn(&mut Rng) -> String; 6] = [
+        traversal,
+        command,
+        template,
+        js_sink,
+        xxe,
+        server_side_include,
+    ];
+    let attack = families[(rng.next() % families.len() as u64) as usize](rng);
+    encode_base64(rng, &attack)
+}
+
+fn encode_base64(rng: &mut Rng, text: &str) -> String {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    if rng.below(2) == 0 {
+        STANDARD.encode(text)
+    } else {
+        URL_SAFE_NO_PAD.encode(text)
+    }
+}
+
 // ---- benign texts ----
 
 /// Support questions and how-tos that use command and SQL words as English, the way people
@@ -799,6 +824,16 @@ fn python_docstrings(limit: usize) -> Vec<String> {
     out
 }
 
+/// Benign texts, base64-encoded: decoding them must not make them suspect.
+fn base64_benign(rng: &mut Rng) -> String {
+    let text = if rng.below(2) == 0 {
+        support_question(rng)
+    } else {
+        lookalike_value(rng)
+    };
+    encode_base64(rng, &text)
+}
+
 // ---- judging ----
 
 fn wafs() -> [Waf; 2] {
@@ -815,6 +850,22 @@ fn form_encode(v: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The headers of a browser's request to the shop.
+fn browser_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in [
+        ("host", "shop.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "text/html,application/xhtml+xml"),
+    ] {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    headers
 }
 
 /// The rules that refuse `value` sent as a query parameter, and as a form field.
@@ -839,17 +890,7 @@ fn refused(wafs: &[Waf], value: &str) -> [Vec<String>; 2] {
         Some((name, v)) => format!("{name}={}", form_encode(v)),
         None => format!("q={param}"),
     };
-    let mut headers = HeaderMap::new();
-    for (k, v) in [
-        ("host", "shop.example.com"),
-        (
-            "user-agent",
-            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
-        ),
-        ("accept", "text/html,application/xhtml+xml"),
-    ] {
-        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-    }
+    let mut headers = browser_headers();
     let get = judge(wafs, &Method::GET, "/search", Some(&query), &headers, None);
     headers.insert(
         HeaderName::from_static("content-type"),
@@ -921,7 +962,7 @@ fn judge(
 fn explain(wafs: &[Waf], value: &str) {
     use rampart_plugins::Plugin;
     let query = format!("q={}", form_encode(value));
-    let headers = HeaderMap::new();
+    let headers = browser_headers();
     let view = view(&Method::GET, "/search", Some(&query), &headers, None);
     for w in wafs {
         for line in w.explain(&view) {
@@ -973,6 +1014,7 @@ fn main() {
     corpora.push(("mail", true, gen(&mut rng, 600, mail)));
     corpora.push(("xxe", true, gen(&mut rng, 1000, xxe)));
     corpora.push(("graphql", true, gen(&mut rng, 600, graphql)));
+    corpora.push(("base64", true, gen(&mut rng, 2000, base64_wrapped)));
     corpora.push((
         "support-questions",
         false,
@@ -981,6 +1023,7 @@ fn main() {
     corpora.push(("documentation", false, documentation_sentences(3000)));
     corpora.push(("docstrings", false, python_docstrings(3000)));
     corpora.push(("lookalikes", false, gen(&mut rng, 3000, lookalike_value)));
+    corpora.push(("base64-benign", false, gen(&mut rng, 2000, base64_benign)));
 
     println!(
         "{:<20} {:>6} {:>8} {:>8}   {:>6} {:>8} {:>8}",

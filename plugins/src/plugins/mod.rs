@@ -22,6 +22,7 @@ pub(crate) mod testing {
         pub path: String,
         pub headers: HeaderMap,
         pub method: Method,
+        pub query: Option<String>,
     }
 
     impl TestRequest {
@@ -31,7 +32,13 @@ pub(crate) mod testing {
                 path: path.to_string(),
                 headers: HeaderMap::new(),
                 method: Method::GET,
+                query: None,
             }
+        }
+
+        pub fn query(mut self, query: &str) -> Self {
+            self.query = Some(query.to_string());
+            self
         }
 
         pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -50,7 +57,7 @@ pub(crate) mod testing {
                 client: self.peer,
                 method: &self.method,
                 path: &self.path,
-                query: None,
+                query: self.query.as_deref(),
                 headers: &self.headers,
                 consumed: &[],
                 body: None,

@@ -202,6 +202,61 @@ pub fn html_entity_decode(input: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// The fewest base64 characters (padding aside) read: 7 hold 5 bytes, `$(id)`. Shorter
+/// values hold nothing an attack needs, and a short word must also mix cases or symbols
+/// and decode to text to be read at all.
+const BASE64_MIN: usize = 7;
+/// The longest value read as base64 (a larger one is a file, not a hidden parameter).
+const BASE64_MAX: usize = 64 << 10;
+
+/// `value` decoded, if it is base64 (standard or URL-safe, padded or not) of text: valid
+/// UTF-8, almost all of it printable. Attackers encode payloads so that signatures miss them;
+/// applications decode such parameters and use the text. Random bytes (keys, nonces, ids,
+/// audio) do not decode to text, and are left alone after a look at their first bytes.
+pub fn base64_text(value: &[u8]) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let v = value.trim_ascii();
+    let body = v
+        .strip_suffix(b"==")
+        .or_else(|| v.strip_suffix(b"="))
+        .unwrap_or(v);
+    if !(BASE64_MIN..=BASE64_MAX).contains(&body.len()) || body.len() % 4 == 1 {
+        return None;
+    }
+    let standard = body
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'));
+    let url_safe = body
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    // A word, a number or a hex digest is base64's alphabet but not base64 of anything.
+    let mixed = body.iter().any(u8::is_ascii_uppercase) && body.iter().any(u8::is_ascii_lowercase)
+        || body.iter().any(|b| !b.is_ascii_alphanumeric());
+    if !(standard || url_safe) || !mixed {
+        return None;
+    }
+    let engine = if standard {
+        STANDARD_NO_PAD
+    } else {
+        URL_SAFE_NO_PAD
+    };
+    let text_like = |bytes: &[u8]| {
+        let printable = bytes
+            .iter()
+            .filter(|&&b| b >= 0x20 && b != 0x7f || matches!(b, b'\t' | b'\r' | b'\n'))
+            .count();
+        printable * 20 >= bytes.len() * 19
+    };
+    // The first 64 characters (48 bytes) say whether the rest is worth decoding.
+    let head = &body[..body.len().min(64) / 4 * 4];
+    if !head.is_empty() && !engine.decode(head).is_ok_and(|h| text_like(&h)) {
+        return None;
+    }
+    let decoded = engine.decode(body).ok()?;
+    (std::str::from_utf8(&decoded).is_ok() && text_like(&decoded)).then_some(decoded)
+}
+
 /// Percent-decoding until stable (bounded), then entities, then NUL bytes removed.
 pub fn decoded(input: &[u8]) -> Vec<u8> {
     let mut v: Cow<'_, [u8]> = Cow::Borrowed(input);
@@ -547,6 +602,58 @@ mod cmdline_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn b64(text: &str, url_safe: bool) -> String {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+        use base64::Engine;
+        if url_safe {
+            URL_SAFE_NO_PAD.encode(text)
+        } else {
+            STANDARD.encode(text)
+        }
+    }
+
+    #[test]
+    fn base64_of_text_is_read_and_everything_else_left_alone() {
+        for text in [
+            ";cat /etc/passwd",
+            "' OR 1=1-- ",
+            "<script>alert(1)</script>",
+            "while(true);\n",
+        ] {
+            for url_safe in [false, true] {
+                let encoded = b64(text, url_safe);
+                assert_eq!(
+                    base64_text(encoded.as_bytes()).as_deref(),
+                    Some(text.as_bytes()),
+                    "{encoded}"
+                );
+            }
+        }
+        let random: Vec<u8> = (0u32..48)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let key = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(&random)
+        };
+        for value in [
+            key.as_str(),
+            "Administrator",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "d41d8cd98f00b204e9800998ecf8427e",
+            "12345678901234567890",
+            "aGkh",
+            "not base64 at all!",
+            &"QUFB".repeat(20_000),
+        ] {
+            assert!(
+                base64_text(value.as_bytes()).is_none(),
+                "read {:.40}",
+                value
+            );
+        }
+    }
 
     fn s(v: &[u8]) -> String {
         String::from_utf8_lossy(v).into_owned()

@@ -331,6 +331,7 @@ impl Inspection {
         if let Some(body) = req.body.filter(|b| !b.is_empty()) {
             body_problem = body_fields(body, content_type, req.path, profile, &mut fields);
         }
+        push_base64_forms(&mut fields);
         Inspection {
             fields,
             query_len,
@@ -341,6 +342,26 @@ impl Inspection {
             body_problem,
         }
     }
+}
+
+/// Each argument, cookie or header value that is base64 of text, decoded once more as a
+/// field of its own (`name(base64)`): an attack hidden that way is judged like one sent
+/// plainly. A token already verified (`Identity::verified_header`) is not among the fields.
+fn push_base64_forms(fields: &mut Vec<Field>) {
+    let decoded: Vec<Field> = fields
+        .iter()
+        .filter(|f| matches!(f.target, Target::Args | Target::Cookies | Target::Headers))
+        .filter_map(|f| {
+            let text = decode::base64_text(&f.raw)?;
+            Some(Field::new(
+                f.target,
+                f.source,
+                format!("{}(base64)", f.name),
+                text,
+            ))
+        })
+        .collect();
+    fields.extend(decoded);
 }
 
 /// Name/value pairs (query arguments, cookies) as a name field and a value field each,
@@ -751,6 +772,52 @@ mod tests {
         };
         assert_eq!(headers(&view), ["authorization", "x-note"]);
         assert_eq!(headers(&verified), ["x-note"]);
+    }
+
+    #[test]
+    fn base64_of_text_is_inspected_decoded_and_a_verified_token_is_not() {
+        // `;cat /etc/passwd` and `' OR 1=1-- `, base64 (standard and URL-safe).
+        let req = crate::plugins::testing::TestRequest::new("127.0.0.1", "/")
+            .query("d=O2NhdCAvZXRjL3Bhc3N3ZA==")
+            .header("cookie", "s=JyBPUiAxPTEtLSA")
+            .header("authorization", "O2NhdCAvZXRjL3Bhc3N3ZA==")
+            .header("x-id", "550e8400-e29b-41d4-a716-446655440000");
+        let decoded = |view: &RequestView<'_>| -> Vec<(String, String)> {
+            Inspection::new(view, &Profile::default())
+                .fields
+                .iter()
+                .filter(|f| f.name.ends_with("(base64)"))
+                .map(|f| (f.name.clone(), String::from_utf8_lossy(&f.raw).into_owned()))
+                .collect()
+        };
+        let view = req.view();
+        assert_eq!(
+            decoded(&view),
+            [
+                ("d(base64)".to_string(), ";cat /etc/passwd".to_string()),
+                ("s(base64)".to_string(), "' OR 1=1-- ".to_string()),
+                (
+                    "authorization(base64)".to_string(),
+                    ";cat /etc/passwd".to_string()
+                ),
+            ]
+        );
+        let who = crate::Identity {
+            client_id: "c".into(),
+            team: None,
+            scopes: Box::new([]),
+            upstream_headers: Vec::new(),
+            verified_header: Some(http::header::AUTHORIZATION),
+        };
+        let verified = RequestView {
+            identity: Some(&who),
+            ..view
+        };
+        assert_eq!(
+            decoded(&verified).len(),
+            2,
+            "a verified token is not decoded"
+        );
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Dictionary {
             .iter()
             .rposition(|b| !(b.is_ascii_digit() || *b == b'.'))
             .map_or(0, |p| p + 1);
-        if cut > 0 && cut < unversioned.len() {
+        if cut > 0 && unversioned[cut..].iter().any(u8::is_ascii_digit) {
             if let Some(c) = self.words.get(&unversioned[..cut]) {
                 return Some(*c);
             }
@@ -1010,6 +1010,7 @@ mod tests {
             "curl up with a good book",
             "R&D budget; more to come",
             "Find /tmp files older than seven days in the archive",
+            "wait... / or not",
         ] {
             assert!(!hit(text), "refused {text:?}: {}", explain(text.as_bytes()));
         }
