@@ -750,13 +750,7 @@ mod tests {
 
         // After a plugin verified the token, its header is no longer inspected: an
         // inspection built before cannot stand for that.
-        let who = crate::Identity {
-            client_id: "c".into(),
-            team: None,
-            scopes: Box::new([]),
-            upstream_headers: Vec::new(),
-            verified_header: Some(http::header::AUTHORIZATION),
-        };
+        let who = verified_by_authorization();
         let verified = RequestView {
             identity: Some(&who),
             ..view
@@ -772,6 +766,17 @@ mod tests {
         };
         assert_eq!(headers(&view), ["authorization", "x-note"]);
         assert_eq!(headers(&verified), ["x-note"]);
+    }
+
+    /// A client whose token in `Authorization` a plugin verified.
+    fn verified_by_authorization() -> crate::Identity {
+        crate::Identity {
+            client_id: "c".into(),
+            team: None,
+            scopes: Box::new([]),
+            upstream_headers: Vec::new(),
+            verified_header: Some(http::header::AUTHORIZATION),
+        }
     }
 
     #[test]
@@ -802,13 +807,7 @@ mod tests {
                 ),
             ]
         );
-        let who = crate::Identity {
-            client_id: "c".into(),
-            team: None,
-            scopes: Box::new([]),
-            upstream_headers: Vec::new(),
-            verified_header: Some(http::header::AUTHORIZATION),
-        };
+        let who = verified_by_authorization();
         let verified = RequestView {
             identity: Some(&who),
             ..view
