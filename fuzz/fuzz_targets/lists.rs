@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
             let table = PrefixTable::new(nets.clone());
             assert!(table.len() <= nets.len());
             for net in &nets {
-                assert!(table.contains(net.addr()), "{net} was loaded but is not matched");
+                assert!(
+                    table.contains(net.addr()),
+                    "{net} was loaded but is not matched"
+                );
             }
         }
         Err(e) => assert!(e.line >= 1 && e.line <= text.lines().count().max(1)),

@@ -78,8 +78,8 @@ impl Dictionary {
         Ok(())
     }
 
-    fn class_of(&self, word: &Word) -> Option<Class> {
-        let text = &word.text;
+    fn class_of(&self, word: &Word, buf: &[u8]) -> Option<Class> {
+        let text = &buf[word.text.clone()];
         // A command named by its path: absolute, relative to here or home, or in a `bin`
         // directory; not a product token (`OpenAI/Python`) or a URL.
         let base = match text.iter().rposition(|&b| b == b'/' || b == b'\\') {
@@ -91,7 +91,7 @@ impl Dictionary {
                 &text[p + 1..]
             }
             Some(_) => b"",
-            None => text.as_slice(),
+            None => text,
         };
         let base = base.strip_suffix(b".exe").unwrap_or(base);
         if word.glob {
@@ -135,8 +135,8 @@ impl Dictionary {
         powershell_cmdlet(base).then_some(Class::Strong)
     }
 
-    fn is_prefix(&self, word: &Word) -> bool {
-        self.prefixes.contains(&word.text)
+    fn is_prefix(&self, word: &Word, buf: &[u8]) -> bool {
+        self.prefixes.iter().any(|p| *p == buf[word.text.clone()])
     }
 }
 
@@ -241,8 +241,9 @@ enum Open {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Word {
-    /// The word as the shell passes it on, ASCII lowercased.
-    text: Vec<u8>,
+    /// The word as the shell passes it on, ASCII lowercased: where it stands in the
+    /// lexer's buffer of word text (one buffer, not an allocation per word).
+    text: std::ops::Range<usize>,
     start: usize,
     end: usize,
     /// Holds a variable expansion (`$HOME`, `%COMSPEC%`).
@@ -296,6 +297,8 @@ struct Lexer<'a> {
     i: usize,
     toks: Vec<Tok>,
     word: Option<Word>,
+    /// The text of every word, one after the other.
+    buf: Vec<u8>,
     in_backtick: bool,
     /// Inside a brace expansion, where `,` separates words.
     braces: usize,
@@ -304,14 +307,21 @@ struct Lexer<'a> {
 impl<'a> Lexer<'a> {
     fn word(&mut self) -> &mut Word {
         let start = self.i;
+        let at = self.buf.len();
         self.word.get_or_insert_with(|| Word {
             start,
+            text: at..at,
             ..Word::default()
         })
     }
 
     fn push_char(&mut self, c: u8) {
-        self.word().text.push(c.to_ascii_lowercase());
+        self.word();
+        self.buf.push(c.to_ascii_lowercase());
+        let end = self.buf.len();
+        if let Some(w) = self.word.as_mut() {
+            w.text.end = end;
+        }
     }
 
     fn flush(&mut self) {
@@ -476,7 +486,7 @@ impl<'a> Lexer<'a> {
         if self
             .word
             .as_ref()
-            .is_some_and(|w| w.text.iter().all(u8::is_ascii_digit) && !w.hidden)
+            .is_some_and(|w| self.buf[w.text.clone()].iter().all(u8::is_ascii_digit) && !w.hidden)
         {
             self.word = None;
         }
@@ -496,8 +506,38 @@ impl<'a> Lexer<'a> {
         self.token(Tok::Redirect, len + digits);
     }
 
-    fn run(mut self) -> Vec<Tok> {
-        while let Some(c) = self.peek(0) {
+    /// Copies the run of plain word bytes at `self.i` (most of any text) in one step.
+    fn plain_run(&mut self) {
+        if self.i >= self.s.len() {
+            return;
+        }
+        // (`%`, which starts cmd's `%NAME%`, is read byte by byte.)
+        let run = self.s[self.i..]
+            .iter()
+            .take_while(|&&b| b.is_ascii_alphanumeric() || b"._-:+=/@!".contains(&b) || b >= 0x80)
+            .count();
+        if run == 0 {
+            return;
+        }
+        self.word();
+        self.buf.extend(
+            self.s[self.i..self.i + run]
+                .iter()
+                .map(u8::to_ascii_lowercase),
+        );
+        let end = self.buf.len();
+        if let Some(w) = self.word.as_mut() {
+            w.text.end = end;
+        }
+        self.i += run;
+    }
+
+    fn run(mut self) -> Lexed {
+        loop {
+            self.plain_run();
+            let Some(c) = self.peek(0) else {
+                break;
+            };
             match c {
                 b' ' | b'\t' | 0x0b | 0x0c => {
                     self.flush();
@@ -612,16 +652,26 @@ impl<'a> Lexer<'a> {
             }
         }
         self.flush();
-        self.toks
+        Lexed {
+            toks: self.toks,
+            buf: self.buf,
+        }
     }
 }
 
-fn lex(s: &[u8]) -> Vec<Tok> {
+/// A value's tokens, and the text of its words.
+struct Lexed {
+    toks: Vec<Tok>,
+    buf: Vec<u8>,
+}
+
+fn lex(s: &[u8]) -> Lexed {
     Lexer {
         s,
         i: 0,
         toks: Vec::new(),
         word: None,
+        buf: Vec::with_capacity(s.len()),
         in_backtick: false,
         braces: 0,
     }
@@ -668,8 +718,8 @@ enum Position {
 
 /// An argument that only a command line has: an option, a path, a variable, a glob, a
 /// number, an address, an assignment, a quoted or escaped part, a script file.
-fn shaped(arg: &Word) -> bool {
-    let t = &arg.text;
+fn shaped(arg: &Word, buf: &[u8]) -> bool {
+    let t = &buf[arg.text.clone()];
     let option = t.len() >= 2
         && matches!(t[0], b'-' | b'/')
         && (t[1].is_ascii_alphanumeric() || t[1] == b'-');
@@ -695,20 +745,23 @@ fn shaped(arg: &Word) -> bool {
 }
 
 /// The command at `toks[i..]` (a command position): the detection, if it is one.
-fn judge(toks: &[Tok], mut i: usize, position: Position, dict: &Dictionary) -> Option<Detection> {
+fn judge(lexed: &Lexed, mut i: usize, position: Position, dict: &Dictionary) -> Option<Detection> {
+    let (toks, buf) = (lexed.toks.as_slice(), lexed.buf.as_slice());
     // Prefixes (`sudo`, `nohup`, `timeout 5`) and assignments (`A=1`) before the command;
     // a prefix with no command after it is the command (`env` alone prints the environment).
     let mut last_prefix = None;
     while let Some(Tok::Word(w)) = toks.get(i) {
-        let assignment = w.text.iter().position(|&b| b == b'=').is_some_and(|e| {
+        let text = &buf[w.text.clone()];
+        let assignment = text.iter().position(|&b| b == b'=').is_some_and(|e| {
             e > 0
-                && w.text[..e]
+                && text[..e]
                     .iter()
                     .all(|b| b.is_ascii_alphanumeric() || *b == b'_')
         });
-        let number = w.text.iter().all(u8::is_ascii_digit) && i > 0;
-        if dict.is_prefix(w) || assignment || number {
-            if dict.is_prefix(w) {
+        let number = text.iter().all(u8::is_ascii_digit) && i > 0;
+        let prefix = dict.is_prefix(w, buf);
+        if prefix || assignment || number {
+            if prefix {
                 last_prefix = Some(i);
             }
             i += 1;
@@ -722,7 +775,7 @@ fn judge(toks: &[Tok], mut i: usize, position: Position, dict: &Dictionary) -> O
     let Some(Tok::Word(command)) = toks.get(i) else {
         return None;
     };
-    let class = dict.class_of(command)?;
+    let class = dict.class_of(command, buf)?;
     let mut args = Vec::new();
     let mut redirect = false;
     let mut j = i + 1;
@@ -754,16 +807,16 @@ fn judge(toks: &[Tok], mut i: usize, position: Position, dict: &Dictionary) -> O
         Some(Tok::Close(_) | Tok::Comment) => true,
         Some(Tok::Sep { .. }) => match toks.get(j + 1) {
             None | Some(Tok::Close(_) | Tok::Comment | Tok::Open(_) | Tok::Sep { .. }) => true,
-            Some(Tok::Word(w)) => dict.class_of(w).is_some(),
+            Some(Tok::Word(w)) => dict.class_of(w, buf).is_some(),
             Some(Tok::Redirect) => true,
         },
         // A backquote left open at the very end (`;id\``) closes the application's own.
         Some(Tok::Open(_)) => toks.get(j + 1).is_none(),
         _ => false,
     };
-    let shape = redirect || command.hidden || args.iter().any(|a| shaped(a));
+    let shape = redirect || command.hidden || args.iter().any(|a| shaped(a, buf));
     // `/bin/cat`, `./x`, `~/x`, `c:\\windows\\x.exe`; not `https://shop/find`, `curl/8.5`.
-    let t = &command.text;
+    let t = &buf[command.text.clone()];
     let path_to_command = t.starts_with(b"/")
         || t.starts_with(b"./")
         || t.starts_with(b"~/")
@@ -826,10 +879,15 @@ fn judge(toks: &[Tok], mut i: usize, position: Position, dict: &Dictionary) -> O
     }
 }
 
+/// How far into a value a quote that closes the application's own string is looked for:
+/// break-outs come first (`x'; id; '`); a quote in the middle of a long text is its prose.
+const QUOTE_REACH: usize = 256;
+
 /// Finds a command in `input` (the `decoded` form).
 ///
-/// A value holding a quote is also read as the application would place it: inside its own
-/// quoted string, which the value's first quote closes (`'; id; '` in `ping '...'`).
+/// A value holding a quote near its start is also read as the application would place it:
+/// inside its own quoted string, which the value's first quote closes (`'; id; '` in
+/// `ping '...'`).
 pub fn detect(input: &[u8], dict: &Dictionary) -> Option<Detection> {
     if input.is_empty() {
         return None;
@@ -837,20 +895,23 @@ pub fn detect(input: &[u8], dict: &Dictionary) -> Option<Detection> {
     detect_in(&lex(input), dict).or_else(|| {
         [b'\'', b'"']
             .into_iter()
-            .filter(|q| input.contains(q))
+            .filter(|q| input[..input.len().min(QUOTE_REACH)].contains(q))
             .find_map(|q| {
                 let mut quoted = Vec::with_capacity(input.len() + 1);
                 quoted.push(q);
                 quoted.extend_from_slice(input);
+                // Back to the value's own offsets (the quote added is not in it).
                 detect_in(&lex(&quoted), dict).map(|d| Detection {
                     at: d.at.saturating_sub(1),
+                    len: (d.at + d.len).saturating_sub(1) - d.at.saturating_sub(1),
                     ..d
                 })
             })
     })
 }
 
-fn detect_in(toks: &[Tok], dict: &Dictionary) -> Option<Detection> {
+fn detect_in(lexed: &Lexed, dict: &Dictionary) -> Option<Detection> {
+    let toks = lexed.toks.as_slice();
     let closed = closed_opens(toks);
     let mut words_seen = 0;
     let mut opens: Vec<(Open, bool)> = Vec::new();
@@ -858,7 +919,7 @@ fn detect_in(toks: &[Tok], dict: &Dictionary) -> Option<Detection> {
     for (i, t) in toks.iter().enumerate() {
         if let Some(p) = position.take() {
             if matches!(t, Tok::Word(_)) {
-                if let Some(d) = judge(toks, i, p, dict) {
+                if let Some(d) = judge(lexed, i, p, dict) {
                     return Some(d);
                 }
             }
@@ -901,11 +962,16 @@ fn detect_in(toks: &[Tok], dict: &Dictionary) -> Option<Detection> {
 
 /// The token stream of `input`, for `rampart rules test`.
 pub fn explain(input: &[u8]) -> String {
-    lex(input)
+    let lexed = lex(input);
+    lexed
+        .toks
         .iter()
         .map(|t| match t {
             Tok::Word(w) => {
-                let mut s = format!("word({})", String::from_utf8_lossy(&w.text));
+                let mut s = format!(
+                    "word({})",
+                    String::from_utf8_lossy(&lexed.buf[w.text.clone()])
+                );
                 for (flag, name) in [(w.var, "var"), (w.glob, "glob"), (w.hidden, "hidden")] {
                     if flag {
                         s.push('+');
