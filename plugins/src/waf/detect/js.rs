@@ -126,7 +126,9 @@ pub fn detect(input: &[u8]) -> Option<Detection> {
                         || after_operator && scripted_arguments(s, next)
                 }
                 Some(b'(') => scripted_arguments(s, next),
-                Some(b'`') => true,
+                // A tagged template: `` alert`1` ``; `function` before a backquote is prose
+                // quoting code ("the function `f`").
+                Some(b'`') => word != b"function",
                 Some(b')') => {
                     let open = s[..at].iter().rposition(|b| !b.is_ascii_whitespace());
                     let after = skip_space(s, next + 1);
@@ -258,6 +260,7 @@ mod tests {
                 "an output function (`out) can be passed",
                 "print(script_from_examples(text))",
                 "then print('hello') twice",
+                "the module-level function `IS_LINE_JUNK` may be used",
                 "function (x) { return x; }",
             ],
         );
