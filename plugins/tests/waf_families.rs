@@ -38,16 +38,21 @@ fn request<'a>(
     }
 }
 
+fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (k, v) in pairs {
+        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    headers
+}
+
 /// The labels of the rules that refuse a form POST whose `q` field is `value`.
 fn refused_by(wafs: &[Waf], value: &str) -> Vec<String> {
-    let mut headers = HeaderMap::new();
-    for (k, v) in [
+    let headers = header_map(&[
         ("host", "shop.example.com"),
         ("user-agent", "Mozilla/5.0 (X11; Linux x86_64)"),
         ("content-type", "application/x-www-form-urlencoded"),
-    ] {
-        headers.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-    }
+    ]);
     let body = format!(
         "q={}",
         value
@@ -429,4 +434,150 @@ fn server_side_includes() {
             "use #include <stdio.h> in C",
         ],
     );
+}
+
+/// Protocol checks of the request's framing: byte ranges, a doubled Content-Type, control
+/// characters (paranoia 2, as CRS has them).
+#[test]
+fn range_doubled_content_type_and_control_characters() {
+    let [owasp, _] = wafs();
+    for (range, refused) in [
+        ("bytes=0-499", false),
+        ("bytes=0-0, -1", false),
+        ("bytes=500-", false),
+        ("items=0-5", false),
+        ("bytes=0-1,2-3,4-5,6-7,8-9", false),
+        ("bytes=0-1,2-3,4-5,6-7,8-9,10-11", true),
+        ("bytes=0-,0-,0-,0-,0-,0-,0-,0-", true),
+        ("bytes=0-1-2", true),
+        ("bytes=x-y", true),
+        ("bytes=", true),
+    ] {
+        let (labels, score) = header_verdict(&owasp, "range", range);
+        assert_eq!(score >= 5, refused, "{range}: {labels:?}");
+    }
+
+    let mut headers = header_map(&[
+        ("host", "api.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("content-type", "application/json"),
+    ]);
+    let body = br#"{"a": 1}"#;
+    let single = request(&Method::POST, "/v1/items", &headers, Some(body));
+    assert_eq!(owasp.assess(&single).score, 0);
+    headers.append("content-type", HeaderValue::from_static("text/plain"));
+    let doubled = request(&Method::POST, "/v1/items", &headers, Some(body));
+    let a = owasp.assess(&doubled);
+    assert!(a.score >= 5, "two Content-Types pass");
+
+    let strict = RulesDir::shipped().wafs("paranoia = 2");
+    let mut headers = HeaderMap::new();
+    headers.insert("host", HeaderValue::from_static("api.example.com"));
+    headers.insert("user-agent", HeaderValue::from_static("curl/8.5.0"));
+    for (query, pl2_refuses) in [("q=top%1b%5b2J", true), ("q=line%0Aline%09tab", false)] {
+        let view = RequestView {
+            query: Some(query),
+            ..request(&Method::GET, "/search", &headers, None)
+        };
+        let labels: Vec<String> = strict[0]
+            .assess(&view)
+            .matches
+            .iter()
+            .map(|(m, _)| strict[0].rules().rules[m.rule].id.clone())
+            .collect();
+        assert_eq!(
+            labels.contains(&"protocol-control-character".to_string()),
+            pl2_refuses,
+            "{query}: {labels:?}"
+        );
+        assert!(
+            !wafs()[0]
+                .assess(&view)
+                .matches
+                .iter()
+                .any(|(m, _)| owasp.rules().rules[m.rule].id == "protocol-control-character"),
+            "paranoia 1 leaves control characters to paranoia 2"
+        );
+    }
+}
+
+/// The back-end languages' detectors through the shipped rules, where their attacks travel:
+/// NoSQL operators as query-string names and JSON keys, GraphQL in a JSON body's `query`,
+/// XXE in an XML body, base64 in a parameter.
+#[test]
+fn backend_languages_where_they_travel() {
+    let [owasp, _] = wafs();
+    let verdict = |query: Option<&str>, content_type: &'static str, body: Option<&[u8]>| {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("api.example.com"));
+        headers.insert("user-agent", HeaderValue::from_static("curl/8.5.0"));
+        headers.insert("content-type", HeaderValue::from_static(content_type));
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let view = RequestView {
+            query,
+            ..request(&method, "/api", &headers, body)
+        };
+        let a = owasp.assess(&view);
+        let ids: Vec<String> = a
+            .matches
+            .iter()
+            .map(|(m, _)| owasp.rules().rules[m.rule].id.clone())
+            .collect();
+        (a.score, ids)
+    };
+    let json = "application/json";
+    for (query, body, rule) in [
+        (
+            Some("user=admin&password[$ne]=x"),
+            None,
+            "nosql-operator-injection",
+        ),
+        (
+            None,
+            Some(r#"{"user": "admin", "password": {"$gt": ""}}"#),
+            "nosql-operator-injection",
+        ),
+        (
+            None,
+            Some(r#"{"query": "{ __schema { types { name } } }"}"#),
+            "graphql-abuse",
+        ),
+        (
+            Some("d=O2NhdCAvZXRjL3Bhc3N3ZA=="),
+            None,
+            "rce-command-syntax",
+        ),
+    ] {
+        let (score, ids) = verdict(query, json, body.map(str::as_bytes));
+        assert!(
+            score >= 5 && ids.iter().any(|i| i == rule),
+            "{query:?} {body:?}: {ids:?}"
+        );
+    }
+    let xxe =
+        br#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><r>&x;</r>"#;
+    let (score, ids) = verdict(None, "application/xml", Some(xxe));
+    assert!(
+        score >= 5 && ids.iter().any(|i| i == "xml-external-entity"),
+        "{ids:?}"
+    );
+    for (query, body) in [
+        (Some("sort[price]=asc&page=2"), None),
+        (
+            None,
+            Some(r##"{"$schema": "http://json-schema.org/draft-07/schema#", "$ref": "#/defs/a"}"##),
+        ),
+        (
+            None,
+            Some(r#"{"query": "{ user(id: 1) { name __typename } }"}"#),
+        ),
+        (Some("token=550e8400-e29b-41d4-a716-446655440000"), None),
+    ] {
+        let (score, ids) = verdict(query, json, body.map(str::as_bytes));
+        assert_eq!(score, 0, "{query:?} {body:?}: {ids:?}");
+    }
 }

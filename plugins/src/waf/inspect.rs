@@ -326,6 +326,18 @@ impl Inspection {
                 ));
             }
         }
+        // Two Content-Type headers leave the body's type to whichever the upstream reads:
+        // judged as one value that no allow-list admits ("a, b").
+        let types = req.headers.get_all(http::header::CONTENT_TYPE);
+        if types.iter().nth(1).is_some() {
+            let joined: Vec<&[u8]> = types.iter().map(|v| v.as_bytes()).collect();
+            fields.push(Field::new(
+                Target::Headers,
+                Source::Header,
+                "content-type",
+                joined.join(&b", "[..]),
+            ));
+        }
         let body_len = req.body.map_or(0, <[u8]>::len);
         let mut body_problem = None;
         if let Some(body) = req.body.filter(|b| !b.is_empty()) {
