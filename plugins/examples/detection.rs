@@ -258,9 +258,169 @@ fn ldap(rng: &mut Rng) -> String {
     }
 }
 
+/// SQL injection: a break out of the application's literal (quote, parenthesis, number),
+/// then one of the ways SQL changes a query (tautology, UNION, stacked statement, time delay,
+/// error-based extraction), then what silences the rest; keywords in mixed case or split by
+/// inline comments, as the grammar allows.
+fn sqli(rng: &mut Rng) -> String {
+    let breakout = rng.pick(&["'", "\"", "1", "1'", "')", "1)", "admin'", "x\")", "-1"]);
+    let kw = |rng: &mut Rng, word: &str| -> String {
+        match rng.below(4) {
+            0 => word.to_uppercase(),
+            1 => word.to_lowercase(),
+            2 => word
+                .chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 0 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c.to_ascii_lowercase()
+                    }
+                })
+                .collect(),
+            _ => format!("{}/**/{}", &word[..word.len() / 2], &word[word.len() / 2..]),
+        }
+    };
+    let sp = rng.pick(&[" ", "/**/", "%20", "\t", "\n"]).to_string();
+    let n = 1 + rng.below(6);
+    let cols: Vec<String> = (0..n)
+        .map(|k| if k == 0 { "null".into() } else { k.to_string() })
+        .collect();
+    let body = match rng.below(6) {
+        0 => format!(
+            "{sp}{}{sp}{}",
+            kw(rng, "or"),
+            rng.pick(&["1=1", "'a'='a", "2>1", "true", "'1'='1'", "1 like 1"])
+        ),
+        1 => format!(
+            "{sp}{}{sp}{}{sp}{}{sp}{}",
+            kw(rng, "union"),
+            rng.pick(&["all", "distinct", ""]),
+            kw(rng, "select"),
+            cols.join(",")
+        ),
+        2 => format!(
+            ";{sp}{}",
+            rng.pick(&[
+                "drop table users",
+                "insert into users values(1)",
+                "update users set role='admin'",
+                "exec xp_cmdshell 'dir'",
+                "select pg_sleep(5)",
+                "shutdown",
+            ])
+        ),
+        3 => format!(
+            "{sp}{}{sp}{}",
+            kw(rng, "and"),
+            rng.pick(&[
+                "sleep(5)",
+                "benchmark(5000000,md5(1))",
+                "1=(select 1 from pg_sleep(5))"
+            ])
+        ),
+        4 => format!(
+            "{sp}{}",
+            rng.pick(&[
+                "waitfor delay '0:0:5'",
+                "and extractvalue(1,concat(0x7e,version()))",
+                "and updatexml(1,concat(0x7e,user()),1)"
+            ])
+        ),
+        _ => format!(
+            "{sp}{}{sp}1=2{sp}{}{sp}{}{sp}@@version",
+            kw(rng, "and"),
+            kw(rng, "union"),
+            kw(rng, "select")
+        ),
+    };
+    format!(
+        "{breakout}{body}{}",
+        rng.pick(&["", "--", "-- -", "#", "/*", ";--"])
+    )
+}
+
+/// HTML injection: a break out of the element or attribute the value lands in, then an
+/// element with an event handler that runs a sink, a script element, or a `javascript:` URL;
+/// tag and attribute names in mixed case, separators the HTML parser accepts.
+fn xss(rng: &mut Rng) -> String {
+    let breakout = rng.pick(&["", "\">", "'>", "</textarea>", "</title>", "-->", "\"", "x"]);
+    let sink = rng.pick(&[
+        "alert(1)",
+        "confirm`1`",
+        "prompt(document.domain)",
+        "print()",
+        "eval(atob('YWxlcnQoMSk='))",
+    ]);
+    let mixed = |rng: &mut Rng, w: &str| -> String {
+        if rng.below(2) == 0 {
+            w.to_string()
+        } else {
+            w.chars()
+                .enumerate()
+                .map(|(i, c)| {
+                    if i % 2 == 1 {
+                        c.to_ascii_uppercase()
+                    } else {
+                        c
+                    }
+                })
+                .collect()
+        }
+    };
+    let sep = rng.pick(&[" ", "/", "\n", "\t", "  "]);
+    let payload = match rng.below(4) {
+        0 => {
+            let (tag, event) = [
+                ("img src=x", "onerror"),
+                ("svg", "onload"),
+                ("body", "onload"),
+                ("details open", "ontoggle"),
+                ("input autofocus", "onfocus"),
+                ("video src=x", "onerror"),
+                ("iframe", "onload"),
+                ("marquee", "onstart"),
+                ("a href=#", "onmouseover"),
+                ("audio src=1", "onerror"),
+            ][(rng.next() % 10) as usize];
+            let q = rng.pick(&["", "\"", "'"]);
+            format!(
+                "<{}{sep}{}={q}{sink}{q}>",
+                mixed(rng, tag),
+                mixed(rng, event)
+            )
+        }
+        1 => format!(
+            "<{}>{sink}</{}>",
+            mixed(rng, "script"),
+            mixed(rng, "script")
+        ),
+        2 => {
+            let tag = rng.pick(&["a", "iframe", "form", "object"]);
+            format!(
+                "<{} {}=\"{}:{sink}\">x</{}>",
+                mixed(rng, tag),
+                rng.pick(&["href", "src", "action", "data"]),
+                mixed(rng, "javascript"),
+                tag
+            )
+        }
+        _ => {
+            let tag = rng.pick(&["img", "image", "svg"]);
+            format!("<{}{sep}src=x{sep}onerror={sink}>", mixed(rng, tag))
+        }
+    };
+    format!("{breakout}{payload}")
+}
+
+/// What separates a parameter's name from its value in a generated case that names both (a
+/// control character no payload holds).
+const PAIR: char = '\u{1f}';
+
 /// NoSQL operator injection: an operator where a value was expected, in the bracket syntax
-/// query parsers turn into objects (`name[$op]=value`, sent as a pair: `NAME\tVALUE`) or
-/// as an object literal inside a value.
+/// query parsers turn into objects (`name[$op]=value`, sent as a pair: `NAME` [`PAIR`]
+/// `VALUE`) or as an object literal inside a value.
 fn nosql(rng: &mut Rng) -> String {
     let fields = [
         "username",
@@ -280,7 +440,7 @@ fn nosql(rng: &mut Rng) -> String {
     let q = rng.pick(&["\"", "'", ""]);
     let sp = rng.pick(&["", " "]);
     match rng.below(3) {
-        0 => format!("{f}[{op}]\t{v}"),
+        0 => format!("{f}[{op}]{PAIR}{v}"),
         1 => format!("{{{q}{op}{q}:{sp}{q}{v}{q}}}"),
         _ => format!("{{{q}{f}{q}:{sp}{{{q}{op}{q}:{sp}{q}{v}{q}}}}}"),
     }
@@ -885,8 +1045,8 @@ fn refused(wafs: &[Waf], value: &str) -> [Vec<String>; 2] {
     } else {
         form_encode(value)
     };
-    // A generator may name the parameter too: `NAME\tVALUE`.
-    let query = match value.split_once('\t') {
+    // A generator may name the parameter too: `NAME` PAIR `VALUE`.
+    let query = match value.split_once(PAIR) {
         Some((name, v)) => format!("{name}={}", form_encode(v)),
         None => format!("q={param}"),
     };
@@ -1004,6 +1164,8 @@ fn main() {
         v
     };
     corpora.push(("traversal", true, gen(&mut rng, 3000, traversal)));
+    corpora.push(("sqli", true, gen(&mut rng, 3000, sqli)));
+    corpora.push(("xss", true, gen(&mut rng, 3000, xss)));
     corpora.push(("command", true, gen(&mut rng, 3000, command)));
     corpora.push(("ssi", true, gen(&mut rng, 600, server_side_include)));
     corpora.push(("ldap", true, gen(&mut rng, 600, ldap)));
