@@ -581,3 +581,24 @@ fn backend_languages_where_they_travel() {
         assert_eq!(score, 0, "{query:?} {body:?}: {ids:?}");
     }
 }
+
+/// `rampart rules test` shows why a detector counted a value and how it read it.
+#[test]
+fn a_detector_match_is_explained_with_its_reading() {
+    use rampart_plugins::Plugin;
+    let [owasp, _] = wafs();
+    let headers = header_map(&[("host", "shop.example.com"), ("user-agent", "Mozilla/5.0")]);
+    let view = RequestView {
+        query: Some("q=x%3Bcat%24%7BIFS%7D/etc/passwd"),
+        ..request(&Method::GET, "/search", &headers, None)
+    };
+    let lines = owasp.explain(&view).join("\n");
+    assert!(
+        lines.contains("rce-command-syntax")
+            && lines.contains(
+                "detector: a command with command-line arguments after a separator; \
+                 read as: word(cat) word(/etc/passwd)"
+            ),
+        "{lines}"
+    );
+}
