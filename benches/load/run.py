@@ -599,7 +599,8 @@ def main():
                          "cargo build --release -p rampart-benches --examples")
     WORK.mkdir(parents=True, exist_ok=True)
     # A port held by another process would be measured in place of a contender.
-    for name, port in {**PORTS, **{f"{k} admin": v for k, v in ADMIN_PORTS.items()}}.items():
+    wanted = {**PORTS, **{f"{k} admin": v for k, v in ADMIN_PORTS.items()}, "jwks": JWKS_PORT}
+    for name, port in wanted.items():
         with socket.socket() as probe:
             # As the servers bind: a port with only closed connections in TIME_WAIT is free.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
