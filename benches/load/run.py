@@ -134,7 +134,7 @@ def modsecurity_argv(name):
     return ["nginx", "-c", str(conf), "-p", str(WORK / name)]
 
 
-def rampart_rules(name, full):
+def rampart_rules(name, full, per_ip_limit=4_000_000_000):
     d = WORK / f"rules-{name}"
     if d.exists():
         shutil.rmtree(d)
@@ -163,7 +163,7 @@ issuers = [{{ issuer = "{ISSUER}", jwks_url = "http://127.0.0.1:{JWKS_PORT}/jwks
 [[listeners.plugins]]
 type = "rate_limit"
 exempt_internal = true
-limits = [{{ name = "RateLimitPerIP", requests = 4000000000, window_seconds = 300, max_keys = 2000000 }}]
+limits = [{{ name = "RateLimitPerIP", requests = {per_ip_limit}, window_seconds = 300, max_keys = 2000000 }}]
 
 [[listeners.plugins]]
 type = "bad_inputs"
@@ -299,8 +299,10 @@ def start_jwks(jwks):
     return server
 
 
-def rampart(name, full, argv_extra=()):
-    rules = rampart_rules(name, full)
+def rampart(name, full, argv_extra=(), per_ip_limit=4_000_000_000):
+    """A rampart contender. Its per-IP limit is out of reach (a saturation run is one client)
+    unless `per_ip_limit` says otherwise."""
+    rules = rampart_rules(name, full, per_ip_limit)
     env = {"RAMPART_ORIGIN_VERIFY_SECRET": ORIGIN, "RAMPART_ADMIN_HEADER_SECRET": ADMIN, "RUST_LOG": "warn"}
     argv = [str(RAMPART), "--rules", str(rules), "--threads", "1", "--no-watch",
             "--admin", f"127.0.0.1:{ADMIN_PORTS[name]}", *argv_extra]
@@ -518,6 +520,9 @@ def memory(reqs):
     p.stop()
     # A million client addresses (X-Forwarded-For from a trusted peer) in the rate limiter, in
     # a fresh process: memory freed by the connections above would hide the limiter's growth.
+    # The limit is the shipped one (1,000 per 5 minutes): each address sends one request, and
+    # the counters are as wide as that limit needs.
+    argv, env = rampart("full", True, per_ip_limit=1000)
     p = Proc("full-memory", argv, PROXY_CORE, env)
     wait_port(PORTS["full"])
     time.sleep(1)

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 /// Slots counted; the most a freed request can wait beyond W is one slot (W / 15).
 pub const BUCKETS: usize = 16;
 
-const SHARDS: usize = 64;
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
 
 /// Wall-clock milliseconds, the time windows count in (shared stores count in it too, so
 /// instances agree on slots).
@@ -56,41 +57,95 @@ impl WindowState {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Slots {
-    /// Absolute slot number (time / slot width) of `counts[newest % BUCKETS]`.
-    newest: u64,
-    counts: [u32; BUCKETS],
+/// A slot's count: `u16` for limits a `u16` holds (request limits), `u32` for larger ones
+/// (token budgets). A count saturates at its type's maximum, which is at least the limit, so
+/// a saturated slot still says "over": enforcement is exact either way.
+trait Count: Copy + Default + Send + 'static {
+    fn get(self) -> u32;
+    fn saturating(value: u32) -> Self;
 }
 
-impl Slots {
-    /// Forgets slots that left the window ending at `slot`.
-    fn advance(&mut self, slot: u64) {
-        if slot <= self.newest {
-            return;
+impl Count for u16 {
+    fn get(self) -> u32 {
+        u32::from(self)
+    }
+    fn saturating(value: u32) -> Self {
+        u16::try_from(value).unwrap_or(u16::MAX)
+    }
+}
+
+impl Count for u32 {
+    fn get(self) -> u32 {
+        self
+    }
+    fn saturating(value: u32) -> Self {
+        value
+    }
+}
+
+/// A key's slots. Slot numbers are kept as their low 32 bits and compared by wrapping
+/// difference: exact for any key seen within 2^31 slots (four years with a one-second
+/// window's 66 ms slots); an older one is forgotten long before, when its shard fills.
+#[derive(Clone, Copy)]
+struct Slots<C> {
+    /// Slot number (time / slot width, low 32 bits) of `counts[newest % BUCKETS]`.
+    newest: u32,
+    counts: [C; BUCKETS],
+}
+
+impl<C: Count> Slots<C> {
+    fn new(slot: u32) -> Self {
+        Slots {
+            newest: slot,
+            counts: [C::default(); BUCKETS],
         }
-        let gone = (slot - self.newest).min(BUCKETS as u64);
+    }
+
+    /// Slots from `newest` forward to `slot`, or `None` when `slot` is not ahead.
+    fn ahead(&self, slot: u32) -> Option<u32> {
+        let d = slot.wrapping_sub(self.newest);
+        (d != 0 && d < 1 << 31).then_some(d)
+    }
+
+    fn index(slot: u32) -> usize {
+        slot as usize % BUCKETS
+    }
+
+    /// Forgets slots that left the window ending at `slot`.
+    fn advance(&mut self, slot: u32) {
+        let Some(ahead) = self.ahead(slot) else {
+            return;
+        };
+        let gone = ahead.min(BUCKETS as u32);
         for s in 1..=gone {
-            self.counts[((self.newest + s) % BUCKETS as u64) as usize] = 0;
+            self.counts[Self::index(self.newest.wrapping_add(s))] = C::default();
         }
         self.newest = slot;
     }
 
     fn total(&self) -> u32 {
-        self.counts.iter().fold(0u32, |t, &c| t.saturating_add(c))
+        self.counts
+            .iter()
+            .fold(0u32, |t, c| t.saturating_add(c.get()))
+    }
+
+    fn add(&mut self, slot: u32, amount: u32) {
+        let c = &mut self.counts[Self::index(slot)];
+        *c = C::saturating(c.get().saturating_add(amount));
     }
 
     /// Milliseconds from `now_ms` until the count falls below `below`.
     fn reset_ms(&self, spec: &WindowSpec, below: u32, now_ms: u64) -> u64 {
         let width = spec.slot_ms();
         let mut total = self.total();
-        // Oldest slot first. Slot `s` leaves the window when slot `s + BUCKETS` begins;
-        // counting by that later slot keeps the arithmetic unsigned near time zero.
-        for later in self.newest + 1..=self.newest + BUCKETS as u64 {
+        // Oldest slot first. Slot `s` leaves the window when slot `s + BUCKETS` begins.
+        let newest_abs = absolute_slot(now_ms / width, self.newest);
+        for k in 1..=BUCKETS as u64 {
             if total < below {
                 break;
             }
-            total = total.saturating_sub(self.counts[(later % BUCKETS as u64) as usize]);
+            let later = newest_abs + k;
+            total = total.saturating_sub(self.counts[(later % BUCKETS as u64) as usize].get());
             if total < below {
                 return (later * width).saturating_sub(now_ms);
             }
@@ -99,35 +154,172 @@ impl Slots {
     }
 }
 
-/// The per-instance counters of one limit: a sharded map from key to its slots, bounded.
+/// The absolute slot number whose low 32 bits are `low`, the one nearest to `now` (a key's
+/// newest slot is `now`'s or a little before; a little after when requests raced).
+fn absolute_slot(now: u64, low: u32) -> u64 {
+    let back = (now as u32).wrapping_sub(low);
+    if back < 1 << 31 {
+        now.saturating_sub(u64::from(back))
+    } else {
+        now + u64::from(back.wrapping_neg())
+    }
+}
+
+/// A key as stored: 64 bits of a keyed hash of the 128-bit key (a collision between two of a
+/// million keys has odds of about 1 in 30 million), as two `u32` so that an entry packs to
+/// 4-byte alignment: 44 bytes with `u16` counts.
+type StoredKey = [u32; 2];
+
+/// Stored keys are already keyed hashes: the table needs only to spread their bits (the
+/// shard was chosen by the top ones, which every key of a shard shares), not to hash again.
+#[derive(Default)]
+struct KeyBits(u64);
+
+impl std::hash::Hasher for KeyBits {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 = self.0.rotate_left(32) ^ u64::from(v);
+    }
+    fn write_usize(&mut self, _length: usize) {}
+}
+
+type Table<C> = HashMap<StoredKey, Slots<C>, std::hash::BuildHasherDefault<KeyBits>>;
+
+/// Sharded tables of one count width.
+struct Shards<C> {
+    shards: Vec<Mutex<Table<C>>>,
+    per_shard: usize,
+}
+
+impl<C: Count> Shards<C> {
+    fn new(max_keys: usize) -> Self {
+        let per_shard = (max_keys / SHARDS).max(1);
+        Shards {
+            shards: (0..SHARDS).map(|_| Mutex::new(Table::default())).collect(),
+            per_shard,
+        }
+    }
+
+    fn lock(&self, hash: u64) -> std::sync::MutexGuard<'_, Table<C>> {
+        self.shards[(hash >> (64 - SHARD_BITS)) as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(
+        &self,
+        hash: u64,
+        spec: &WindowSpec,
+        now_ms: u64,
+        enforce: bool,
+        amount: u32,
+    ) -> WindowState {
+        let slot = (now_ms / spec.slot_ms()) as u32;
+        let key = stored(hash);
+        let mut shard = self.lock(hash);
+        if !shard.contains_key(&key) && shard.len() >= self.per_shard {
+            self.make_room(&mut shard, slot);
+        }
+        let slots = shard.entry(key).or_insert_with(|| Slots::new(slot));
+        slots.advance(slot);
+        let total = slots.total();
+        let allowed = !enforce || total < spec.limit;
+        if allowed {
+            slots.add(slot, amount);
+        }
+        let count = if allowed {
+            total.saturating_add(amount)
+        } else {
+            total
+        };
+        let below = if allowed { count } else { spec.limit };
+        WindowState {
+            allowed,
+            count,
+            reset_ms: slots.reset_ms(spec, below, now_ms),
+        }
+    }
+
+    fn undo(&self, hash: u64, spec: &WindowSpec, now_ms: u64) {
+        let slot = (now_ms / spec.slot_ms()) as u32;
+        let mut shard = self.lock(hash);
+        if let Some(slots) = shard.get_mut(&stored(hash)) {
+            // Only a slot still inside the window holds the request.
+            if slots.newest.wrapping_sub(slot) < BUCKETS as u32 {
+                let c = &mut slots.counts[Slots::<C>::index(slot)];
+                *c = C::saturating(c.get().saturating_sub(1));
+            }
+        }
+    }
+
+    fn make_room(&self, shard: &mut Table<C>, slot: u32) {
+        let idle = |s: &Slots<C>| slot.wrapping_sub(s.newest);
+        shard.retain(|_, s| idle(s) < BUCKETS as u32);
+        if shard.len() < self.per_shard {
+            return;
+        }
+        let mut ages: Vec<(u32, StoredKey)> = shard.iter().map(|(k, s)| (idle(s), *k)).collect();
+        let cut = (ages.len() / 10).max(1);
+        // The longest idle first.
+        ages.select_nth_unstable_by(cut - 1, |a, b| b.0.cmp(&a.0));
+        for (_, key) in &ages[..cut] {
+            shard.remove(key);
+        }
+    }
+
+    fn keys(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+}
+
+fn stored(hash: u64) -> StoredKey {
+    [(hash >> 32) as u32, hash as u32]
+}
+
+enum Counters {
+    Narrow(Shards<u16>),
+    Wide(Shards<u32>),
+}
+
+/// The per-instance counters of one limit: sharded tables from key to its slots, bounded.
 ///
-/// Each key costs 80 bytes of slots plus the map's 16-byte key and its bookkeeping, about
-/// 100 bytes in all, and up to twice that in a table that just doubled (a million keys
-/// measured 230 MiB); `max_keys` bounds the total. A full shard first forgets keys idle for
-/// a whole window, then the tenth of keys idle longest.
+/// An entry is 44 bytes (a 64-bit key hash, the newest slot, sixteen `u16` counts) and the
+/// table's control byte; tables sized by powers of two hold it at a load between 44% and
+/// 88%, so about 50 to 100 bytes a key (`u32` counts for limits above 65,535, token budgets,
+/// add 32). `max_keys` bounds the total. A full shard first forgets keys idle for a whole
+/// window, then the tenth of keys idle longest.
 pub struct RateWindow {
     spec: WindowSpec,
-    shards: Vec<Mutex<HashMap<u128, Slots>>>,
-    per_shard: usize,
+    counters: Counters,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl RateWindow {
     pub fn new(spec: WindowSpec, max_keys: usize) -> Self {
+        let counters = if spec.limit <= u32::from(u16::MAX) {
+            Counters::Narrow(Shards::new(max_keys))
+        } else {
+            Counters::Wide(Shards::new(max_keys))
+        };
         RateWindow {
             spec,
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_shard: (max_keys / SHARDS).max(1),
+            counters,
             hasher: Default::default(),
         }
     }
 
     pub fn spec(&self) -> WindowSpec {
         self.spec
-    }
-
-    fn shard(&self, key: u128) -> &Mutex<HashMap<u128, Slots>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// Counts a request for `key` at `now_ms` if the limit allows it.
@@ -154,65 +346,27 @@ impl RateWindow {
 
     /// Takes back a request counted at `now_ms` (another limit refused it).
     pub fn undo(&self, key: u128, now_ms: u64) {
-        let slot = now_ms / self.spec.slot_ms();
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slots) = shard.get_mut(&key) {
-            if slot + (BUCKETS as u64) > slots.newest {
-                let c = &mut slots.counts[(slot % BUCKETS as u64) as usize];
-                *c = c.saturating_sub(1);
-            }
+        let hash = self.hasher.hash_one(key);
+        match &self.counters {
+            Counters::Narrow(c) => c.undo(hash, &self.spec, now_ms),
+            Counters::Wide(c) => c.undo(hash, &self.spec, now_ms),
         }
     }
 
     fn apply(&self, key: u128, now_ms: u64, enforce: bool, amount: u32) -> WindowState {
-        let slot = now_ms / self.spec.slot_ms();
-        let mut shard = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        if !shard.contains_key(&key) && shard.len() >= self.per_shard {
-            self.make_room(&mut shard, slot);
-        }
-        let slots = shard.entry(key).or_insert(Slots {
-            newest: slot,
-            counts: [0; BUCKETS],
-        });
-        slots.advance(slot);
-        let total = slots.total();
-        let allowed = !enforce || total < self.spec.limit;
-        if allowed {
-            let c = &mut slots.counts[(slot % BUCKETS as u64) as usize];
-            *c = c.saturating_add(amount);
-        }
-        let count = if allowed {
-            total.saturating_add(amount)
-        } else {
-            total
-        };
-        let below = if allowed { count } else { self.spec.limit };
-        WindowState {
-            allowed,
-            count,
-            reset_ms: slots.reset_ms(&self.spec, below, now_ms),
-        }
-    }
-
-    fn make_room(&self, shard: &mut HashMap<u128, Slots>, slot: u64) {
-        shard.retain(|_, s| s.newest + BUCKETS as u64 > slot);
-        if shard.len() < self.per_shard {
-            return;
-        }
-        let mut ages: Vec<(u64, u128)> = shard.iter().map(|(k, s)| (s.newest, *k)).collect();
-        let cut = (ages.len() / 10).max(1);
-        ages.select_nth_unstable(cut - 1);
-        for (_, key) in &ages[..cut] {
-            shard.remove(key);
+        let hash = self.hasher.hash_one(key);
+        match &self.counters {
+            Counters::Narrow(c) => c.apply(hash, &self.spec, now_ms, enforce, amount),
+            Counters::Wide(c) => c.apply(hash, &self.spec, now_ms, enforce, amount),
         }
     }
 
     /// Keys held, for tests and the memory figures.
     pub fn keys(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        match &self.counters {
+            Counters::Narrow(c) => c.keys(),
+            Counters::Wide(c) => c.keys(),
+        }
     }
 }
 
@@ -332,6 +486,96 @@ mod tests {
         w.record(2, 0);
         w.record(2, 0);
         assert!(!w.hit(2, 0).allowed, "recorded requests count");
+    }
+
+    /// Each key's share of its table: its entry, its control byte and the empty buckets a
+    /// power-of-two table keeps, at the default bound of a million keys.
+    #[test]
+    fn a_million_keys_cost_at_most_100_bytes_each() {
+        assert_eq!(std::mem::size_of::<(StoredKey, Slots<u16>)>(), 44);
+        let w = RateWindow::new(
+            WindowSpec {
+                limit: 1000,
+                window_ms: 5 * MIN,
+            },
+            1_000_000,
+        );
+        for key in 0..1_000_000u128 {
+            w.hit(key << 64 | key, MIN);
+        }
+        let Counters::Narrow(shards) = &w.counters else {
+            panic!("a request limit keeps u16 counts");
+        };
+        let entry = std::mem::size_of::<(StoredKey, Slots<u16>)>() + 1;
+        let bytes: usize = shards
+            .shards
+            .iter()
+            .map(|t| {
+                let t = t.lock().unwrap_or_else(|p| p.into_inner());
+                // A table of 2^n buckets holds up to 7/8 of them.
+                (t.capacity() * 8 / 7).next_power_of_two() * entry
+            })
+            .sum();
+        // Shards fill unevenly; a full one forgets a tenth of its keys to make room.
+        let keys = w.keys();
+        assert!(keys > 900_000, "{keys} of a million kept");
+        assert!(bytes <= 100 * keys, "{} bytes a key", bytes / keys);
+    }
+
+    #[test]
+    fn token_budgets_above_a_u16_count_exactly() {
+        let w = RateWindow::new(
+            WindowSpec {
+                limit: 100_000,
+                window_ms: MIN,
+            },
+            100,
+        );
+        assert!(matches!(w.counters, Counters::Wide(_)));
+        w.add(1, 0, 99_999);
+        assert!(w.peek(1, 0).allowed);
+        w.add(1, 0, 1);
+        let s = w.peek(1, 0);
+        assert!(!s.allowed && s.count == 100_000, "{s:?}");
+        // A u16 slot saturates at 65,535, which is still over a limit a u16 holds.
+        let narrow = window(60_000);
+        narrow.add(1, 0, 70_000);
+        assert!(!narrow.peek(1, 0).allowed);
+    }
+
+    #[test]
+    fn the_absolute_slot_is_the_nearest_one() {
+        assert_eq!(absolute_slot(1 << 32, 0), 1 << 32);
+        assert_eq!(absolute_slot((1 << 32) + 5, u32::MAX), (1 << 32) - 1);
+        assert_eq!(
+            absolute_slot(10, 12),
+            12,
+            "a newest slot a little ahead of now"
+        );
+        assert_eq!(absolute_slot(3, 1), 1);
+    }
+
+    #[test]
+    fn slot_numbers_wrap_without_losing_the_window() {
+        // Near the 2^32nd slot (a 1 ms slot width, 49 days after the epoch), across the wrap.
+        let w = RateWindow::new(
+            WindowSpec {
+                limit: 3,
+                window_ms: 15,
+            },
+            100,
+        );
+        let edge = (1u64 << 32) - 2;
+        for t in edge..edge + 3 {
+            assert!(w.hit(9, t).allowed, "{t}");
+        }
+        let refused = w.hit(9, edge + 3);
+        assert!(!refused.allowed);
+        assert_eq!(
+            refused.reset_ms, 13,
+            "the first leaves when slot edge+16 begins"
+        );
+        assert!(w.hit(9, edge + 16).allowed);
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub struct LimitConfig {
     /// IPv6 clients are counted per network of this length: one host usually has a /64.
     #[serde(default = "default_v6_prefix")]
     pub ipv6_prefix: u8,
-    /// Keys tracked at most on one instance (about 100 bytes each).
+    /// Keys tracked at most on one instance (at most about 100 bytes each; see
+    /// [`RateWindow`](crate::rate_window::RateWindow)).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
 }
