@@ -17,12 +17,14 @@ use std::sync::Mutex;
 
 use super::inspect::{Field, Source, Target};
 
-/// Where one rule matched inside one field (`at`, `len`: the excerpt, in the rule's form).
+/// Where one rule matched inside one field (`at`, `len`: the excerpt, in the rule's form),
+/// and for a detector's match why it counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FieldHit {
     pub rule: u32,
     pub at: u32,
     pub len: u32,
+    pub why: Option<&'static str>,
 }
 
 /// The longest field (name and value) worth remembering: longer ones rarely recur.
@@ -147,6 +149,7 @@ mod tests {
         rule: 3,
         at: 1,
         len: 4,
+        why: None,
     };
 
     #[test]

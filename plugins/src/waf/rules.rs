@@ -628,18 +628,18 @@ impl RuleSet {
         out
     }
 
-    /// For a detector rule's hit: why the detector counted it, and its reading of the part
-    /// of `form` around the hit (bounded: a refused request costs no more than a few
-    /// hundred bytes' tokenising more).
+    /// For a detector rule's hit: why the detector counted it (found with the hit), and its
+    /// reading of the part of `form` around the hit (bounded: a refused request costs no
+    /// more than a few hundred bytes' tokenising more).
     fn why(&self, rule: usize, form: &[u8], hit: &FieldHit) -> Option<String> {
         let Matcher::Detector(d) = &self.rules[rule].matcher else {
             return None;
         };
+        let reason = hit.why.unwrap_or("");
         let at = (hit.at as usize).min(form.len());
         let end = (at + (hit.len as usize).max(1))
             .min(form.len())
             .min(at + 200);
-        let reason = d.detect(form).map_or("", |found| found.why);
         let mut tokens = d.explain(&form[at..end]);
         if tokens.len() > EXPLAIN_CHARS {
             let cut = (0..=EXPLAIN_CHARS)
@@ -656,12 +656,13 @@ impl RuleSet {
     /// matchers find them.
     fn field_hits(&self, field: &Field, active: &dyn Fn(usize) -> bool, out: &mut Vec<FieldHit>) {
         let start = out.len();
-        let push = |out: &mut Vec<FieldHit>, i: usize, at: usize, len: usize| {
+        let push = |out: &mut Vec<FieldHit>, i: usize, at: usize, len: usize, why| {
             if !out[start..].iter().any(|h| h.rule as usize == i) {
                 out.push(FieldHit {
                     rule: i as u32,
                     at: at as u32,
                     len: len as u32,
+                    why,
                 });
             }
         };
@@ -694,7 +695,7 @@ impl RuleSet {
                 let searched =
                     union.is_none() || run.iter().any(|(g, _)| g.transform == rule.transform);
                 if searched && active(i) && rule.reads(field) {
-                    push(out, i, 0, input.len().min(EXCERPT));
+                    push(out, i, 0, input.len().min(EXCERPT), None);
                 }
             }
         }
@@ -714,7 +715,7 @@ impl RuleSet {
                 if boundary && !at_boundary(input, m.start(), m.end()) {
                     continue;
                 }
-                push(out, i, m.start(), m.end() - m.start());
+                push(out, i, m.start(), m.end() - m.start(), None);
             }
         }
         for &i in &self.detectors {
@@ -736,7 +737,7 @@ impl RuleSet {
                 _ => true,
             };
             if let Some(d) = screened.then(|| detector.detect(input)).flatten() {
-                push(out, i, d.at, d.len);
+                push(out, i, d.at, d.len, Some(d.why));
             }
         }
     }
