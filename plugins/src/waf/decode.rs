@@ -248,9 +248,13 @@ pub fn base64_text(value: &[u8]) -> Option<Vec<u8>> {
             .count();
         printable * 20 >= bytes.len() * 19
     };
-    // The first 64 characters (48 bytes) say whether the rest is worth decoding.
+    // The first 64 characters (48 bytes) say whether the rest is worth decoding (a value
+    // that short is decoded once, whole).
     let head = &body[..body.len().min(64) / 4 * 4];
-    if !head.is_empty() && !engine.decode(head).is_ok_and(|h| text_like(&h)) {
+    if !head.is_empty()
+        && head.len() < body.len()
+        && !engine.decode(head).is_ok_and(|h| text_like(&h))
+    {
         return None;
     }
     let decoded = engine.decode(body).ok()?;
