@@ -2,8 +2,8 @@
 //! ordinary prose with the punctuation detectors look at) and over an attack it finds.
 //! `cargo bench -p rampart-benches --bench detectors`.
 //!
-//! The shell detector gets the shipped dictionary (`rules/waf/owasp/rce.toml`), so that its
-//! cost is the one a request pays.
+//! The shell detector gets the shipped dictionary and word classes (`rules/waf/owasp/rce.toml`),
+//! so that its cost is the one a request pays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
@@ -12,35 +12,33 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rampart_plugins::waf::decode;
 use rampart_plugins::waf::detect::{Detector, Kind};
 
+/// A TOML table of string arrays (`[lists]`, a rule's `words`) as a map.
+fn string_lists<M: FromIterator<(String, Vec<String>)>>(table: &toml::Value) -> M {
+    table
+        .as_table()
+        .expect("a table")
+        .iter()
+        .map(|(k, v)| {
+            let strings = v.as_array().expect("a list");
+            let strings = strings.iter().filter_map(|s| s.as_str()).map(String::from);
+            (k.clone(), strings.collect())
+        })
+        .collect()
+}
+
 fn shipped_shell() -> Detector {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/waf/owasp/rce.toml");
     let text = std::fs::read_to_string(path).expect("rce.toml");
     let file: toml::Table = toml::from_str(&text).expect("rce.toml parses");
-    let lists: HashMap<String, Vec<String>> = file["lists"]
-        .as_table()
-        .expect("[lists]")
+    let lists: HashMap<String, Vec<String>> = string_lists(&file["lists"]);
+    // The word classes as the shipped `detector = "shell"` rule gives them.
+    let rule = file["rule"]
+        .as_array()
+        .expect("[[rule]]")
         .iter()
-        .map(|(k, v)| {
-            let words = v.as_array().expect("a list");
-            (
-                k.clone(),
-                words
-                    .iter()
-                    .filter_map(|w| w.as_str())
-                    .map(String::from)
-                    .collect(),
-            )
-        })
-        .collect();
-    let words: BTreeMap<String, Vec<String>> = [
-        ("strong", vec!["unix_strong", "windows"]),
-        ("bare", vec!["unix_bare"]),
-        ("weak", vec!["unix_english", "unix_weak", "windows_weak"]),
-        ("prefix", vec!["unix_prefix"]),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
-    .collect();
+        .find(|r| r.get("detector").and_then(|d| d.as_str()) == Some("shell"))
+        .expect("the shell rule");
+    let words: BTreeMap<String, Vec<String>> = string_lists(&rule["words"]);
     Detector::build(Kind::Shell, &words, &lists).expect("shell detector")
 }
 
