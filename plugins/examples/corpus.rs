@@ -7,9 +7,9 @@ use std::path::Path;
 
 use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rampart_plugins::path;
 use rampart_plugins::plugins::owasp::Waf;
-use rampart_plugins::{path, RequestView};
-use rules_dir::RulesDir;
+use rules_dir::{outside_request, RulesDir};
 
 #[path = "../tests/support/rules_dir.rs"]
 mod rules_dir;
@@ -146,24 +146,14 @@ fn judge(wafs: &[Waf], case: &serde_json::Value) -> (bool, String) {
         }
         _ => None,
     };
-    let view = RequestView {
-        listener: "web",
-        route: "default",
-        peer: "203.0.113.7"
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
-        client: "203.0.113.7"
-            .parse()
-            .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
-        method: &method,
-        path: &normalised,
+    let view = outside_request(
+        "default",
+        &method,
+        &normalised,
         query,
-        headers: &headers,
-        consumed: &[],
-        body: body.as_deref(),
-        identity: None,
-        inspections: None,
-    };
+        &headers,
+        body.as_deref(),
+    );
     let mut why = Vec::new();
     let mut blocked = false;
     for waf in wafs {

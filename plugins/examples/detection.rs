@@ -18,8 +18,7 @@ use std::io::Read;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rampart_plugins::plugins::owasp::Waf;
-use rampart_plugins::RequestView;
-use rules_dir::RulesDir;
+use rules_dir::{outside_request, RulesDir};
 
 #[path = "../tests/support/rules_dir.rs"]
 mod rules_dir;
@@ -1067,31 +1066,6 @@ fn refused(wafs: &[Waf], value: &str) -> [Vec<String>; 2] {
     [get, post]
 }
 
-/// A request from an outside client to the `app` route.
-fn view<'a>(
-    method: &'a Method,
-    path: &'a str,
-    query: Option<&'a str>,
-    headers: &'a HeaderMap,
-    body: Option<&'a [u8]>,
-) -> RequestView<'a> {
-    let peer = std::net::IpAddr::from([198, 51, 100, 7]);
-    RequestView {
-        listener: "web",
-        route: "app",
-        peer,
-        client: peer,
-        method,
-        path,
-        query,
-        headers,
-        consumed: &[],
-        body,
-        identity: None,
-        inspections: None,
-    }
-}
-
 fn judge(
     wafs: &[Waf],
     method: &Method,
@@ -1100,7 +1074,7 @@ fn judge(
     headers: &HeaderMap,
     body: Option<&[u8]>,
 ) -> Vec<String> {
-    let view = view(method, path, query, headers, body);
+    let view = outside_request("app", method, path, query, headers, body);
     let mut labels = Vec::new();
     for w in wafs {
         let a = w.assess(&view);
@@ -1123,7 +1097,7 @@ fn explain(wafs: &[Waf], value: &str) {
     use rampart_plugins::Plugin;
     let query = format!("q={}", form_encode(value));
     let headers = browser_headers();
-    let view = view(&Method::GET, "/search", Some(&query), &headers, None);
+    let view = outside_request("app", &Method::GET, "/search", Some(&query), &headers, None);
     for w in wafs {
         for line in w.explain(&view) {
             println!("{}: {line}", w.name());

@@ -4,12 +4,10 @@
 #[path = "support/rules_dir.rs"]
 mod rules_dir;
 
-use std::net::IpAddr;
-
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rampart_plugins::plugins::owasp::Waf;
 use rampart_plugins::RequestView;
-use rules_dir::RulesDir;
+use rules_dir::{outside_request, RulesDir};
 
 fn wafs() -> [Waf; 2] {
     RulesDir::shipped().wafs("")
@@ -21,21 +19,7 @@ fn request<'a>(
     headers: &'a HeaderMap,
     body: Option<&'a [u8]>,
 ) -> RequestView<'a> {
-    let peer = IpAddr::from([198, 51, 100, 4]);
-    RequestView {
-        listener: "web",
-        route: "app",
-        peer,
-        client: peer,
-        method,
-        path,
-        query: None,
-        headers,
-        consumed: &[],
-        body,
-        identity: None,
-        inspections: None,
-    }
+    outside_request("app", method, path, None, headers, body)
 }
 
 fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {

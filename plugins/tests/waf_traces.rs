@@ -5,12 +5,10 @@
 #[path = "support/rules_dir.rs"]
 mod rules_dir;
 
-use std::net::IpAddr;
-
 use http::{HeaderMap, HeaderValue, Method};
 use rampart_plugins::plugins::owasp::Waf;
-use rampart_plugins::{Plugin, RequestView, Verdict};
-use rules_dir::RulesDir;
+use rampart_plugins::{Plugin, Verdict};
+use rules_dir::{outside_request, RulesDir};
 
 fn wafs() -> [Waf; 2] {
     RulesDir::shipped().wafs("routes = { langfuse = \"traces\" }")
@@ -35,22 +33,8 @@ fn refusal(
         "content-type",
         HeaderValue::from_str(content_type).expect("content type"),
     );
-    let peer = IpAddr::from([198, 51, 100, 4]);
     let method = Method::POST;
-    let view = RequestView {
-        listener: "web",
-        route,
-        peer,
-        client: peer,
-        method: &method,
-        path,
-        query: None,
-        headers: &headers,
-        consumed: &[],
-        body: Some(body),
-        identity: None,
-        inspections: None,
-    };
+    let view = outside_request(route, &method, path, None, &headers, Some(body));
     wafs.iter().find_map(|w| match w.check(&view) {
         Verdict::Deny(d) => Some((d.status, d.reason().to_string())),
         _ => None,

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
+use http::{HeaderMap, Method};
 use rampart_plugins::net::NetSet;
 use rampart_plugins::plugins::owasp::{Waf, WafConfig};
 use rampart_plugins::registry::{BuildContext, BuildError};
-use rampart_plugins::{SecretValues, SharedSecret};
+use rampart_plugins::{RequestView, SecretValues, SharedSecret};
 
 pub struct RulesDir {
     pub dir: PathBuf,
@@ -37,6 +38,34 @@ impl RulesDir {
     pub fn waf(&self, plugin: &'static str, config: &str) -> Waf {
         let config: WafConfig = toml::from_str(config).unwrap_or_else(|e| panic!("{e}"));
         Waf::build(plugin, config, self).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A request from an outside client (a documentation address, nobody's VPC) on listener
+/// `web`, route `route`: what the WAF's examples, tests and benchmarks judge.
+#[allow(dead_code)] // not every file that includes this module judges requests
+pub fn outside_request<'a>(
+    route: &'a str,
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+    body: Option<&'a [u8]>,
+) -> RequestView<'a> {
+    let peer = std::net::IpAddr::from([198, 51, 100, 4]);
+    RequestView {
+        listener: "web",
+        route,
+        peer,
+        client: peer,
+        method,
+        path,
+        query,
+        headers,
+        consumed: &[],
+        body,
+        identity: None,
+        inspections: None,
     }
 }
 
