@@ -3,14 +3,13 @@
 //! plugins alone. `cargo bench -p rampart-benches --bench waf`.
 
 use std::hint::black_box;
-use std::net::IpAddr;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
 use rampart_plugins::net::NetSet;
 use rampart_plugins::registry::{self, PluginSpec};
-use rampart_plugins::{Chain, RequestView};
-use rules_dir::RulesDir;
+use rampart_plugins::Chain;
+use rules_dir::{outside_request, RulesDir};
 
 #[path = "../../plugins/tests/support/rules_dir.rs"]
 mod rules_dir;
@@ -86,7 +85,6 @@ fn chat_16k() -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let access = chain(&[ACCESS]);
     let waf = chain(&[ACCESS, BAD_INPUTS, OWASP]);
-    let peer: IpAddr = "203.0.113.9".parse().expect("ip");
     let (get, post) = (Method::GET, Method::POST);
     let (h_get, h_form, h_json) = (
         headers(None),
@@ -142,20 +140,7 @@ fn bench(c: &mut Criterion) {
         } else {
             "litellm"
         };
-        let view = RequestView {
-            listener: "web",
-            route,
-            peer,
-            client: peer,
-            method,
-            path,
-            query,
-            headers,
-            consumed: &[],
-            body,
-            identity: None,
-            inspections: None,
-        };
+        let view = outside_request(route, method, path, query, headers, body);
         assert!(
             rampart_benches::evaluate_now(&waf, &view) == Some(None),
             "{name} must pass the WAF"
