@@ -1,11 +1,13 @@
-//! The WAF on its own: the shipped rules (`rules/waf`) over a typical GET, a 4 KB form post
-//! and a 16 KB chat request (LLM profile), beside the same requests through the access
-//! plugins alone. `cargo bench -p rampart-benches --bench waf`.
+//! The WAF on its own: the shipped rules (`rules/waf`) over a typical GET, a 4 KB form post,
+//! a 16 KB chat request and coding-agent requests of 256 KiB and 1 MiB (LLM profile, OpenAI
+//! and Anthropic shapes), beside the same requests through the access plugins alone.
+//! `cargo bench -p rampart-benches --bench waf`.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
+use rampart_benches::agent::{self, Shape};
 use rampart_plugins::net::NetSet;
 use rampart_plugins::registry::{self, PluginSpec};
 use rampart_plugins::Chain;
@@ -92,6 +94,9 @@ fn bench(c: &mut Criterion) {
         headers(Some("application/json")),
     );
     let (form, chat) = (form_4k(), chat_16k());
+    let agent_256k = agent::request(Shape::OpenAi, 256 * 1024);
+    let agent_1m = agent::request(Shape::OpenAi, 1024 * 1024);
+    let agent_1m_anthropic = agent::request(Shape::Anthropic, 1024 * 1024);
     struct Case<'a> {
         name: &'a str,
         method: &'a Method,
@@ -125,6 +130,30 @@ fn bench(c: &mut Criterion) {
             headers: &h_json,
             body: Some(&chat),
         },
+        Case {
+            name: "agent_256k",
+            method: &post,
+            path: "/v1/chat/completions",
+            query: None,
+            headers: &h_json,
+            body: Some(&agent_256k),
+        },
+        Case {
+            name: "agent_1m",
+            method: &post,
+            path: "/v1/chat/completions",
+            query: None,
+            headers: &h_json,
+            body: Some(&agent_1m),
+        },
+        Case {
+            name: "agent_1m_anthropic",
+            method: &post,
+            path: "/v1/messages",
+            query: None,
+            headers: &h_json,
+            body: Some(&agent_1m_anthropic),
+        },
     ];
     for Case {
         name,
@@ -141,9 +170,10 @@ fn bench(c: &mut Criterion) {
             "litellm"
         };
         let view = outside_request(route, method, path, query, headers, body);
+        let verdict = rampart_benches::evaluate_now(&waf, &view);
         assert!(
-            rampart_benches::evaluate_now(&waf, &view) == Some(None),
-            "{name} must pass the WAF"
+            verdict == Some(None),
+            "{name} must pass the WAF: {verdict:?}"
         );
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Bytes(

@@ -9,3 +9,5 @@ pub fn evaluate_now(
     rampart_plugins::now_or_never(chain.evaluate(view, rampart_plugins::Stage::All, |_| {}))
         .map(|judgement| judgement.denied)
 }
+
+pub mod agent;

@@ -71,29 +71,46 @@ fn default_threshold() -> u32 {
     5
 }
 
-/// The built-in profile for OpenAI-style chat, completion and embedding routes: prompts are
-/// prose, so only the URLs in them are inspected; the body size limit does not apply.
+/// The built-in profile for chat, completion and embedding routes in the OpenAI shape
+/// (chat completions, responses) and the Anthropic shape (messages): prompts are prose, so
+/// only the URLs in them are inspected; the body size limit does not apply.
+///
+/// What a conversation carries back to the model is prose too: tool calls' arguments and
+/// tool results (a coding agent's are source files and command output), and the model's
+/// thinking. Content parts that something behind rampart fetches or decodes (`image_url`,
+/// `file`, `source`, `input_audio`) are not prose and are judged in full.
 pub fn llm_profile() -> Profile {
     Profile {
         prose_fields: [
+            // OpenAI chat completions and the legacy completions.
             "messages[].content",
             "messages[].content[].text",
             "messages[].tool_calls[].function.arguments",
             "messages[].function_call.arguments",
             "prompt",
             "prompt[]",
+            // Embeddings and the responses API.
             "input",
             "input[]",
             "input[].content",
             "input[].content[].text",
+            "input[].arguments",
+            "input[].output",
+            "instructions",
+            // Anthropic messages: tool use, tool results (a string or text blocks), thinking.
+            "messages[].content[].input.**",
+            "messages[].content[].content",
+            "messages[].content[].content[].text",
+            "messages[].content[].thinking",
             "system",
             "system[].text",
-            "instructions",
+            // Tool definitions' descriptions, in both shapes.
             "tools[].function.description",
             "tools[].function.parameters.properties.*.description",
             "tools[].function.parameters.properties.*.items.description",
             "tools[].description",
             "tools[].input_schema.properties.*.description",
+            "tools[].input_schema.properties.*.items.description",
             "functions[].description",
         ]
         .map(String::from)
