@@ -13,8 +13,12 @@ Contenders:
                 limit, known bad inputs and OWASP at paranoia 1, bot control, admin secret, JWT)
   modsecurity   nginx + ModSecurity 3 + OWASP CRS 3.3.4 at paranoia 1 (Debian packages)
 
-Requests: a GET with a token, a 4 KB form POST, a 16 KB chat-completion POST and a 1 MB one (a
-coding agent's prompt), both through the WAF's `llm` profile in `full`, every byte judged.
+Requests: a GET with a token, a 4 KB form POST, a 16 KB chat-completion POST, a 1 MB one of
+prose, and coding agents' requests (tool definitions, tool results holding source files) of
+256 KiB and 1 MiB in the OpenAI shape and 1 MiB in Anthropic's, all through the WAF's `llm`
+profile in `full`, every byte judged; the upstream reads each chat's body whole before it
+answers. Streams: 1,000 slow server-sent event answers at once (memory per stream, CPU per
+event, stalls).
 
 Reports, in BENCH_OUT (default target/bench/report.md, with the raw figures in report.json):
 throughput and wrk's p50/p99 at saturation, CPU microseconds per request of the proxy process,
@@ -24,7 +28,8 @@ valgrind; and memory (RSS idle, with 10,000 idle keep-alive connections, with a 
 addresses in the rate limiter).
 
 Settings (environment): BENCH_SECONDS (5), BENCH_ROUNDS (3), BENCH_LATENCY_ROUNDS (5),
-BENCH_SKIP (comma list of sections to skip: valgrind, memory, latency).
+BENCH_STREAMS (1000), BENCH_SKIP (comma list of sections to skip: valgrind, memory, latency,
+streams).
 """
 import json
 import os
@@ -61,6 +66,11 @@ LOAD_CORE, PROXY_CORE = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 PORTS = {"upstream": 18080, "nginx": 18081, "modsecurity": 18082, "bare": 18083, "full": 18084}
+# The streaming upstream (server-sent events), behind every proxy at /sse/.
+SSE_PORT = 18089
+SSE_STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
+SSE_EVENTS = 100  # one every 100 ms: a ten-second answer
+SSE_INTERVAL = 0.1
 ADMIN_PORTS = {"bare": 18093, "full": 18094}
 JWKS_PORT = 18099
 
@@ -99,6 +109,7 @@ http {{
 def proxy_block(port, extra=""):
     return f"""
   upstream app {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 64; }}
+  upstream sse {{ server 127.0.0.1:{SSE_PORT}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
 {extra}
@@ -106,6 +117,12 @@ def proxy_block(port, extra=""):
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
+    }}
+    location /sse/ {{
+      proxy_pass http://sse;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
     }}
   }}"""
 
@@ -167,13 +184,13 @@ limits = [{{ name = "RateLimitPerIP", requests = {per_ip_limit}, window_seconds 
 
 [[listeners.plugins]]
 type = "bad_inputs"
-routes = {{ litellm = "llm" }}
+routes = {{ litellm = "llm", sse = "llm" }}
 
 [[listeners.plugins]]
 type = "owasp"
 paranoia = 1
 threshold = 5
-routes = {{ litellm = "llm" }}
+routes = {{ litellm = "llm", sse = "llm" }}
 
 [[listeners.plugins]]
 type = "bot_control"
@@ -198,6 +215,9 @@ env = ["RAMPART_ADMIN_HEADER_SECRET"]
 [upstreams.app]
 addrs = ["127.0.0.1:{PORTS['upstream']}"]
 
+[upstreams.sse]
+addrs = ["127.0.0.1:{SSE_PORT}"]
+
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:{PORTS[name]}"
@@ -208,6 +228,11 @@ client_limits = {{ max_connections = 20000 }}
 prefix = "/v1/"
 name = "litellm"
 upstream = "app"
+
+[[listeners.routes]]
+prefix = "/sse/"
+name = "sse"
+upstream = "sse"
 
 [[listeners.routes]]
 prefix = "/"
@@ -330,6 +355,13 @@ def requests(token):
         {"role": "system", "content": "You are a coding agent. Read the files and fix the bug."},
         {"role": "user", "content": (PROSE * 6000)[:1_000_000]},
     ]})
+    # Coding agents' requests: tool definitions, and tool results holding source files
+    # (benches/src/agent.rs), in the OpenAI shape and, for Claude's clients, Anthropic's.
+    agent = {}
+    for name, shape, size in (("agent_256k", "openai", 256 * 1024), ("agent_1m", "openai", 1024 * 1024),
+                              ("agent_1m_anthropic", "anthropic", 1024 * 1024)):
+        agent[name] = subprocess.run([str(EXAMPLES / "agent_request"), shape, str(size)],
+                                     check=True, capture_output=True).stdout.decode()
     out = {
         "get": f"GET /v1/models HTTP/1.1\r\n{head}\r\n",
         "form_4k": f"POST /submit HTTP/1.1\r\n{head}Content-Type: application/x-www-form-urlencoded\r\n"
@@ -339,6 +371,10 @@ def requests(token):
         "chat_1m": f"POST /v1/chat/completions HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
                    f"Content-Length: {len(chat_1m)}\r\n\r\n{chat_1m}",
     }
+    for name, body in agent.items():
+        path = "/v1/messages" if name.endswith("anthropic") else "/v1/chat/completions"
+        out[name] = (f"POST {path} HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+                     f"Content-Length: {len(body.encode())}\r\n\r\n{body}")
     files = {}
     for name, raw in out.items():
         path = WORK / f"{name}.http"
@@ -495,20 +531,7 @@ def memory(reqs):
     time.sleep(1)
     out["idle_full_pipeline_mib"] = p.rss_kib() / 1024
     # 10,000 keep-alive connections, each after one request, then idle.
-    raw = reqs["get"].read_bytes()
-    conns = []
-    for i in range(10_000):
-        s = socket.create_connection(("127.0.0.1", PORTS["full"]))
-        s.sendall(raw)
-        conns.append(s)
-    ok = 0
-    for s in conns:
-        s.settimeout(10)
-        try:
-            if s.recv(4096).startswith(b"HTTP/1.1 200"):
-                ok += 1
-        except OSError:
-            pass
+    conns, ok = hold_connections(PORTS["full"], reqs["get"].read_bytes(), 10_000)
     time.sleep(1)
     out["connections_10k_mib"] = p.rss_kib() / 1024
     out["connections_10k_answered"] = ok
@@ -551,13 +574,79 @@ end
     return out
 
 
+def hold_connections(port, raw, count):
+    """`count` keep-alive connections to `port`, each after one request `raw`; and how many
+    were answered 200."""
+    conns = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(raw)
+        conns.append(s)
+    ok = 0
+    for s in conns:
+        s.settimeout(10)
+        try:
+            ok += s.recv(65536).startswith(b"HTTP/1.1 200")
+        except OSError:
+            pass
+    return conns, ok
+
+
+def idle_connections(procs, reqs, count=10_000):
+    """KiB each idle keep-alive connection holds in each proxy, after one request."""
+    out = {}
+    raw = reqs["get"].read_bytes()
+    for name in ("nginx", "bare", "full"):
+        proc = procs[name]
+        time.sleep(2)
+        before = proc.rss_kib()
+        conns, ok = hold_connections(PORTS[name], raw, count)
+        time.sleep(1)
+        out[name] = {"answered": ok, "kib_per_connection": (proc.rss_kib() - before) / count}
+        for s in conns:
+            s.close()
+        log(f"idle connections {name:6} {out[name]}")
+    return out
+
+
+def streams(procs, token):
+    """SSE_STREAMS slow streams at once through each proxy: memory per open stream, CPU per
+    event relayed, and the longest stall any stream saw."""
+    head = (f"Host: bench.rampart.test\r\nUser-Agent: OpenAI/Python 1.54.0\r\n"
+            f"Authorization: Bearer {token}\r\nX-Origin-Verify: {ORIGIN}\r\nAccept: text/event-stream\r\n")
+    body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                       "messages": [{"role": "user", "content": "Count to a hundred, slowly."}]})
+    request = WORK / "sse.http"
+    request.write_text(f"POST /sse/v1/chat/completions HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+                       f"Content-Length: {len(body)}\r\n\r\n{body}")
+    out = {}
+    for name in ("nginx", "bare", "full"):
+        proc = procs[name]
+        time.sleep(2)
+        rss_before, cpu_before = proc.rss_kib(), proc.cpu_seconds()
+        client = subprocess.Popen(["taskset", "-c", LOAD_CORE, sys.executable, str(ROOT / "benches/load/sse.py"),
+                                   "stream", str(PORTS[name]), str(SSE_STREAMS), str(request)],
+                                  stdout=subprocess.PIPE, text=True)
+        # Half way through the answers every stream is open.
+        time.sleep(SSE_EVENTS * SSE_INTERVAL / 2)
+        rss_open = proc.rss_kib()
+        stdout, _ = client.communicate(timeout=SSE_EVENTS * SSE_INTERVAL * 6 + 60)
+        cpu = proc.cpu_seconds() - cpu_before
+        res = json.loads(stdout)
+        res["kib_per_stream"] = (rss_open - rss_before) / SSE_STREAMS
+        res["cpu_us_per_event"] = cpu / max(res["events"], 1) * 1e6
+        out[name] = res
+        log(f"streams {name:6} {res}")
+    return out
+
+
 # --- the report ---------------------------------------------------------------------------
 
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def report(machine, sat, lat, ins, mem):
+def report(machine, sat, lat, idle, sse, ins, mem):
     lines = [f"# Load benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "", machine, "",
              f"wrk -t1 -c32, {SECONDS:g} s per run, {ROUNDS} rounds alternating; medians.", ""]
     for req_name, row in sat.items():
@@ -586,6 +675,24 @@ def report(machine, sat, lat, ins, mem):
                 lines.append(f"| {req_name} | {r['rate']} | {name} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
                              f"{r['p50_us'] - d['p50_us']:.0f} | {r['p99_us'] - d['p99_us']:.0f} | {r['errors']:.0f} | {runs} |")
         lines.append("")
+    if idle:
+        lines += ["## Idle keep-alive connections (10,000, after one GET each)", "",
+                  "| contender | answered | KiB per connection | vs nginx |", "|---|---|---|---|"]
+        for name, r in idle.items():
+            lines.append(f"| {name} | {r['answered']} | {r['kib_per_connection']:.1f} | "
+                         f"{ratio(r['kib_per_connection'], idle['nginx']['kib_per_connection'])} |")
+        lines.append("")
+    if sse:
+        lines += [f"## {SSE_STREAMS} server-sent event streams at once ({SSE_EVENTS} events each, "
+                  f"one every {SSE_INTERVAL * 1000:.0f} ms)", "",
+                  "| contender | completed | events | KiB per open stream | vs nginx | CPU µs per event | vs nginx | longest stall ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        ng = sse.get("nginx", {})
+        for name, r in sse.items():
+            lines.append(f"| {name} | {r['completed']} | {r['events']} | {r['kib_per_stream']:.1f} | "
+                         f"{ratio(r['kib_per_stream'], ng.get('kib_per_stream'))} | {r['cpu_us_per_event']:.1f} | "
+                         f"{ratio(r['cpu_us_per_event'], ng.get('cpu_us_per_event'))} | {r['max_gap_ms']:.0f} |")
+        lines.append("")
     if ins:
         lines += ["## Instructions per request (valgrind --tool=callgrind, whole process)", "",
                   "| request | " + " | ".join(next(iter(ins.values())).keys()) + " |",
@@ -604,7 +711,8 @@ def main():
                          "cargo build --release -p rampart-benches --examples")
     WORK.mkdir(parents=True, exist_ok=True)
     # A port held by another process would be measured in place of a contender.
-    wanted = {**PORTS, **{f"{k} admin": v for k, v in ADMIN_PORTS.items()}, "jwks": JWKS_PORT}
+    wanted = {**PORTS, **{f"{k} admin": v for k, v in ADMIN_PORTS.items()}, "jwks": JWKS_PORT,
+              "sse upstream": SSE_PORT}
     for name, port in wanted.items():
         with socket.socket() as probe:
             # As the servers bind: a port with only closed connections in TIME_WAIT is free.
@@ -622,7 +730,7 @@ def main():
                f"proxy pinned to core {PROXY_CORE}, wrk and the upstream to core {LOAD_CORE}; "
                f"rampart --threads 1, nginx worker_processes 1.")
     procs = {}
-    up = None
+    up = sse_up = None
     try:
         up = Proc("upstream", ["nginx", "-c", str(nginx_conf("upstream", f"""
   server {{ listen 127.0.0.1:{PORTS['upstream']}; client_max_body_size 16m;
@@ -630,9 +738,13 @@ def main():
     # A chat is read whole before the answer, as LiteLLM does (`return` alone answers first
     # and the proxy in front may stop sending the body): nginx buffers it, then asks itself.
     location /v1/chat/completions {{ proxy_pass http://127.0.0.1:{PORTS['upstream']}/read; }}
+    location /v1/messages {{ proxy_pass http://127.0.0.1:{PORTS['upstream']}/read; }}
     location = /read {{ return 200 "ok\\n"; }} }}""")),
                                "-p", str(WORK / "upstream")], LOAD_CORE)
         wait_port(PORTS["upstream"])
+        sse_up = Proc("sse-upstream", [sys.executable, str(ROOT / "benches/load/sse.py"), "serve",
+                                       str(SSE_PORT), str(SSE_EVENTS), str(SSE_INTERVAL)], LOAD_CORE)
+        wait_port(SSE_PORT)
         procs["nginx"] = Proc("nginx", ["nginx", "-c", str(nginx_conf("nginx", proxy_block(PORTS["nginx"]))),
                                         "-p", str(WORK / "nginx")], PROXY_CORE)
         for name, full in (("bare", False), ("full", True)):
@@ -655,22 +767,26 @@ def main():
                 log(f"check {name:12} {req_name:9} ok {r['ok']} errors {r['errors']}")
         sat = saturation(procs, reqs)
         lat = {} if "latency" in SKIP else latency(reqs, sat)
+        sse = {} if "streams" in SKIP else streams(procs, token)
+        idle = {} if "memory" in SKIP else idle_connections(procs, reqs)
         for name in ("bare", "full", "nginx", "modsecurity"):
             if name in procs:
                 procs.pop(name).stop()
         ins = {} if "valgrind" in SKIP else instructions(reqs)
         mem = {} if "memory" in SKIP else memory(reqs)
         up.stop()
+        sse_up.stop()
     finally:
         for p in procs.values():
             p.stop()
-        if up is not None:
-            up.stop()
+        for server in (up, sse_up):
+            if server is not None:
+                server.stop()
         jwks_server.shutdown()
     out = Path(os.environ.get("BENCH_OUT", WORK / "report.md"))
-    text = report(machine, sat, lat, ins, mem)
+    text = report(machine, sat, lat, idle, sse, ins, mem)
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"saturation": sat, "latency": lat, "instructions": ins, "memory": mem}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"saturation": sat, "latency": lat, "idle_connections": idle, "streams": sse, "instructions": ins, "memory": mem}, indent=1))
     print(text)
 
 

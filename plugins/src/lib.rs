@@ -14,6 +14,7 @@ pub mod net;
 pub mod path;
 pub mod plugins;
 pub mod prefix_table;
+pub(crate) mod prehashed;
 pub mod rate_window;
 pub mod registry;
 pub mod request;

@@ -7,6 +7,7 @@
 //! exactly the limit, and capacity comes back slot by slot (there is no fixed-window edge at
 //! which twice the limit could pass). The same arithmetic runs in the Redis script.
 
+use crate::prehashed::Prehashed;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -170,27 +171,9 @@ fn absolute_slot(now: u64, low: u32) -> u64 {
 /// 4-byte alignment: 44 bytes with `u16` counts.
 type StoredKey = [u32; 2];
 
-/// Stored keys are already keyed hashes: the table needs only to spread their bits (the
-/// shard was chosen by the top ones, which every key of a shard shares), not to hash again.
-#[derive(Default)]
-struct KeyBits(u64);
-
-impl std::hash::Hasher for KeyBits {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.0 = self.0.rotate_left(32) ^ u64::from(v);
-    }
-    fn write_usize(&mut self, _length: usize) {}
-}
-
-type Table<C> = HashMap<StoredKey, Slots<C>, std::hash::BuildHasherDefault<KeyBits>>;
+// Stored keys are already keyed hashes: the table needs only to spread their bits (the
+// shard was chosen by the top ones, which every key of a shard shares), not to hash again.
+type Table<C> = HashMap<StoredKey, Slots<C>, Prehashed>;
 
 /// Sharded tables of one count width.
 struct Shards<C> {

@@ -1,17 +1,19 @@
 //! What the WAF looks at: every part of a request as named fields, each decoded once into
 //! the forms rules match against.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
 use std::sync::OnceLock;
 
 use http::HeaderName;
 
-use regex::bytes::Regex;
 use serde::Deserialize;
 
 use super::decode;
 use super::otlp::{self, Signal};
 use super::parse;
+use super::urls;
+use crate::prehashed::Prehashed;
 use crate::RequestView;
 
 /// Which parts of a request a rule reads.
@@ -166,25 +168,6 @@ impl Profile {
         (&self.prose_fields, &self.exclude_fields).hash(&mut h);
         h.finish()
     }
-}
-
-/// Whether prose may hold a URL at all: every URL the pattern finds contains `://` or starts
-/// `data:`, and a vectorised search for those two rules out most prose without the regex
-/// (whose word boundaries cost a pass over the whole text).
-fn may_hold_urls(text: &[u8]) -> bool {
-    static MARKS: OnceLock<Option<Regex>> = OnceLock::new();
-    MARKS
-        .get_or_init(|| super::literal_screen(&["://", "data:"], true))
-        .as_ref()
-        .is_none_or(|marks| marks.is_match(text))
-}
-
-fn url_pattern() -> Option<&'static Regex> {
-    static URL: OnceLock<Option<Regex>> = OnceLock::new();
-    URL.get_or_init(|| {
-        Regex::new(r#"(?i)\b(?:[a-z][a-z0-9+.-]{1,15}://|data:[a-z/]*[;,])[^\s"'<>`]*"#).ok()
-    })
-    .as_ref()
 }
 
 /// The inspections of one request that the WAF plugins of a chain share: the second WAF
@@ -493,25 +476,71 @@ impl BodyProblem {
     }
 }
 
-/// A string of a structured body: an object's key, or a value.
-enum Named {
+/// A string of a structured body: an object's key, or a value (decoded, or as it stands
+/// in a JSON document when it is prose).
+enum Named<'a> {
     Name(Vec<u8>),
     Value(Vec<u8>),
+    Escaped(&'a [u8]),
 }
 
-/// The URLs in a prose value: all that is inspected of it.
-fn push_prose(fields: &mut Vec<Field>, name: &str, value: &[u8]) {
-    let urls = url_pattern()
-        .filter(|_| may_hold_urls(value))
-        .into_iter()
-        .flat_map(|re| re.find_iter(value));
-    for url in urls {
-        fields.push(Field::new(
-            Target::Urls,
-            Source::Body,
-            name.to_string(),
-            url.as_bytes().to_vec(),
-        ));
+/// The fields a structured body yields, each judged once: a conversation repeats its keys
+/// (`role`, `content`, `tool_call_id`) and many values (`assistant`, `function`, and the
+/// links a coding agent's tool results share) thousands of times, and a rule's verdict on
+/// one is its verdict on all (a rule counts once per request, wherever it matched first).
+struct Distinct {
+    /// Keyed hashes (SipHash) of (target, path, value) kept so far. The keys are random per
+    /// process, so nobody outside can make two fields collide and one of them go unjudged.
+    seen: HashSet<u64, Prehashed>,
+    keys: RandomState,
+}
+
+impl Distinct {
+    fn new() -> Self {
+        Distinct {
+            seen: HashSet::default(),
+            keys: RandomState::new(),
+        }
+    }
+
+    /// Whether (target, name, value) is new to this body.
+    fn first(&mut self, target: Target, name: &str, value: &[u8]) -> bool {
+        self.seen.insert(self.keys.hash_one((target, name, value)))
+    }
+}
+
+/// How a profile reads the fields at each JSON path, worked out once per path a request
+/// holds (a conversation repeats a few paths thousands of times).
+struct PathReadings<'p> {
+    profile: &'p Profile,
+    // Paths are the client's, but a collision only costs a comparison: the quick hasher.
+    known: HashMap<String, PathReading, foldhash::fast::RandomState>,
+}
+
+#[derive(Clone, Copy)]
+struct PathReading {
+    prose: bool,
+    excluded: bool,
+}
+
+impl<'p> PathReadings<'p> {
+    fn new(profile: &'p Profile) -> Self {
+        PathReadings {
+            profile,
+            known: HashMap::default(),
+        }
+    }
+
+    fn of(&mut self, path: &str) -> PathReading {
+        if let Some(known) = self.known.get(path) {
+            return *known;
+        }
+        let reading = PathReading {
+            prose: self.profile.is_prose(path),
+            excluded: self.profile.excludes(path),
+        };
+        self.known.insert(path.to_string(), reading);
+        reading
     }
 }
 
@@ -538,11 +567,29 @@ fn body_fields(
     };
     // A key or a value of a structured body (JSON, OTLP) at its path. Under a prose path a
     // value is prose and a key is plain (`gen_ai.prompt`, `args`); elsewhere both are judged.
-    let structured = |fields: &mut Vec<Field>, path: String, named: Named| match named {
-        Named::Value(value) if profile.is_prose(&path) => push_prose(fields, &path, &value),
-        Named::Name(_) if profile.is_prose(&path) || profile.excludes(&path) => {}
-        Named::Name(key) => fields.push(Field::new(Target::ArgNames, Source::Body, path, key)),
-        Named::Value(value) => arg(fields, path, None, value),
+    let mut readings = PathReadings::new(profile);
+    let mut distinct = Distinct::new();
+    let mut structured = |fields: &mut Vec<Field>, reading: PathReading, path: String, named| {
+        let url = |url: &[u8]| {
+            if distinct.first(Target::Urls, &path, url) {
+                let name = path.clone();
+                fields.push(Field::new(Target::Urls, Source::Body, name, url.to_vec()));
+            }
+        };
+        match named {
+            // The URLs in prose: all that is inspected of it.
+            Named::Value(value) if reading.prose => urls::each_url(&value, url),
+            Named::Escaped(text) => return urls::each_url_in_json(text, url).is_ok(),
+            Named::Name(_) if reading.prose || reading.excluded => {}
+            Named::Name(key) if distinct.first(Target::ArgNames, &path, &key) => {
+                fields.push(Field::new(Target::ArgNames, Source::Body, path, key))
+            }
+            Named::Value(value) if distinct.first(Target::Args, &path, &value) => {
+                arg(fields, path, None, value)
+            }
+            Named::Name(_) | Named::Value(_) => {}
+        }
+        true
     };
     let mut format = BodyFormat::of(content_type, path);
     // A sniffed body is JSON only if it parses: the fields are kept, not parsed twice.
@@ -550,7 +597,7 @@ fn body_fields(
     if format == BodyFormat::Sniffed {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if matches!(first, Some(b'{' | b'[')) {
-            json = parse::json_fields(body);
+            json = parse::json_fields_keeping(body, &mut |path| readings.of(path).prose);
         }
         format = match json {
             Some(_) => BodyFormat::Json,
@@ -601,17 +648,24 @@ fn body_fields(
             }
         }
         BodyFormat::Json => {
-            let json = json.or_else(|| parse::json_fields(body).or_else(|| json_scalar(body)));
+            // Prose strings stay escaped: only their URLs are decoded.
+            let json = json.or_else(|| {
+                parse::json_fields_keeping(body, &mut |path| readings.of(path).prose)
+                    .or_else(|| json_scalar(body))
+            });
             let Some(json) = json else {
                 return Some(BodyProblem::Malformed);
             };
             for f in json {
-                match (f.key, f.value) {
-                    (Some(key), _) => structured(fields, f.path, Named::Name(key.into_bytes())),
-                    (None, Some(value)) => {
-                        structured(fields, f.path, Named::Value(value.into_bytes()))
-                    }
-                    (None, None) => {}
+                let named = match (f.key, f.value, f.escaped) {
+                    (Some(key), _, _) => Named::Name(key.into_bytes()),
+                    (None, Some(value), _) => Named::Value(value.into_bytes()),
+                    (None, None, Some(text)) => Named::Escaped(text),
+                    (None, None, None) => continue,
+                };
+                let reading = readings.of(&f.path);
+                if !structured(fields, reading, f.path, named) {
+                    return Some(BodyProblem::Malformed);
                 }
             }
         }
@@ -628,7 +682,7 @@ fn body_fields(
                     Some(_) => Named::Name(f.value),
                     None => Named::Value(f.value),
                 };
-                structured(fields, f.path, named);
+                structured(fields, readings.of(&f.path), f.path, named);
             }
         }
         BodyFormat::Protobuf => return Some(BodyProblem::UnknownSchema),
@@ -647,7 +701,7 @@ fn body_fields(
 }
 
 /// A JSON document that is a lone scalar (`"text"`, `42`): one value, at the root.
-fn json_scalar(body: &[u8]) -> Option<Vec<parse::JsonField>> {
+fn json_scalar(body: &[u8]) -> Option<Vec<parse::JsonField<'_>>> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let text = match value {
         serde_json::Value::String(s) => s,
@@ -658,6 +712,7 @@ fn json_scalar(body: &[u8]) -> Option<Vec<parse::JsonField>> {
         path: String::new(),
         key: None,
         value: Some(text),
+        escaped: None,
     }])
 }
 
@@ -829,23 +884,6 @@ mod tests {
             2,
             "a verified token is not decoded"
         );
-    }
-
-    #[test]
-    fn the_url_prefilter_never_hides_a_url() {
-        let re = url_pattern().expect("compiles");
-        for text in [
-            "see https://evil.example/x",
-            "DATA:text/html;base64,PHNjcmlwdD4=",
-            "gopher://127.0.0.1:70/_x",
-            "plain prose, no links: a: b // c",
-        ] {
-            let found = re.is_match(text.as_bytes());
-            assert!(!found || may_hold_urls(text.as_bytes()), "{text}");
-        }
-        assert!(!may_hold_urls(
-            b"The gateway sits in front of the platform."
-        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod otlp;
 pub mod parse;
 pub mod rules;
 pub mod stream;
+pub mod urls;
 
 pub use inspect::{
     BodyFormat, BodyProblem, Inspection, Inspections, Profile, Source, Target, Transform,

@@ -37,10 +37,13 @@ pub fn cookie_pairs(header: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// A JSON document flattened into `(path, key, value)`: every object key is a name
 /// (`key`), every scalar a value at its path (`messages[].content`; array indices dropped so
 /// that a path names a field whatever its position).
-pub struct JsonField {
+pub struct JsonField<'a> {
     pub path: String,
     pub key: Option<String>,
     pub value: Option<String>,
+    /// A string value at a path the caller asked to have as it stands in the document:
+    /// between its quotes, escapes and all (see [`json_fields_keeping`]).
+    pub escaped: Option<&'a [u8]>,
 }
 
 /// Nesting deeper than this is not followed (and is itself suspicious).
@@ -48,11 +51,21 @@ const MAX_JSON_DEPTH: usize = 64;
 
 /// Flattens a JSON document. A document cut short (a body inspected on its first bytes) is
 /// read up to where it stops; `None` only for something that is not JSON at all.
-pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField>> {
+pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField<'_>>> {
+    json_fields_keeping(body, &mut |_| false)
+}
+
+/// [`json_fields`], leaving the string values at the paths `keep` chooses escaped: a caller
+/// that reads only a little of a large string (the URLs in a prompt) saves decoding it.
+pub fn json_fields_keeping<'a>(
+    body: &'a [u8],
+    keep: &mut dyn FnMut(&str) -> bool,
+) -> Option<Vec<JsonField<'a>>> {
     let mut walker = JsonWalker {
         s: body,
         i: 0,
         out: Vec::new(),
+        keep,
     };
     walker.skip_ws();
     if !matches!(walker.peek(), Some(b'{' | b'[')) {
@@ -69,19 +82,58 @@ pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField>> {
     }
 }
 
+/// A JSON string's text (between its quotes) with its escapes decoded; `None` for an escape
+/// JSON does not have (`\a`, `\:`) or a `\u` that is not four hex digits, which every JSON
+/// parser an upstream runs refuses too. An escape cut short by the end is dropped, and bytes
+/// that are not UTF-8 are kept as they are (the caller decides what to make of them).
+pub fn json_unescape(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        // Plain bytes up to the next escape go in one copy.
+        let run = memchr::memchr(b'\\', &text[i..]).unwrap_or(text.len() - i);
+        out.extend_from_slice(&text[i..i + run]);
+        i += run + 1;
+        let Some(&e) = text.get(i) else { break };
+        i += 1;
+        match e {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'u' => {
+                let Some(hex) = text.get(i..i + 4) else { break };
+                i += 4;
+                let code = std::str::from_utf8(hex)
+                    .ok()
+                    .and_then(|h| u32::from_str_radix(h, 16).ok())?;
+                let c = char::from_u32(code).unwrap_or('\u{fffd}');
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            b'"' | b'\\' | b'/' => out.push(e),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
 enum JsonStop {
     /// The input ended inside the document: what was read stands.
     Eof,
     Invalid,
 }
 
-struct JsonWalker<'a> {
+struct JsonWalker<'a, 'k> {
     s: &'a [u8],
     i: usize,
-    out: Vec<JsonField>,
+    out: Vec<JsonField<'a>>,
+    /// Paths whose string values are kept escaped.
+    keep: &'k mut dyn FnMut(&str) -> bool,
 }
 
-impl JsonWalker<'_> {
+impl<'a> JsonWalker<'a, '_> {
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
@@ -132,6 +184,7 @@ impl JsonWalker<'_> {
                         path: child.clone(),
                         key: Some(key),
                         value: None,
+                        escaped: None,
                     });
                     self.expect(b':')?;
                     self.value(child, depth + 1)?;
@@ -167,11 +220,18 @@ impl JsonWalker<'_> {
                 }
             }
             b'"' => {
-                let (v, complete) = self.string()?;
+                let (value, escaped, complete) = if (self.keep)(&path) {
+                    let (raw, complete) = self.raw_string()?;
+                    (None, Some(raw), complete)
+                } else {
+                    let (v, complete) = self.string()?;
+                    (Some(v), None, complete)
+                };
                 self.out.push(JsonField {
                     path,
                     key: None,
-                    value: Some(v),
+                    value,
+                    escaped,
                 });
                 if complete {
                     Ok(())
@@ -195,6 +255,7 @@ impl JsonWalker<'_> {
                             path,
                             key: None,
                             value: Some(String::from_utf8_lossy(token).into_owned()),
+                            escaped: None,
                         });
                         Ok(())
                     }
@@ -208,51 +269,36 @@ impl JsonWalker<'_> {
     /// A string with its escapes decoded, and whether it was complete: a string cut short
     /// by the end of the input is kept as far as it goes.
     fn string(&mut self) -> Result<(String, bool), JsonStop> {
-        self.expect(b'"')?;
-        let mut out: Vec<u8> = Vec::new();
+        let (raw, complete) = self.raw_string()?;
+        let decoded = json_unescape(raw).ok_or(JsonStop::Invalid)?;
         // A string whose bytes are invalid UTF-8 is kept with replacement characters.
-        let text = |out: Vec<u8>| {
-            String::from_utf8(out)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-        };
+        let text = String::from_utf8(decoded)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok((text, complete))
+    }
+
+    /// A string as it stands between its quotes, and whether it was complete.
+    ///
+    /// The end is the first quote after an even run of backslashes: quotes are rarer than
+    /// escapes in the text people send (source code has a `\n` every line), so searching
+    /// for quotes alone stops least.
+    fn raw_string(&mut self) -> Result<(&'a [u8], bool), JsonStop> {
+        self.expect(b'"')?;
+        let start = self.i;
         loop {
-            // Plain bytes up to the next quote or escape go in one copy.
-            let rest = self.s.get(self.i..).unwrap_or_default();
-            let run = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-            out.extend_from_slice(&rest[..run]);
-            self.i += run;
-            let Some(b) = self.peek() else {
-                return Ok((text(out), false));
+            let Some(quote) = memchr::memchr(b'"', &self.s[self.i..]) else {
+                self.i = self.s.len();
+                return Ok((&self.s[start..], false));
             };
-            self.i += 1;
-            if b == b'"' {
-                return Ok((text(out), true));
-            }
-            // An escape.
-            let Some(e) = self.peek() else {
-                return Ok((text(out), false));
-            };
-            self.i += 1;
-            match e {
-                b'n' => out.push(b'\n'),
-                b't' => out.push(b'\t'),
-                b'r' => out.push(b'\r'),
-                b'b' => out.push(8),
-                b'f' => out.push(12),
-                b'u' => {
-                    let Some(hex) = self.s.get(self.i..self.i + 4) else {
-                        return Ok((text(out), false));
-                    };
-                    self.i += 4;
-                    let code = std::str::from_utf8(hex)
-                        .ok()
-                        .and_then(|h| u32::from_str_radix(h, 16).ok())
-                        .ok_or(JsonStop::Invalid)?;
-                    let c = char::from_u32(code).unwrap_or('\u{fffd}');
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
-                other => out.push(other),
+            let at = self.i + quote;
+            self.i = at + 1;
+            let backslashes = self.s[start..at]
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\\')
+                .count();
+            if backslashes % 2 == 0 {
+                return Ok((&self.s[start..at], true));
             }
         }
     }

@@ -1,0 +1,393 @@
+//! The URLs in prose: all the WAF inspects of an LLM prompt.
+//!
+//! A URL here is what a browser, a fetcher or a model's tool could act on: a scheme and
+//! `://` (`https://…`, `gopher://…`, `javascript://…`), or a `data:` URL with its media
+//! type (`data:text/html;base64,…`). It runs to the next whitespace, quote, angle bracket or
+//! backtick.
+//!
+//! Prompts are large (a coding agent sends a megabyte of source files) and always hold some
+//! URLs, so the finder starts from the two marks every URL has, `://` and `data:`, found
+//! with vectorised searches, and reads outwards from each by hand. A regex over the whole text
+//! paid for its word boundaries at every byte, and its prefilter never skipped agent prose.
+//! The grammar is ASCII, so the reading is too: a scheme is the ASCII letters, digits, `+`,
+//! `.` and `-` before `://` (at most 16, starting with a letter), with no word boundary asked
+//! for, so `xhttp://` is inspected as `http://` rather than passed over.
+
+use std::iter::Peekable;
+use std::sync::OnceLock;
+
+use memchr::memmem;
+
+/// The longest scheme read back from `://` (`[a-z][a-z0-9+.-]{1,15}`).
+const MAX_SCHEME: usize = 16;
+
+/// Calls `each` with every URL in `text`, in order, none overlapping another.
+pub fn each_url(text: &[u8], mut each: impl FnMut(&[u8])) {
+    find(text, Text::Plain, |start, end| each(&text[start..end]));
+}
+
+/// A JSON string's text (between its quotes, escapes and all) that does not decode: a `\u`
+/// escape that is not four hex digits.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadEscape;
+
+/// [`each_url`] over a JSON string as it stands in the document, each URL decoded.
+///
+/// Only the URLs are decoded, not the text around them, unless the text has escapes that
+/// could spell a URL's marks or scheme (`\u0068ttp:\/\/`): then it is decoded whole first.
+/// The other escapes JSON has (`\n`, `\"`, `\\`, `\t`, `\r`, `\b`, `\f`) cannot, so the
+/// marks stand in the text as they are, and the reading only has to stop where an escape
+/// decodes to a stop byte. (An escape JSON does not have, `\a`, is not looked for here: no
+/// JSON parser behind rampart reads a document holding one.)
+pub fn each_url_in_json(text: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), BadEscape> {
+    let unescape = |t: &[u8]| super::parse::json_unescape(t).ok_or(BadEscape);
+    if memmem::find(text, b"\\u").is_some() || memmem::find(text, b"\\/").is_some() {
+        each_url(&unescape(text)?, each);
+        return Ok(());
+    }
+    let mut result = Ok(());
+    find(text, Text::JsonEscaped, |start, end| {
+        match unescape(&text[start..end]) {
+            Ok(url) => each(&url),
+            Err(e) => result = Err(e),
+        }
+    });
+    result
+}
+
+/// How the text being searched is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Text {
+    Plain,
+    /// A JSON string's text with no `\u` or `\/` escapes in it.
+    JsonEscaped,
+}
+
+/// Calls `each` with the byte range of every URL in `text`.
+fn find(text: &[u8], form: Text, mut each: impl FnMut(usize, usize)) {
+    let mut schemes = memmem::find_iter(text, b"://").peekable();
+    let mut datas = data_marks(text).peekable();
+    // Where the last URL ended: a mark inside it is part of it.
+    let mut done = 0;
+    loop {
+        // The next URL of each kind: the one that starts first is next (a scheme begins
+        // before its mark, so `httpdata://` is one URL, not the `data:` inside it).
+        let scheme = first_url(&mut schemes, Mark::Scheme, text, form, done);
+        let data = first_url(&mut datas, Mark::Data, text, form, done);
+        let (start, body) = match (scheme, data) {
+            (Some(s), Some(d)) if d.0 < s.0 => d,
+            (Some(s), _) => s,
+            (None, Some(d)) => d,
+            (None, None) => return,
+        };
+        let end = url_end(text, form, body);
+        each(start, end);
+        done = end;
+    }
+}
+
+/// The start and body of the URL at the first of `marks` that begins one after `done`,
+/// leaving that mark in place (the other kind may begin first); marks that begin none are
+/// dropped (they never will).
+fn first_url(
+    marks: &mut Peekable<impl Iterator<Item = usize>>,
+    kind: fn(usize) -> Mark,
+    text: &[u8],
+    form: Text,
+    done: usize,
+) -> Option<(usize, usize)> {
+    while let Some(&at) = marks.peek() {
+        match kind(at).url_start(text, form, done) {
+            Some(url) => return Some(url),
+            None => {
+                marks.next();
+            }
+        }
+    }
+    None
+}
+
+/// Where a URL may begin: `://` after its scheme, or the `d` of `data:`.
+#[derive(Clone, Copy)]
+enum Mark {
+    Scheme(usize),
+    Data(usize),
+}
+
+impl Mark {
+    /// The URL's first byte, and where its body (what runs to a stop byte) begins; `None` if
+    /// the mark begins no URL, or lies inside the one before (which ended at `done`).
+    fn url_start(self, text: &[u8], form: Text, done: usize) -> Option<(usize, usize)> {
+        match self {
+            Mark::Scheme(at) => {
+                let reach = at.saturating_sub(MAX_SCHEME).max(done);
+                let mut start = at;
+                while start > reach
+                    && is_scheme_byte(text[start - 1])
+                    && !(form == Text::JsonEscaped && escaped(text, start - 1))
+                {
+                    start -= 1;
+                }
+                // A scheme begins with a letter.
+                while start < at && !text[start].is_ascii_alphabetic() {
+                    start += 1;
+                }
+                (start < at).then_some((start, at + 3))
+            }
+            Mark::Data(at) => {
+                if at < done {
+                    return None;
+                }
+                // `data:` and a media type (`[a-z/]*`) closed by `;` or `,`.
+                let after = at + 5;
+                let kind = text[after..]
+                    .iter()
+                    .position(|&b| !(b.is_ascii_alphabetic() || b == b'/'))?;
+                matches!(text[after + kind], b';' | b',').then_some((at, after + kind + 1))
+            }
+        }
+    }
+}
+
+fn is_scheme_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-')
+}
+
+/// Whether the byte at `at` is the letter of an escape (`n` of `\n`): an odd run of
+/// backslashes comes before it.
+fn escaped(text: &[u8], at: usize) -> bool {
+    text[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
+/// The end of a URL whose body begins at `from`: the next whitespace (Unicode's, as UTF-8),
+/// quote, angle bracket or backtick, or the end of the text.
+fn url_end(text: &[u8], form: Text, from: usize) -> usize {
+    let mut i = from;
+    while let Some(&b) = text.get(i) {
+        match b {
+            b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | b'"' | b'\'' | b'<' | b'>' | b'`' => {
+                return i
+            }
+            0xc2 | 0xe1 | 0xe2 | 0xe3 if unicode_space(&text[i..]) => return i,
+            // An escape: whitespace and quotes end the URL, `\\` and `\b` are in it.
+            b'\\' if form == Text::JsonEscaped => match text.get(i + 1) {
+                Some(b'n' | b't' | b'r' | b'f' | b'"') | None => return i,
+                Some(_) => i += 2,
+            },
+            _ => i += 1,
+        }
+    }
+    i.min(text.len())
+}
+
+/// Whether `at` begins with a Unicode `White_Space` character other than ASCII's: U+0085,
+/// U+00A0, U+1680, U+2000..=U+200A, U+2028, U+2029, U+202F, U+205F, U+3000.
+fn unicode_space(at: &[u8]) -> bool {
+    matches!(
+        at,
+        [0xc2, 0x85 | 0xa0, ..]
+            | [0xe1, 0x9a, 0x80, ..]
+            | [0xe2, 0x80, 0x80..=0x8a | 0xa8 | 0xa9 | 0xaf, ..]
+            | [0xe2, 0x81, 0x9f, ..]
+            | [0xe3, 0x80, 0x80, ..]
+    )
+}
+
+/// Where `data:` appears in any case.
+fn data_marks(text: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    static DATA: OnceLock<Option<regex::bytes::Regex>> = OnceLock::new();
+    let screen = DATA.get_or_init(|| super::literal_screen(&["data:"], true));
+    let found: Box<dyn Iterator<Item = usize>> = match screen {
+        Some(re) => Box::new(re.find_iter(text).map(|m| m.start())),
+        // Without the screen (it always builds), every `:` is looked at.
+        None => Box::new(
+            memchr::memchr_iter(b':', text)
+                .filter_map(|c| c.checked_sub(4))
+                .filter(|&d| text[d..d + 4].eq_ignore_ascii_case(b"data")),
+        ),
+    };
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 20,000 texts of twelve `pieces` each, drawn by a fixed xorshift from `seed`.
+    fn texts(pieces: &'static [&'static str], mut seed: u64) -> impl Iterator<Item = String> {
+        (0..20_000).map(move |_| {
+            (0..12)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    pieces[(seed % pieces.len() as u64) as usize]
+                })
+                .collect()
+        })
+    }
+
+    fn urls(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        each_url(text.as_bytes(), |u| {
+            out.push(String::from_utf8_lossy(u).into_owned())
+        });
+        out
+    }
+
+    #[test]
+    fn finds_schemes_and_data_urls_in_prose() {
+        assert_eq!(
+            urls("see https://example.com/a?b=c, then gopher://127.0.0.1:70/_x."),
+            ["https://example.com/a?b=c,", "gopher://127.0.0.1:70/_x."]
+        );
+        assert_eq!(
+            urls("<img src=\"DATA:text/html;base64,PHNjcmlwdD4=\">"),
+            ["DATA:text/html;base64,PHNjcmlwdD4="]
+        );
+        assert_eq!(urls("data:,hello world"), ["data:,hello"]);
+        // One URL holding another is one URL.
+        assert_eq!(
+            urls("http://a.example/?next=https://b.example/x data:x"),
+            ["http://a.example/?next=https://b.example/x"]
+        );
+        // A scheme glued to a word or a digit is still read.
+        assert_eq!(urls("xhttp://a 9ftp://b"), ["xhttp://a", "ftp://b"]);
+        // The scheme is at most 16 bytes back; a longer run is read from its last 16.
+        assert_eq!(
+            urls("abcdefghijklmnopqrstuvwxyz://h"),
+            ["klmnopqrstuvwxyz://h"]
+        );
+        // Unicode spaces end a URL.
+        assert_eq!(
+            urls("http://a\u{a0}b http://c\u{3000}d"),
+            ["http://a", "http://c"]
+        );
+    }
+
+    #[test]
+    fn prose_without_urls_has_none() {
+        for text in [
+            "plain prose: a: b // c, data is data; metadata: none",
+            " ://nothing 1://x",
+            "data:",
+            "",
+            "://",
+        ] {
+            assert!(urls(text).is_empty(), "{text}: {:?}", urls(text));
+        }
+    }
+
+    /// A JSON string read as it stands finds exactly the URLs of its decoded text, whichever
+    /// escapes its encoder chose (serde's; slashes escaped, as PHP does; every non-ASCII
+    /// character as `\u`, as Python's default does).
+    #[test]
+    fn json_text_as_it_stands_finds_what_its_decoded_text_holds() {
+        let pieces: &[&str] = &[
+            "http",
+            "://",
+            "data:",
+            "text/html",
+            ";",
+            ",",
+            " ",
+            "\n",
+            "\t",
+            "\"",
+            "\\",
+            "x",
+            "n",
+            "\u{8}",
+            "é",
+            "\u{a0}",
+            "<",
+            "'",
+            "a+b",
+            "javascript:",
+            "/",
+            "\\n",
+        ];
+        for text in texts(pieces, 0x2545_f491_4f6c_dd1d_u64) {
+            let quoted = serde_json::Value::from(text.as_str()).to_string();
+            let serde = &quoted[1..quoted.len() - 1];
+            let slashes = serde.replace('/', "\\/");
+            let ascii: String = serde
+                .chars()
+                .map(|c| match c.is_ascii() {
+                    true => c.to_string(),
+                    false => format!("\\u{:04x}", c as u32),
+                })
+                .collect();
+            for escaped in [serde, &slashes, &ascii] {
+                let mut found = Vec::new();
+                let read = each_url_in_json(escaped.as_bytes(), |u| found.push(u.to_vec()));
+                assert_eq!(read, Ok(()), "{escaped}");
+                let mut want = Vec::new();
+                each_url(text.as_bytes(), |u| want.push(u.to_vec()));
+                assert_eq!(found, want, "{text:?} as {escaped}");
+            }
+        }
+        assert_eq!(
+            each_url_in_json(br"see \u00zz http://x", |_| {}),
+            Err(BadEscape)
+        );
+        // An escape JSON does not have is not looked for outside `\u` text: the document
+        // is one no JSON parser behind rampart reads.
+        let mut found = 0;
+        assert_eq!(each_url_in_json(br"d\ata:,x", |_| found += 1), Ok(()));
+        assert_eq!(found, 0);
+    }
+
+    /// Every URL the regex this finder replaced found lies inside one the finder finds:
+    /// over texts assembled from the pieces URLs and their look-alikes are made of.
+    #[test]
+    fn never_misses_what_the_regex_found() {
+        let re = regex::bytes::Regex::new(
+            r#"(?i)\b(?:[a-z][a-z0-9+.-]{1,15}://|data:[a-z/]*[;,])[^\s"'<>`]*"#,
+        )
+        .expect("compiles");
+        let pieces: &[&str] = &[
+            "http",
+            "://",
+            "data:",
+            "DaTa:",
+            "text/html",
+            ";",
+            ",",
+            " ",
+            "\n",
+            "\"",
+            "x",
+            "-",
+            ".",
+            "/",
+            "é",
+            "\u{a0}",
+            "\u{2028}",
+            "a+b",
+            "1",
+            "<",
+            "`",
+            "javascript:",
+            ":",
+            "abcdefghijklmnop",
+        ];
+        for text in texts(pieces, 0x9e37_79b9_7f4a_7c15_u64) {
+            let mut spans = Vec::new();
+            let base = text.as_ptr() as usize;
+            each_url(text.as_bytes(), |u| {
+                let at = u.as_ptr() as usize - base;
+                spans.push(at..at + u.len());
+            });
+            for m in re.find_iter(text.as_bytes()) {
+                assert!(
+                    spans
+                        .iter()
+                        .any(|s| s.start <= m.start() && m.end() <= s.end),
+                    "{text:?}: the regex found {:?}, the finder {spans:?}",
+                    m.range()
+                );
+            }
+        }
+    }
+}
