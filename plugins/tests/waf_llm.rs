@@ -123,6 +123,17 @@ fn the_structure_and_fetched_parts_of_a_conversation_are_judged() {
         refusal("/v1/chat/completions", &openai).is_some(),
         "{openai}"
     );
+    // An escape JSON does not have is refused as every upstream parser refuses it.
+    for bad in [
+        r#"{"model":"gpt\a4o","messages":[]}"#,
+        r#"{"model":"\u00zz"}"#,
+    ] {
+        assert_eq!(
+            refusal("/v1/chat/completions", bad).map(|r| r.0),
+            Some(400),
+            "{bad}"
+        );
+    }
     // A script URL in a tool result is still found: prose is read for its URLs.
     let script = json("see javascript:alert(document.cookie) and data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==");
     let body = format!(

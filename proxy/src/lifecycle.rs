@@ -47,6 +47,7 @@ impl DrainingSignals {
             loop {
                 if open_client_connections() == 0 {
                     log::info!("drained: no client connection left, exiting");
+                    crate::access_log::flush();
                     std::process::exit(0);
                 }
                 std::thread::sleep(DRAIN_POLL);

@@ -148,6 +148,7 @@ fn run(args: RunArgs) -> ExitCode {
     match server::build(opts) {
         Ok((server, run_args)) => {
             server.run(run_args);
+            rampart::access_log::flush();
             ExitCode::SUCCESS
         }
         Err(e) => {

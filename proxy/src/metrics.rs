@@ -2,8 +2,8 @@
 //! rule id): never an address, a path or a secret.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -29,6 +29,7 @@ pub struct Metrics {
     pub llm_time_to_first_token: HistogramVec,
     pub llm_duration: HistogramVec,
     pub llm_tokens: IntCounterVec,
+    pub access_log_dropped: IntCounter,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -191,6 +192,11 @@ impl Metrics {
             &["provider", "model", "team", "kind"],
         )?;
         registry.register(Box::new(llm_tokens.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "rampart_access_log_dropped_total",
+            "Access log lines dropped because stdout could not take them as fast as requests came.",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -228,6 +234,7 @@ impl Metrics {
             llm_time_to_first_token,
             llm_duration,
             llm_tokens,
+            access_log_dropped,
         })
     }
 

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -13,6 +15,7 @@ use pingora_core::services::listening::Service;
 use thiserror::Error;
 
 use crate::accept::PeerFilter;
+use crate::access_log;
 use crate::admin::AdminService;
 use crate::config::ConfigError;
 use crate::connection::GuardedHttp;
@@ -28,6 +31,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("starting the access log's writer thread: {0}")]
+    AccessLog(std::io::Error),
     #[error("--listen names listener {0:?}, which the rules do not define")]
     UnknownListener(String),
     #[error("listener {listener:?}: TLS: {reason}")]
@@ -48,6 +53,15 @@ pub enum StartError {
     },
 }
 
+/// A client-facing endpoint. Pingora puts a 64 KiB read buffer in front of every accepted
+/// socket by default; rampart reads request heads into a buffer of its own and Pingora reads
+/// bodies into theirs, so that buffer only copied bytes once more, and it stayed with the
+/// connection while it idled between requests. Reads go to the socket itself; writes keep
+/// Pingora's small buffer, which joins a head and a short body into one send.
+fn client_endpoint(addr: &str) -> ListenerConfig {
+    ListenerConfig::tcp(addr).l4_buffer(L4BufferSettings::default().read(0))
+}
+
 pub struct RunOptions {
     pub rules_dir: PathBuf,
     /// Listener name to address, overriding the rules (for unprivileged runs).
@@ -61,7 +75,9 @@ pub struct RunOptions {
 
 /// The server, and the signal watch to run it with ([`lifecycle::DrainingSignals`]).
 pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
-    let gateway = Arc::new(Gateway::start(&opts.rules_dir, Metrics::new()?)?);
+    let metrics = Metrics::new()?;
+    access_log::start(metrics.access_log_dropped.clone()).map_err(StartError::AccessLog)?;
+    let gateway = Arc::new(Gateway::start(&opts.rules_dir, metrics)?);
     let snapshot = gateway.snapshot();
     let upgrade_socket = snapshot
         .config
@@ -138,9 +154,9 @@ pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
                 }
                 let settings =
                     TlsSettings::intermediate(&cert, &key).map_err(|e| tls_error(e.to_string()))?;
-                service.add_tls_with_settings(addr, None, settings);
+                service.add_listener(client_endpoint(addr).tls(settings));
             }
-            None => service.add_tcp(addr),
+            None => service.add_listener(client_endpoint(addr)),
         }
         log::info!("listener {} on {addr}", listener.name);
         server.add_service(service);
