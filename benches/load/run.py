@@ -8,7 +8,9 @@ upstream (nginx `return 200`) share the other.
 Contenders:
   direct        wrk straight to the upstream (no proxy)
   nginx         nginx as a plain reverse proxy (keep-alive upstream)
-  bare          rampart with no plugin (the Pingora path alone)
+  pingora       the least proxy Pingora makes (benches/examples/bare_pingora.rs): what of a
+                connection's or a stream's cost is Pingora's
+  bare          rampart with no plugin (its Pingora adapter, routing, access log, deadlines)
   full          rampart with the whole default pipeline (IP reputation, origin verify, rate
                 limit, known bad inputs and OWASP at paranoia 1, bot control, admin secret, JWT)
   modsecurity   nginx + ModSecurity 3 + OWASP CRS 3.3.4 at paranoia 1 (Debian packages)
@@ -66,7 +68,8 @@ ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Bench"
 LOAD_CORE, PROXY_CORE = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-PORTS = {"upstream": 18080, "nginx": 18081, "modsecurity": 18082, "bare": 18083, "full": 18084}
+PORTS = {"upstream": 18080, "nginx": 18081, "modsecurity": 18082, "bare": 18083, "full": 18084,
+         "pingora": 18090}
 # The streaming upstream (server-sent events), behind every proxy at /sse/.
 SSE_PORT = 18089
 SSE_STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
@@ -603,7 +606,7 @@ def idle_connections(procs, reqs, count=10_000):
     """KiB each idle keep-alive connection holds in each proxy, after one request."""
     out = {}
     raw = reqs["get"].read_bytes()
-    for name in ("nginx", "bare", "full"):
+    for name in ("nginx", "pingora", "bare", "full"):
         proc = procs[name]
         time.sleep(2)
         before = proc.rss_kib()
@@ -627,7 +630,7 @@ def streams(procs, token):
     request.write_text(f"POST /sse/v1/chat/completions HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n{body}")
     out = {}
-    for name in ("nginx", "bare", "full"):
+    for name in ("nginx", "pingora", "bare", "full"):
         proc = procs[name]
         time.sleep(2)
         rss_before, cpu_before = proc.rss_kib(), proc.cpu_seconds()
@@ -713,7 +716,7 @@ def report(machine, sat, lat, idle, sse, ins, mem):
 
 
 def main():
-    if not RAMPART.exists() or not (EXAMPLES / "openloop").exists():
+    if not RAMPART.exists() or not all((EXAMPLES / e).exists() for e in ("openloop", "agent_request", "bare_pingora")):
         raise SystemExit("build first: cargo build --release -p rampart --bin rampart && "
                          "cargo build --release -p rampart-benches --examples")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -754,6 +757,8 @@ def main():
         wait_port(SSE_PORT)
         procs["nginx"] = Proc("nginx", ["nginx", "-c", str(nginx_conf("nginx", proxy_block(PORTS["nginx"]))),
                                         "-p", str(WORK / "nginx")], PROXY_CORE)
+        procs["pingora"] = Proc("pingora", [str(EXAMPLES / "bare_pingora"), f"127.0.0.1:{PORTS['pingora']}",
+                                            f"127.0.0.1:{PORTS['upstream']}", f"127.0.0.1:{SSE_PORT}"], PROXY_CORE)
         for name, full in (("bare", False), ("full", True)):
             argv, env = rampart(name, full)
             procs[name] = Proc(name, argv, PROXY_CORE, env)
@@ -776,7 +781,7 @@ def main():
         lat = {} if "latency" in SKIP else latency(reqs, sat)
         sse = {} if "streams" in SKIP else streams(procs, token)
         idle = {} if "memory" in SKIP else idle_connections(procs, reqs)
-        for name in ("bare", "full", "nginx", "modsecurity"):
+        for name in ("pingora", "bare", "full", "nginx", "modsecurity"):
             if name in procs:
                 procs.pop(name).stop()
         ins = {} if "valgrind" in SKIP else instructions(reqs)

@@ -544,7 +544,10 @@ impl Rampart {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// The access log (stdout). rampart's writer thread empties its buffer every 20 ms, so
+    /// this first waits out a few of its rounds: every line of an answered request is there.
     pub fn stdout_text(&self) -> String {
+        std::thread::sleep(std::time::Duration::from_millis(80));
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
