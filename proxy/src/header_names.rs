@@ -50,17 +50,6 @@ pub fn is_credential(name: &str) -> bool {
     CREDENTIALS.iter().any(|c| c.eq_ignore_ascii_case(name))
 }
 
-/// The `x-rampart-*` names among `headers` (a header map's keys, each once), to be removed.
-pub fn rampart_own_in<'a>(
-    headers: impl IntoIterator<Item = &'a http::HeaderName>,
-) -> Vec<http::HeaderName> {
-    headers
-        .into_iter()
-        .filter(|n| is_rampart_own(n.as_str()))
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,7 +71,7 @@ pub fn json_fields_keeping<'a>(
     if !matches!(walker.peek(), Some(b'{' | b'[')) {
         return None;
     }
-    match walker.value(String::new(), 0) {
+    match walker.value("", 0) {
         Ok(()) => {
             // Bytes after the document would reach the upstream unjudged.
             walker.skip_ws();
@@ -156,7 +156,7 @@ impl<'a> JsonWalker<'a, '_> {
         }
     }
 
-    fn value(&mut self, path: String, depth: usize) -> Result<(), JsonStop> {
+    fn value(&mut self, path: &str, depth: usize) -> Result<(), JsonStop> {
         if depth > MAX_JSON_DEPTH {
             return Err(JsonStop::Invalid);
         }
@@ -175,10 +175,9 @@ impl<'a> JsonWalker<'a, '_> {
                     if !complete {
                         return Err(JsonStop::Eof);
                     }
-                    let child = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
+                    let child = match path {
+                        "" => key.clone(),
+                        _ => [path, ".", &key].concat(),
                     };
                     self.out.push(JsonField {
                         path: child.clone(),
@@ -187,7 +186,7 @@ impl<'a> JsonWalker<'a, '_> {
                         escaped: None,
                     });
                     self.expect(b':')?;
-                    self.value(child, depth + 1)?;
+                    self.value(&child, depth + 1)?;
                     self.skip_ws();
                     match self.peek().ok_or(JsonStop::Eof)? {
                         b',' => self.i += 1,
@@ -206,8 +205,9 @@ impl<'a> JsonWalker<'a, '_> {
                     self.i += 1;
                     return Ok(());
                 }
+                let item = [path, "[]"].concat();
                 loop {
-                    self.value(format!("{path}[]"), depth + 1)?;
+                    self.value(&item, depth + 1)?;
                     self.skip_ws();
                     match self.peek().ok_or(JsonStop::Eof)? {
                         b',' => self.i += 1,
@@ -220,7 +220,7 @@ impl<'a> JsonWalker<'a, '_> {
                 }
             }
             b'"' => {
-                let (value, escaped, complete) = if (self.keep)(&path) {
+                let (value, escaped, complete) = if (self.keep)(path) {
                     let (raw, complete) = self.raw_string()?;
                     (None, Some(raw), complete)
                 } else {
@@ -228,7 +228,7 @@ impl<'a> JsonWalker<'a, '_> {
                     (Some(v), None, complete)
                 };
                 self.out.push(JsonField {
-                    path,
+                    path: path.to_string(),
                     key: None,
                     value,
                     escaped,
@@ -252,7 +252,7 @@ impl<'a> JsonWalker<'a, '_> {
                     b"true" | b"false" | b"null" => Ok(()),
                     _ if !token.is_empty() && (token[0].is_ascii_digit() || token[0] == b'-') => {
                         self.out.push(JsonField {
-                            path,
+                            path: path.to_string(),
                             key: None,
                             value: Some(String::from_utf8_lossy(token).into_owned()),
                             escaped: None,
