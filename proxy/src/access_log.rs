@@ -57,26 +57,32 @@ fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    ts: f64,
-    #[serde(flatten)]
-    entry: &'a Entry<'a>,
-}
-
 pub fn write(entry: &Entry<'_>) {
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    let Ok(mut line) = serde_json::to_vec(&Line { ts, entry }) else {
-        return;
-    };
+    let Some(mut line) = line(entry) else { return };
     line.push(b'\n');
     match SINK.get() {
         Some(sink) => sink.push(&line),
         // No writer started (a tool, a test): write here.
         None => write_out(&line),
     }
+}
+
+/// The entry as one JSON object with the time (`ts`, Unix seconds) first. Written as
+/// `{"ts":…,` and the entry's own object after its `{`: serde's `flatten` did the same through
+/// a map serializer, at four fifths of the line's cost.
+fn line(entry: &Entry<'_>) -> Option<Vec<u8>> {
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut line = Vec::with_capacity(384);
+    line.extend_from_slice(b"{\"ts\":");
+    serde_json::to_writer(&mut line, &ts).ok()?;
+    line.push(b',');
+    let at = line.len();
+    serde_json::to_writer(&mut line, entry).ok()?;
+    // The entry's opening brace: its fields follow the time's.
+    (line.get(at) == Some(&b'{')).then(|| line.remove(at))?;
+    Some(line)
 }
 
 struct Sink {
@@ -147,4 +153,42 @@ fn writer() {
 fn write_out(bytes: &[u8]) {
     // A full or closed stdout must not fail a request.
     let _ = std::io::stdout().lock().write_all(bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_one_json_object_with_the_time_first() {
+        let entry = Entry {
+            listener: "web",
+            route: "litellm",
+            upstream: Some("litellm"),
+            method: "POST",
+            path: "/v1/chat/\"quoted\"",
+            status: 403,
+            duration: Duration::from_micros(1500),
+            peer: IpAddr::from([203, 0, 113, 7]),
+            client: IpAddr::from([198, 51, 100, 4]),
+            client_id: None,
+            team: Some("ml"),
+            refused_by: Some(("owasp", "SQLi_BODY")),
+            request_id: "r-1",
+            upstream_error: None,
+            prompt_tokens: None,
+            completion_tokens: Some(7),
+        };
+        let line = line(&entry).expect("serialises");
+        let text = String::from_utf8(line).expect("utf-8");
+        assert!(text.starts_with("{\"ts\":"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("one JSON object");
+        assert!(v["ts"].as_f64().is_some_and(|t| t > 1.7e9));
+        assert_eq!(v["path"], "/v1/chat/\"quoted\"");
+        assert_eq!(v["duration"], 1.5);
+        assert_eq!(v["refused_by"], serde_json::json!(["owasp", "SQLi_BODY"]));
+        assert_eq!(v["team"], "ml");
+        assert!(v.get("client_id").is_none());
+        assert_eq!(v["completion_tokens"], 7);
+    }
 }
