@@ -19,6 +19,8 @@ pub mod rate_window;
 pub mod registry;
 pub mod request;
 pub mod secret;
+#[cfg(test)]
+pub(crate) mod test_rng;
 #[cfg(any(test, feature = "test-issuer"))]
 pub mod testing;
 pub mod token_budget;

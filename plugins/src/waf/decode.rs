@@ -571,16 +571,11 @@ mod cmdline_tests {
         // Inputs of every length up to 80 from an alphabet dense in the bytes that stop a
         // run, so that runs end in every lane of a 16-byte block.
         let alphabet = b"ab1_ ,$'\"\\^({}x  ";
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut rng = crate::test_rng::Xorshift(0x9e37_79b9_7f4a_7c15);
         for len in 0..80 {
             for _ in 0..200 {
                 let text: Vec<u8> = (0..len)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        alphabet[(state % alphabet.len() as u64) as usize]
-                    })
+                    .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
                     .collect();
                 assert_eq!(
                     cmdline(&text),

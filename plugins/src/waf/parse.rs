@@ -119,6 +119,12 @@ pub fn json_unescape(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether the byte at `at` of a JSON string's text is escaped: an odd run of backslashes
+/// comes right before it (the `"` of `\"`, the `n` of `\n`; not the `"` after `\\`).
+pub fn escaped_at(text: &[u8], at: usize) -> bool {
+    text[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
+}
+
 enum JsonStop {
     /// The input ended inside the document: what was read stands.
     Eof,
@@ -292,13 +298,9 @@ impl<'a> JsonWalker<'a, '_> {
             };
             let at = self.i + quote;
             self.i = at + 1;
-            let backslashes = self.s[start..at]
-                .iter()
-                .rev()
-                .take_while(|&&b| b == b'\\')
-                .count();
-            if backslashes % 2 == 0 {
-                return Ok((&self.s[start..at], true));
+            let text = &self.s[start..at];
+            if !escaped_at(text, text.len()) {
+                return Ok((text, true));
             }
         }
     }

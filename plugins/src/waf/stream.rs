@@ -787,14 +787,11 @@ mod tests {
 
     /// A small generator of JSON documents: nested objects and arrays, long and short
     /// strings with escapes, numbers, literals, and whitespace padding.
-    struct Gen(u64);
+    struct Gen(crate::test_rng::Xorshift);
 
     impl Gen {
         fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0 % n
+            self.0.below(n)
         }
 
         fn json(&mut self, depth: usize, out: &mut String) {
@@ -842,7 +839,7 @@ mod tests {
 
     #[test]
     fn every_part_of_generated_json_is_json_and_every_byte_is_released_once() {
-        let mut gen = Gen(0x2545_f491_4f6c_dd1d);
+        let mut gen = Gen(crate::test_rng::Xorshift(0x2545_f491_4f6c_dd1d));
         let mut cut_rounds = 0;
         for round in 0..600 {
             let mut body = String::from("{\"root\":");

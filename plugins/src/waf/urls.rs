@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 
 use memchr::memmem;
 
+use super::parse::{escaped_at, json_unescape};
+
 /// The longest scheme read back from `://` (`[a-z][a-z0-9+.-]{1,15}`).
 const MAX_SCHEME: usize = 16;
 
@@ -26,8 +28,8 @@ pub fn each_url(text: &[u8], mut each: impl FnMut(&[u8])) {
     find(text, Text::Plain, |start, end| each(&text[start..end]));
 }
 
-/// A JSON string's text (between its quotes, escapes and all) that does not decode: a `\u`
-/// escape that is not four hex digits.
+/// A JSON string's text (between its quotes, escapes and all) that does not decode: an
+/// escape JSON does not have, or a `\u` that is not four hex digits.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadEscape;
 
@@ -40,7 +42,7 @@ pub struct BadEscape;
 /// decodes to a stop byte. (An escape JSON does not have, `\a`, is not looked for here: no
 /// JSON parser behind rampart reads a document holding one.)
 pub fn each_url_in_json(text: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), BadEscape> {
-    let unescape = |t: &[u8]| super::parse::json_unescape(t).ok_or(BadEscape);
+    let unescape = |t: &[u8]| json_unescape(t).ok_or(BadEscape);
     if memmem::find(text, b"\\u").is_some() || memmem::find(text, b"\\/").is_some() {
         each_url(&unescape(text)?, each);
         return Ok(());
@@ -124,7 +126,7 @@ impl Mark {
                 let mut start = at;
                 while start > reach
                     && is_scheme_byte(text[start - 1])
-                    && !(form == Text::JsonEscaped && escaped(text, start - 1))
+                    && !(form == Text::JsonEscaped && escaped_at(text, start - 1))
                 {
                     start -= 1;
                 }
@@ -153,12 +155,6 @@ fn is_scheme_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'+' | b'.' | b'-')
 }
 
-/// Whether the byte at `at` is the letter of an escape (`n` of `\n`): an odd run of
-/// backslashes comes before it.
-fn escaped(text: &[u8], at: usize) -> bool {
-    text[..at].iter().rev().take_while(|&&b| b == b'\\').count() % 2 == 1
-}
-
 /// The end of a URL whose body begins at `from`: the next whitespace (Unicode's, as UTF-8),
 /// quote, angle bracket or backtick, or the end of the text.
 fn url_end(text: &[u8], form: Text, from: usize) -> usize {
@@ -177,7 +173,7 @@ fn url_end(text: &[u8], form: Text, from: usize) -> usize {
             _ => i += 1,
         }
     }
-    i.min(text.len())
+    i
 }
 
 /// Whether `at` begins with a Unicode `White_Space` character other than ASCII's: U+0085,
@@ -214,15 +210,11 @@ mod tests {
     use super::*;
 
     /// 20,000 texts of twelve `pieces` each, drawn by a fixed xorshift from `seed`.
-    fn texts(pieces: &'static [&'static str], mut seed: u64) -> impl Iterator<Item = String> {
+    fn texts(pieces: &'static [&'static str], seed: u64) -> impl Iterator<Item = String> {
+        let mut rng = crate::test_rng::Xorshift(seed);
         (0..20_000).map(move |_| {
             (0..12)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    pieces[(seed % pieces.len() as u64) as usize]
-                })
+                .map(|_| pieces[rng.below(pieces.len() as u64) as usize])
                 .collect()
         })
     }
