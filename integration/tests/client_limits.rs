@@ -343,3 +343,153 @@ async fn a_client_that_stops_reading_is_cut_at_the_write_timeout() {
     );
     drop(reader);
 }
+
+/// How an [`start_early_answer_upstream`] treats the body it did not wait for.
+#[derive(Clone, Copy)]
+enum AfterAnswer {
+    /// Reads and drops the rest of the request, as most servers that refuse early do.
+    Discards,
+    /// Closes its connection at once.
+    Closes,
+}
+
+/// An upstream that answers each request as soon as its head is in, before reading any
+/// body: a server refusing an upload early, or one that does not care for the body.
+async fn start_early_answer_upstream(after: AfterAnswer) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer =
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nearly";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                if let AfterAnswer::Discards = after {
+                    while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one answer with a `content-length` body; returns its head (lower-cased) and body.
+async fn read_answer(conn: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before an answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).await.expect("read body");
+        assert!(n > 0, "closed inside the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    (head, buf[head_end..head_end + length].to_vec())
+}
+
+/// Sends a POST head declaring `declared` body bytes, then `sent` of them in a task of its
+/// own (the answer may come first), on the connection's write half.
+async fn post_with_body(
+    conn: TcpStream,
+    declared: usize,
+    sent: usize,
+) -> (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::task::JoinHandle<tokio::net::tcp::OwnedWriteHalf>,
+) {
+    let (reader, mut writer) = conn.into_split();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    writer.write_all(head.as_bytes()).await.expect("head");
+    let sending = tokio::spawn(async move {
+        let block = vec![b'a'; 64 * 1024];
+        let mut left = sent;
+        while left > 0 {
+            let n = left.min(block.len());
+            if writer.write_all(&block[..n]).await.is_err() {
+                break;
+            }
+            left -= n;
+        }
+        writer
+    });
+    (reader, sending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_keeps_the_connection_when_the_rest_can_be_drained() {
+    for after in [AfterAnswer::Discards, AfterAnswer::Closes] {
+        let upstream = start_early_answer_upstream(after).await;
+        let rampart = Rampart::start(&one_listener(upstream, "", ""), &["web"]).await;
+        let conn = connect_from(rampart.addr("web"), "127.0.0.1").await;
+        let body = 2 << 20;
+        let (reader, sending) = post_with_body(conn, body, body).await;
+        let writer = sending.await.expect("sender");
+        let mut conn = reader.reunite(writer).expect("one connection");
+        let (head, answer) = read_answer(&mut conn).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(answer, b"early");
+        assert!(head.contains("connection: keep-alive"), "{head}");
+        // The same connection carries the next request: the 2 MiB left were drained,
+        // not read as the next request's head.
+        conn.write_all(b"GET /next HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\n\r\n")
+            .await
+            .expect("second request");
+        let (head, answer) = read_answer(&mut conn).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert_eq!(answer, b"early");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_a_body_too_large_to_drain_closes_the_connection() {
+    let upstream = start_early_answer_upstream(AfterAnswer::Discards).await;
+    let limits = "client_limits = { body_timeout_ms = 1500, min_body_rate = 0 }";
+    let rampart = Rampart::start(&one_listener(upstream, "", limits), &["web"]).await;
+    let conn = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    // 1 GiB declared, 1 MiB sent: draining the rest would take the client's whole upload.
+    let (reader, sending) = post_with_body(conn, 1 << 30, 1 << 20).await;
+    let writer = sending.await.expect("sender");
+    let mut conn = reader.reunite(writer).expect("one connection");
+    let (head, answer) = read_answer(&mut conn).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(answer, b"early");
+    assert!(head.contains("connection: close"), "{head}");
+    // The rest still goes to the upstream, under the body deadline like any upload: a
+    // client that stops sending is cut there, not held open.
+    let (_, closed) = read_until_closed(&mut conn, Duration::from_secs(5)).await;
+    assert!(closed, "the connection was closed at the body deadline");
+    assert_eq!(closes(&rampart, "body_timeout").await, 1.0);
+}

@@ -23,4 +23,5 @@ pub mod reload;
 pub mod secrets;
 pub mod server;
 pub mod snapshot;
+pub mod unread_body;
 pub mod upstream;

@@ -20,6 +20,8 @@
 //!                       verified caller, X-Forwarded-For/-Proto, X-Request-Id in
 //!  request_body_filter  held parts judged a window at a time, each sent on once judged;
 //!                       a denial cuts the upstream connection ─────────────► 403/413
+//!  response_filter ─── an answer before the whole body: keep-alive if the rest can be
+//!                       drained (unread_body)
 //!  fail_to_proxy ────── one JSON answer for every error (client's: 400/408, upstream's:
 //!                       502/504); response streams back untouched otherwise
 //!  logging ──────────── one access-log line, metrics, closes counted
@@ -49,6 +51,7 @@ use crate::llm::{self, Exchange, Outcome};
 use crate::metrics::status_class;
 use crate::reload::Gateway;
 use crate::snapshot::{Route, RouteTarget, RuleSnapshot};
+use crate::unread_body::{self, content_length};
 
 const NO_HEALTHY_UPSTREAM: ErrorType = ErrorType::Custom("NoHealthyUpstream");
 /// The request body fell behind its deadline ([`BodyDeadline`]).
@@ -480,21 +483,6 @@ impl RampartProxy {
     }
 }
 
-/// A body up to this size is read and dropped after a refusal; a larger one is cut off.
-const DRAIN_LIMIT: u64 = 8 << 20;
-const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reads and drops what a refused client is still sending, within bounds: closing a socket
-/// with unread data resets it, and the client may then never read its answer.
-async fn drain_unread_body(session: &mut Session) {
-    let req = session.req_header();
-    let chunked = req.headers.contains_key(TRANSFER_ENCODING);
-    let small_enough = content_length(req).is_some_and(|n| n > 0 && n <= DRAIN_LIMIT);
-    if (chunked || small_enough) && !session.is_body_done() {
-        let _ = tokio::time::timeout(DRAIN_TIME, session.drain_request_body()).await;
-    }
-}
-
 /// The matched excerpt for the block log, or a placeholder when it came from a credential
 /// (a secret header, or one a plugin consumes such as X-Origin-Verify).
 fn redact(location: &str, excerpt: &str, consumed: &[http::HeaderName]) -> String {
@@ -519,14 +507,6 @@ fn sampled(request_id: &str, fraction: f64) -> bool {
     let bucket = u64::from_str_radix(request_id.get(..8).unwrap_or("0"), 16).unwrap_or(0) as f64
         / f64::from(u32::MAX);
     bucket < fraction
-}
-
-/// The declared body length (framing was validated before this is asked).
-fn content_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
 }
 
 /// The decoder of a body sent with a `Content-Encoding`, within the route's limits.
@@ -871,6 +851,18 @@ impl ProxyHttp for RampartProxy {
         Ok(())
     }
 
+    /// The upstream's answer, about to go to the client: an answer that comes before the
+    /// request body has all arrived keeps the connection when the rest can be drained.
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        unread_body::keep_alive_if_drainable(session);
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -928,7 +920,7 @@ impl ProxyHttp for RampartProxy {
                 log::debug!("could not send error response: {we}");
             }
             if ctx.refused.is_some() {
-                drain_unread_body(session).await;
+                unread_body::drain_after_refusal(session).await;
             }
         }
         FailToProxy {
@@ -1036,7 +1028,7 @@ async fn refuse_with(
         detail,
     } = deny;
     respond_json(session, status, &rule, &ctx.request_id, &headers).await?;
-    drain_unread_body(session).await;
+    unread_body::drain_after_refusal(session).await;
     // Logs and metrics get the precise reason; the client was told only `rule`.
     ctx.refused = Some((by, detail.map_or(rule, Cow::Borrowed)));
     Ok(true)
