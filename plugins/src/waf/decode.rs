@@ -261,6 +261,15 @@ pub fn base64_text(value: &[u8]) -> Option<Vec<u8>> {
     (std::str::from_utf8(&decoded).is_ok() && text_like(&decoded)).then_some(decoded)
 }
 
+/// Whether [`decoded`] gives `input` back unchanged, found without building it: ASCII with
+/// no `%` (percent escapes), `&` (entities), `\\` (JavaScript escapes) or NUL. Most fields
+/// (words, ids, numbers, URLs without escapes) are their own decoded form.
+pub fn decodes_to_itself(input: &[u8]) -> bool {
+    !input
+        .iter()
+        .any(|&b| b >= 0x80 || matches!(b, b'%' | b'&' | b'\\' | 0))
+}
+
 /// Percent-decoding until stable (bounded), then entities, then NUL bytes removed.
 pub fn decoded(input: &[u8]) -> Vec<u8> {
     let mut v: Cow<'_, [u8]> = Cow::Borrowed(input);
@@ -395,6 +404,15 @@ fn fold_fullwidth(v: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// Whether [`norm`] gives `decoded` back unchanged: no uppercase ASCII, and no white
+/// space but single spaces.
+pub fn norm_is_itself(decoded: &[u8]) -> bool {
+    !decoded
+        .iter()
+        .any(|&b| b.is_ascii_uppercase() || matches!(b, b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+        && memchr::memmem::find(decoded, b"  ").is_none()
+}
+
 /// Lowercase and fold white space (including vertical tab and form feed) into one space.
 pub fn norm(decoded: &[u8]) -> Vec<u8> {
     let is_space = |b: u8| b.is_ascii_whitespace() || b == 0x0b;
@@ -465,6 +483,11 @@ fn cmdline_plain_len(s: &[u8], prev: u8) -> usize {
 
 /// The command line as a shell would read the words: quoting and escapes removed, and
 /// variable expansions inside a word (`c${x}url`, `sh$XX`) dropped, as an unset variable is.
+/// Whether [`cmdline`] gives `norm` back unchanged: no byte it reads specially.
+pub fn cmdline_is_itself(norm: &[u8]) -> bool {
+    cmdline_plain_len(norm, 0) == norm.len()
+}
+
 pub fn cmdline(norm: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(norm.len());
     let mut i = 0;
@@ -588,6 +611,37 @@ mod cmdline_tests {
         let prose = b"operators reload rules while traffic flows, and the metrics show why. ";
         let long: Vec<u8> = prose.iter().copied().cycle().take(4096).collect();
         assert_eq!(cmdline(&long), cmdline_bytewise(&long));
+    }
+
+    #[test]
+    fn forms_said_to_be_unchanged_are() {
+        // Short texts from an alphabet holding every byte some transform reads specially,
+        // and plain ones: each predicate must agree with the transform it stands for.
+        let alphabet = b"aZ9_ -./:%&\\\0\t\n\r\x0b\x0c$'\"^,(u+x#;\xc0\xef\xbc\x81";
+        let mut rng = crate::test_rng::Xorshift(0x2545_f491_4f6c_dd1d);
+        let mut unchanged = [0; 3];
+        for _ in 0..200_000 {
+            let len = rng.below(12) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+                .collect();
+            let shown = String::from_utf8_lossy(&text);
+            if decodes_to_itself(&text) {
+                assert_eq!(decoded(&text), text, "decoded {shown:?}");
+                unchanged[0] += 1;
+            }
+            if norm_is_itself(&text) {
+                assert_eq!(norm(&text), text, "norm {shown:?}");
+                unchanged[1] += 1;
+            }
+            if cmdline_is_itself(&text) {
+                assert_eq!(cmdline(&text), text, "cmdline {shown:?}");
+                unchanged[2] += 1;
+            }
+        }
+        // Each predicate said yes often enough for the check to mean something.
+        assert!(unchanged.iter().all(|&n| n > 1000), "{unchanged:?}");
+        assert!(!decodes_to_itself(b"%41") && !norm_is_itself(b"A") && !cmdline_is_itself(b"a$b"));
     }
 
     #[test]

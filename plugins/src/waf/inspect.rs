@@ -90,11 +90,13 @@ pub struct Field {
     pub name: String,
     raw: Vec<u8>,
     // The transformed forms, computed on first use: many fields are read by no rule that
-    // needs them. (`OnceLock`, not `OnceCell`: the chain's future, which holds the request's
-    // shared inspections across awaits, must be `Send`.)
-    decoded: OnceLock<Vec<u8>>,
-    norm: OnceLock<Vec<u8>>,
-    cmdline: OnceLock<Vec<u8>>,
+    // needs them. `None` when a form is the one it is made from (most short fields are their
+    // own decoded form, many their own norm): no copy. (`OnceLock`, not `OnceCell`: the
+    // chain's future, which holds the request's shared inspections across awaits, must be
+    // `Send`.)
+    decoded: OnceLock<Option<Vec<u8>>>,
+    norm: OnceLock<Option<Vec<u8>>>,
+    cmdline: OnceLock<Option<Vec<u8>>>,
 }
 
 impl Field {
@@ -111,15 +113,37 @@ impl Field {
     }
 
     pub fn form(&self, t: Transform) -> &[u8] {
+        /// `from`'s transform by `make`, or `from` itself when `same` says it is unchanged.
+        fn derived<'f>(
+            slot: &'f OnceLock<Option<Vec<u8>>>,
+            from: &'f [u8],
+            same: fn(&[u8]) -> bool,
+            make: fn(&[u8]) -> Vec<u8>,
+        ) -> &'f [u8] {
+            slot.get_or_init(|| (!same(from)).then(|| make(from)))
+                .as_deref()
+                .unwrap_or(from)
+        }
         match t {
             Transform::Raw => &self.raw,
-            Transform::Decoded => self.decoded.get_or_init(|| decode::decoded(&self.raw)),
-            Transform::Norm => self
-                .norm
-                .get_or_init(|| decode::norm(self.form(Transform::Decoded))),
-            Transform::Cmdline => self
-                .cmdline
-                .get_or_init(|| decode::cmdline(self.form(Transform::Norm))),
+            Transform::Decoded => derived(
+                &self.decoded,
+                &self.raw,
+                decode::decodes_to_itself,
+                decode::decoded,
+            ),
+            Transform::Norm => derived(
+                &self.norm,
+                self.form(Transform::Decoded),
+                decode::norm_is_itself,
+                decode::norm,
+            ),
+            Transform::Cmdline => derived(
+                &self.cmdline,
+                self.form(Transform::Norm),
+                decode::cmdline_is_itself,
+                decode::cmdline,
+            ),
         }
     }
 

@@ -177,12 +177,22 @@ type PhraseOwner = (usize, bool);
 /// Which fields some rule of a compiled set reads: a set no rule of which reads a field is
 /// not run over it (nor is the field's form for that set computed).
 #[derive(Default)]
-struct Readers(Vec<usize>);
+struct Readers {
+    /// The targets some rule of the set reads whatever the field's name, one bit each.
+    targets: u16,
+    /// Rules that read headers by name, one per distinct (targets, names).
+    by_name: Vec<usize>,
+}
 
 impl Readers {
     fn any_reads(&self, rules: &[Rule], field: &Field) -> bool {
-        self.0.iter().any(|&i| rules[i].reads(field))
+        self.targets & target_bit(field.target) != 0
+            || self.by_name.iter().any(|&i| rules[i].reads(field))
     }
+}
+
+fn target_bit(t: Target) -> u16 {
+    1 << t as u16
 }
 
 /// Rules compiled so that one pass over a field tests all of them.
@@ -515,7 +525,12 @@ impl RuleSet {
     ) -> Vec<RuleMatch> {
         let mut hit = vec![false; self.rules.len()];
         let mut out = Vec::new();
-        let active = |i: usize| self.rules[i].paranoia <= paranoia && !disabled(&self.rules[i]);
+        let active: Vec<bool> = self
+            .rules
+            .iter()
+            .map(|r| r.paranoia <= paranoia && !disabled(r))
+            .collect();
+        let active = |i: usize| active[i];
         let mut found = Vec::new();
         for field in &insp.fields {
             found.clear();
@@ -666,20 +681,24 @@ impl RuleSet {
                 });
             }
         };
-        // The regex sets that apply, in transform order, each with the form it reads; then
-        // runs of them that read the same bytes, each searched once.
-        let mut searches: Vec<(&PatternSet, &[u8])> = Vec::with_capacity(self.regexes.len());
-        for group in &self.regexes {
+        // The regex sets that apply (by index), in transform order, each with the form it
+        // reads; then runs of them that read the same bytes, each searched once. There is one
+        // set per transform at most: room for all of them without an allocation per field.
+        let mut searches: [(usize, &[u8]); TRANSFORMS.len()] = [(0, &[]); TRANSFORMS.len()];
+        let mut n = 0;
+        for (g, group) in self.regexes.iter().enumerate() {
             if group.readers.any_reads(&self.rules, field) {
-                searches.push((group, field.form(group.transform)));
+                searches[n] = (g, field.form(group.transform));
+                n += 1;
             }
         }
-        let mut rest = searches.as_slice();
-        while let Some(((group, input), _)) = rest.split_first() {
+        let mut rest = &searches[..n];
+        while let Some(((g, input), _)) = rest.split_first() {
             let same = rest.iter().take_while(|(_, other)| other == input).count();
             let (run, after) = rest.split_at(same);
             rest = after;
             let union = self.union.as_ref().filter(|_| same > 1);
+            let group = &self.regexes[*g];
             let (set, owners) = match union {
                 Some(u) => (&u.set, u.owners.as_slice()),
                 None => (&group.set, group.owners.as_slice()),
@@ -692,8 +711,10 @@ impl RuleSet {
             for m in set.matches(input).iter() {
                 let i = owners[m];
                 let rule = &self.rules[i];
-                let searched =
-                    union.is_none() || run.iter().any(|(g, _)| g.transform == rule.transform);
+                let searched = union.is_none()
+                    || run
+                        .iter()
+                        .any(|(g, _)| self.regexes[*g].transform == rule.transform);
                 if searched && active(i) && rule.reads(field) {
                     push(out, i, 0, input.len().min(EXCERPT), None);
                 }
@@ -756,21 +777,26 @@ fn regex_set(patterns: &[String]) -> Result<RegexSet, RuleError> {
         })
 }
 
-/// One representative rule per distinct (targets, header names) among `owners`.
+/// What the rules among `owners` read (see [`Readers`]).
 fn readers_of(rules: &[Rule], owners: impl Iterator<Item = usize>) -> Readers {
+    let named = |t: &Target| matches!(t, Target::Headers | Target::HeaderNames);
+    let mut readers = Readers::default();
     let mut seen: Vec<(&[Target], &[String])> = Vec::new();
-    let mut out = Vec::new();
     for i in owners {
-        let key = (
-            rules[i].targets.as_slice(),
-            rules[i].header_names.as_slice(),
-        );
-        if !seen.contains(&key) {
+        let rule = &rules[i];
+        let by_name = !rule.header_names.is_empty();
+        for t in &rule.targets {
+            if !(by_name && named(t)) {
+                readers.targets |= target_bit(*t);
+            }
+        }
+        let key = (rule.targets.as_slice(), rule.header_names.as_slice());
+        if by_name && rule.targets.iter().any(named) && !seen.contains(&key) {
             seen.push(key);
-            out.push(i);
+            readers.by_name.push(i);
         }
     }
-    Readers(out)
+    readers
 }
 
 /// Replaces each `{{name}}` with `(?:w1|w2|...)`, the list's words escaped, longest first
