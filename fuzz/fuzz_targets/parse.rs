@@ -3,14 +3,14 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart_plugins::waf::parse;
+use rampart_plugins::waf::{json, parse};
 
 fuzz_target!(|data: &[u8]| {
     for (n, v) in parse::form_pairs(data) {
         assert!(n.len() + v.len() <= data.len());
     }
     let _ = parse::cookie_pairs(data);
-    if let Some(fields) = parse::json_fields(data) {
+    if let Some(fields) = json::json_fields(data) {
         let total: usize = fields
             .iter()
             .map(|f| f.value.as_ref().map_or(0, |v| v.len()))

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rampart_plugins::waf::parse::json_fields;
+use rampart_plugins::waf::json::json_fields;
 use rampart_plugins::waf::stream::BodySegments;
 
 fuzz_target!(|data: &[u8]| {

@@ -10,6 +10,7 @@ use http::HeaderName;
 use serde::Deserialize;
 
 use super::decode;
+use super::json::{self, JsonPath, JsonScalar, JsonVisitor};
 use super::otlp::{self, Signal};
 use super::parse;
 use super::urls;
@@ -503,8 +504,8 @@ impl BodyProblem {
 /// A string of a structured body: an object's key, or a value (decoded, or as it stands
 /// in a JSON document when it is prose).
 enum Named<'a> {
-    Name(Vec<u8>),
-    Value(Vec<u8>),
+    Name(&'a [u8]),
+    Value(&'a [u8]),
     Escaped(&'a [u8]),
 }
 
@@ -527,44 +528,120 @@ impl Distinct {
         }
     }
 
-    /// Whether (target, name, value) is new to this body.
-    fn first(&mut self, target: Target, name: &str, value: &[u8]) -> bool {
-        self.seen.insert(self.keys.hash_one((target, name, value)))
+    /// Whether (target, path, value) is new to this body. `path` is whatever names the path
+    /// in this body (a JSON walk's number for it, or its text).
+    fn first(&mut self, target: Target, path: impl Hash, value: &[u8]) -> bool {
+        self.seen.insert(self.keys.hash_one((target, path, value)))
     }
 }
 
-/// How a profile reads the fields at each JSON path, worked out once per path a request
-/// holds (a conversation repeats a few paths thousands of times).
-struct PathReadings<'p> {
-    profile: &'p Profile,
-    // Paths are the client's, but a collision only costs a comparison: the quick hasher.
-    known: HashMap<String, PathReading, foldhash::fast::RandomState>,
-}
-
+/// How a profile reads the fields at one path of a structured body.
 #[derive(Clone, Copy)]
 struct PathReading {
     prose: bool,
     excluded: bool,
 }
 
-impl<'p> PathReadings<'p> {
-    fn new(profile: &'p Profile) -> Self {
-        PathReadings {
-            profile,
-            known: HashMap::default(),
+impl PathReading {
+    fn of(profile: &Profile, path: &str) -> Self {
+        PathReading {
+            prose: profile.is_prose(path),
+            excluded: profile.excludes(path),
         }
     }
+}
 
-    fn of(&mut self, path: &str) -> PathReading {
-        if let Some(known) = self.known.get(path) {
-            return *known;
+/// The fields of a structured body (JSON, OTLP), as they are found.
+struct StructuredFields<'f> {
+    fields: &'f mut Vec<Field>,
+    distinct: Distinct,
+    /// A prose string whose escapes do not decode: the body is malformed.
+    bad_escape: bool,
+}
+
+impl StructuredFields<'_> {
+    /// A key or a value at a path (`id` names it for [`Distinct`], `path` is its text). Of
+    /// prose, only the URLs are inspected, and its keys are plain (`gen_ai.prompt`, `args`);
+    /// elsewhere both are judged; at an excluded path, nothing.
+    fn push(&mut self, reading: PathReading, id: impl Hash + Copy, path: &str, named: Named<'_>) {
+        if reading.excluded {
+            return;
         }
-        let reading = PathReading {
-            prose: self.profile.is_prose(path),
-            excluded: self.profile.excludes(path),
+        let (fields, distinct) = (&mut *self.fields, &mut self.distinct);
+        let url = |url: &[u8]| {
+            if distinct.first(Target::Urls, id, url) {
+                fields.push(Field::new(Target::Urls, Source::Body, path, url.to_vec()));
+            }
         };
-        self.known.insert(path.to_string(), reading);
-        reading
+        match named {
+            Named::Value(value) if reading.prose => urls::each_url(value, url),
+            Named::Escaped(text) => {
+                if urls::each_url_in_json(text, url).is_err() {
+                    self.bad_escape = true;
+                }
+            }
+            Named::Name(_) if reading.prose => {}
+            Named::Name(key) if distinct.first(Target::ArgNames, id, key) => fields.push(
+                Field::new(Target::ArgNames, Source::Body, path, key.to_vec()),
+            ),
+            Named::Value(value) if distinct.first(Target::Args, id, value) => {
+                fields.push(Field::new(Target::Args, Source::Body, path, value.to_vec()))
+            }
+            Named::Name(_) | Named::Value(_) => {}
+        }
+    }
+}
+
+/// A JSON body's fields, read as the profile says: prose and excluded strings are kept as
+/// they stand (a prompt is not decoded, only its URLs).
+struct JsonBody<'p, 'f> {
+    profile: &'p Profile,
+    /// By path id.
+    readings: Vec<PathReading>,
+    out: StructuredFields<'f>,
+}
+
+impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
+    fn path(&mut self, path: JsonPath<'_>) -> bool {
+        let reading = PathReading::of(self.profile, path.text);
+        self.readings.push(reading);
+        reading.prose || reading.excluded
+    }
+
+    fn key(&mut self, path: JsonPath<'_>, key: &[u8]) {
+        let reading = self.readings[path.id as usize];
+        self.out.push(reading, path.id, path.text, Named::Name(key));
+    }
+
+    fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'d, '_>) {
+        let named = match value {
+            JsonScalar::Text(v) | JsonScalar::Number(v) => Named::Value(v),
+            JsonScalar::Escaped(text) => Named::Escaped(text),
+        };
+        let reading = self.readings[path.id as usize];
+        self.out.push(reading, path.id, path.text, named);
+    }
+}
+
+/// Reads a JSON body into `fields`: `None` if it is not JSON (nothing is added then), else
+/// whether it is malformed (a prose string with a bad escape).
+fn json_body(body: &[u8], profile: &Profile, fields: &mut Vec<Field>) -> Option<bool> {
+    let before = fields.len();
+    let mut visitor = JsonBody {
+        profile,
+        readings: Vec::new(),
+        out: StructuredFields {
+            fields,
+            distinct: Distinct::new(),
+            bad_escape: false,
+        },
+    };
+    match json::walk(body, &mut visitor) {
+        Some(()) => Some(visitor.out.bad_escape),
+        None => {
+            fields.truncate(before);
+            None
+        }
     }
 }
 
@@ -589,44 +666,20 @@ fn body_fields(
         }
         fields.push(Field::new(Target::Args, Source::Body, name, value));
     };
-    // A key or a value of a structured body (JSON, OTLP) at its path. Under a prose path a
-    // value is prose and a key is plain (`gen_ai.prompt`, `args`); elsewhere both are judged.
-    let mut readings = PathReadings::new(profile);
-    let mut distinct = Distinct::new();
-    let mut structured = |fields: &mut Vec<Field>, reading: PathReading, path: String, named| {
-        let url = |url: &[u8]| {
-            if distinct.first(Target::Urls, &path, url) {
-                let name = path.clone();
-                fields.push(Field::new(Target::Urls, Source::Body, name, url.to_vec()));
-            }
-        };
-        match named {
-            // The URLs in prose: all that is inspected of it.
-            Named::Value(value) if reading.prose => urls::each_url(&value, url),
-            Named::Escaped(text) => return urls::each_url_in_json(text, url).is_ok(),
-            Named::Name(_) if reading.prose || reading.excluded => {}
-            Named::Name(key) if distinct.first(Target::ArgNames, &path, &key) => {
-                fields.push(Field::new(Target::ArgNames, Source::Body, path, key))
-            }
-            Named::Value(value) if distinct.first(Target::Args, &path, &value) => {
-                arg(fields, path, None, value)
-            }
-            Named::Name(_) | Named::Value(_) => {}
-        }
-        true
-    };
+    let malformed = |bad: bool| bad.then_some(BodyProblem::Malformed);
     let mut format = BodyFormat::of(content_type, path);
-    // A sniffed body is JSON only if it parses: the fields are kept, not parsed twice.
-    let mut json = None;
     if format == BodyFormat::Sniffed {
+        // A sniffed body is JSON only if it parses: its fields are kept, not read twice.
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if matches!(first, Some(b'{' | b'[')) {
-            json = parse::json_fields_keeping(body, &mut |path| readings.of(path).prose);
+            if let Some(bad) = json_body(body, profile, fields) {
+                return malformed(bad);
+            }
         }
-        format = match json {
-            Some(_) => BodyFormat::Json,
-            None if body.contains(&b'=') => BodyFormat::Form,
-            None => BodyFormat::Text,
+        format = if body.contains(&b'=') {
+            BodyFormat::Form
+        } else {
+            BodyFormat::Text
         };
     }
     match format {
@@ -672,26 +725,24 @@ fn body_fields(
             }
         }
         BodyFormat::Json => {
-            // Prose strings stay escaped: only their URLs are decoded.
-            let json = json.or_else(|| {
-                parse::json_fields_keeping(body, &mut |path| readings.of(path).prose)
-                    .or_else(|| json_scalar(body))
-            });
-            let Some(json) = json else {
+            if let Some(bad) = json_body(body, profile, fields) {
+                return malformed(bad);
+            }
+            // A lone scalar (`"text"`, `42`) is one value at the root.
+            let Some(text) = json_scalar(body) else {
                 return Some(BodyProblem::Malformed);
             };
-            for f in json {
-                let named = match (f.key, f.value, f.escaped) {
-                    (Some(key), _, _) => Named::Name(key.into_bytes()),
-                    (None, Some(value), _) => Named::Value(value.into_bytes()),
-                    (None, None, Some(text)) => Named::Escaped(text),
-                    (None, None, None) => continue,
-                };
-                let reading = readings.of(&f.path);
-                if !structured(fields, reading, f.path, named) {
-                    return Some(BodyProblem::Malformed);
-                }
-            }
+            let mut out = StructuredFields {
+                fields,
+                distinct: Distinct::new(),
+                bad_escape: false,
+            };
+            out.push(
+                PathReading::of(profile, ""),
+                "",
+                "",
+                Named::Value(text.as_bytes()),
+            );
         }
         BodyFormat::OtlpProtobuf(signal) | BodyFormat::OtlpJson(signal) => {
             let decoded = match format {
@@ -701,12 +752,26 @@ fn body_fields(
             let Ok(otlp) = decoded else {
                 return Some(BodyProblem::Malformed);
             };
+            let mut out = StructuredFields {
+                fields,
+                distinct: Distinct::new(),
+                bad_escape: false,
+            };
+            // Paths are the client's, but a collision only costs a comparison: the quick hasher.
+            let mut readings: HashMap<String, PathReading, foldhash::fast::RandomState> =
+                HashMap::default();
             for f in otlp {
-                let named = match f.key {
-                    Some(_) => Named::Name(f.value),
-                    None => Named::Value(f.value),
+                let reading = match readings.get(&f.path) {
+                    Some(r) => *r,
+                    None => *readings
+                        .entry(f.path.clone())
+                        .or_insert(PathReading::of(profile, &f.path)),
                 };
-                structured(fields, readings.of(&f.path), f.path, named);
+                let named = match f.key {
+                    Some(_) => Named::Name(&f.value),
+                    None => Named::Value(&f.value),
+                };
+                out.push(reading, f.path.as_str(), &f.path, named);
             }
         }
         BodyFormat::Protobuf => return Some(BodyProblem::UnknownSchema),
@@ -724,20 +789,14 @@ fn body_fields(
     None
 }
 
-/// A JSON document that is a lone scalar (`"text"`, `42`): one value, at the root.
-fn json_scalar(body: &[u8]) -> Option<Vec<parse::JsonField<'_>>> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let text = match value {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Object(_) | serde_json::Value::Array(_) => return None,
-        other => other.to_string(),
-    };
-    Some(vec![parse::JsonField {
-        path: String::new(),
-        key: None,
-        value: Some(text),
-        escaped: None,
-    }])
+/// A JSON document that is a lone scalar (`"text"`, `42`): its text; `None` when the body
+/// is not JSON at all (it is malformed).
+fn json_scalar(body: &[u8]) -> Option<String> {
+    match serde_json::from_slice(body).ok()? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => None,
+        other => Some(other.to_string()),
+    }
 }
 
 #[cfg(test)]

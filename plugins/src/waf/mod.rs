@@ -5,6 +5,7 @@ pub mod decode;
 pub mod detect;
 pub mod encoding;
 pub mod inspect;
+pub mod json;
 pub mod memo;
 pub mod otlp;
 pub mod parse;

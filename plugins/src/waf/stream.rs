@@ -624,7 +624,7 @@ impl JsonLexer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::waf::parse::json_fields;
+    use crate::waf::json::json_fields;
 
     /// Every part of `body` fed in `chunk`-sized pieces with a small window.
     fn segments(ct: &[u8], body: &[u8], window: usize, chunk: usize) -> Vec<Segment> {

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use memchr::memmem;
 
-use super::parse::{escaped_at, json_unescape};
+use super::json::{escaped_at, json_unescape};
 
 /// The longest scheme read back from `://` (`[a-z][a-z0-9+.-]{1,15}`).
 const MAX_SCHEME: usize = 16;
