@@ -408,6 +408,9 @@ fn push_pairs(
 /// itself and everything under it, whatever its shape (`batch[].body.input.**` covers
 /// `batch[].body.input`, `batch[].body.input[]` and `batch[].body.input.args[].code`).
 fn path_matches(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('*') {
+        return pattern == path;
+    }
     if let Some(base) = pattern.strip_suffix(".**") {
         // Each segment of the base matches, an array's `[]` aside; the rest is under it.
         let mut f = path.split('.');

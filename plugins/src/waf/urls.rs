@@ -43,13 +43,20 @@ pub struct BadEscape;
 /// JSON parser behind rampart reads a document holding one.)
 pub fn each_url_in_json(text: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), BadEscape> {
     let unescape = |t: &[u8]| json_unescape(t).ok_or(BadEscape);
-    if memmem::find(text, b"\\u").is_some() || memmem::find(text, b"\\/").is_some() {
+    static SPELLERS: OnceLock<[memmem::Finder<'static>; 2]> = OnceLock::new();
+    let spellers =
+        SPELLERS.get_or_init(|| [memmem::Finder::new(b"\\u"), memmem::Finder::new(b"\\/")]);
+    if spellers.iter().any(|f| f.find(text).is_some()) {
         each_url(&unescape(text)?, each);
         return Ok(());
     }
     let mut result = Ok(());
     find(text, Text::JsonEscaped, |start, end| {
-        match unescape(&text[start..end]) {
+        let url = &text[start..end];
+        if memchr::memchr(b'\\', url).is_none() {
+            return each(url);
+        }
+        match unescape(url) {
             Ok(url) => each(&url),
             Err(e) => result = Err(e),
         }
@@ -67,7 +74,9 @@ enum Text {
 
 /// Calls `each` with the byte range of every URL in `text`.
 fn find(text: &[u8], form: Text, mut each: impl FnMut(usize, usize)) {
-    let mut schemes = memmem::find_iter(text, b"://").peekable();
+    static SCHEME_MARK: OnceLock<memmem::Finder<'static>> = OnceLock::new();
+    let scheme_mark = SCHEME_MARK.get_or_init(|| memmem::Finder::new(b"://"));
+    let mut schemes = scheme_mark.find_iter(text).peekable();
     let mut datas = data_marks(text).peekable();
     // Where the last URL ended: a mark inside it is part of it.
     let mut done = 0;
