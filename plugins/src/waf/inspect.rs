@@ -531,10 +531,15 @@ impl Distinct {
         }
     }
 
-    /// Whether (target, path, value) is new to this body. `path` is whatever names the path
-    /// in this body (a JSON walk's number for it, or its text).
-    fn first(&mut self, target: Target, path: impl Hash, value: &[u8]) -> bool {
-        self.seen.insert(self.keys.hash_one((target, path, value)))
+    /// Whether (target, path, value) is new to this body; `path` is the number the body's
+    /// reader gave the path. Target and path go in as one word and the value after it, in
+    /// two writes: most values are short, and each write costs the hasher a round of
+    /// buffering.
+    fn first(&mut self, target: Target, path: u32, value: &[u8]) -> bool {
+        let mut h = self.keys.build_hasher();
+        h.write_u64((target as u64) << 32 | u64::from(path));
+        h.write(value);
+        self.seen.insert(h.finish())
     }
 }
 
@@ -566,7 +571,7 @@ impl StructuredFields<'_> {
     /// A key or a value at a path (`id` names it for [`Distinct`], `path` is its text). Of
     /// prose, only the URLs are inspected, and its keys are plain (`gen_ai.prompt`, `args`);
     /// elsewhere both are judged; at an excluded path, nothing.
-    fn push(&mut self, reading: PathReading, id: impl Hash + Copy, path: &str, named: Named<'_>) {
+    fn push(&mut self, reading: PathReading, id: u32, path: &str, named: Named<'_>) {
         if reading.excluded {
             return;
         }
@@ -742,7 +747,7 @@ fn body_fields(
             };
             out.push(
                 PathReading::of(profile, ""),
-                "",
+                0,
                 "",
                 Named::Value(text.as_bytes()),
             );
@@ -760,21 +765,23 @@ fn body_fields(
                 distinct: Distinct::new(),
                 bad_escape: false,
             };
-            // Paths are the client's, but a collision only costs a comparison: the quick hasher.
-            let mut readings: HashMap<String, PathReading, foldhash::fast::RandomState> =
+            // Each path numbered and read once. Paths are the client's, but a collision only
+            // costs a comparison: the quick hasher.
+            let mut paths: HashMap<String, (u32, PathReading), foldhash::fast::RandomState> =
                 HashMap::default();
             for f in otlp {
-                let reading = match readings.get(&f.path) {
-                    Some(r) => *r,
-                    None => *readings
-                        .entry(f.path.clone())
-                        .or_insert(PathReading::of(profile, &f.path)),
+                let (id, reading) = match paths.get(&f.path) {
+                    Some(known) => *known,
+                    None => {
+                        let known = (paths.len() as u32, PathReading::of(profile, &f.path));
+                        *paths.entry(f.path.clone()).or_insert(known)
+                    }
                 };
                 let named = match f.key {
                     Some(_) => Named::Name(&f.value),
                     None => Named::Value(&f.value),
                 };
-                out.push(reading, f.path.as_str(), &f.path, named);
+                out.push(reading, id, &f.path, named);
             }
         }
         BodyFormat::Protobuf => return Some(BodyProblem::UnknownSchema),
