@@ -187,6 +187,31 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    // The cases above send one request again and again, as a coding agent resends its
+    // conversation every turn: the WAFs' memos know its short fields. Here 32 conversations
+    // take turns, about 22,000 distinct short fields against the memos' 8,192 slots each:
+    // what a request costs when its conversation is new.
+    let conversations: Vec<Vec<u8>> = (1..=32)
+        .map(|seed| agent::conversation(Shape::OpenAi, 1024 * 1024, seed))
+        .collect();
+    let views: Vec<_> = conversations
+        .iter()
+        .map(|body| {
+            let path = "/v1/chat/completions";
+            outside_request("litellm", &post, path, None, &h_json, Some(body))
+        })
+        .collect();
+    let mut group = c.benchmark_group("agent_1m_new_conversations");
+    group.throughput(Throughput::Bytes(conversations[0].len() as u64));
+    group.bench_function("access_and_waf", |b| {
+        let mut next = views.iter().cycle();
+        b.iter(|| {
+            let view = next.next().expect("a cycle never ends");
+            black_box(rampart_benches::evaluate_now(&waf, black_box(view)))
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -17,8 +17,22 @@ pub enum Shape {
 
 /// An agent request of about `size` bytes (never under it by more than one tool result).
 pub fn request(shape: Shape, size: usize) -> Vec<u8> {
+    conversation(shape, size, 0)
+}
+
+/// Another conversation of the same shape and size for each `seed` (0 is [`request`]'s):
+/// other files, paths and call ids, the same tools and system prompt. A run over many of
+/// them shows what the WAF costs when it has not seen a conversation before.
+pub fn conversation(shape: Shape, size: usize, seed: u64) -> Vec<u8> {
     let mut words = Words(0x5eed_cafe_f00d_d00d);
     let tools: Vec<Tool> = TOOLS.iter().map(|t| Tool::new(t, &mut words)).collect();
+    let call_prefix = match seed {
+        0 => String::from("call_"),
+        s => {
+            words = Words(words.0 ^ s.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            format!("call_{s:x}_")
+        }
+    };
     let mut turns = Vec::new();
     let mut bytes = SYSTEM.len()
         + tools
@@ -36,7 +50,7 @@ pub fn request(shape: Shape, size: usize) -> Vec<u8> {
         );
         // As JSON: the text escaped, the turn's two messages around it.
         bytes += Value::from(file.0.as_str()).to_string().len() + 2 * path.len() + 250;
-        turns.push((format!("call_{n:04}"), path, file.0));
+        turns.push((format!("{call_prefix}{n:04}"), path, file.0));
         n += 1;
     }
     let body = match shape {
@@ -307,6 +321,10 @@ mod tests {
                 let parsed: Value = serde_json::from_slice(&body).expect("json");
                 assert!(parsed["messages"].as_array().is_some_and(|m| m.len() > 10));
                 assert_eq!(body, request(shape, size));
+                let other = conversation(shape, size, 7);
+                assert_ne!(body, other);
+                assert!(other.len().abs_diff(body.len()) < size / 10);
+                assert_eq!(other, conversation(shape, size, 7));
             }
         }
     }

@@ -202,13 +202,15 @@ pub struct Waf {
     /// Each profile with its fingerprint, which names the inspection it builds.
     default_profile: (Profile, u64),
     route_profiles: HashMap<String, (Profile, u64)>,
-    /// What these rules found in recurring header and path fields (see [`FieldMemo`]).
+    /// What these rules found in recurring fields (see [`FieldMemo`]).
     memo: FieldMemo,
 }
 
-/// Distinct recurring fields a WAF remembers: far more than an API's user agents, hosts,
-/// content types and paths, and at most a few hundred KiB.
-const MEMO_SLOTS: usize = 1024;
+/// Distinct recurring fields a WAF remembers: an API's user agents, hosts, content types
+/// and paths, and the structure of the conversations in flight (a coding agent's turn holds
+/// about 700 distinct short fields). Entries are at most 256 bytes of field: a few MiB when
+/// every slot is full of the longest, about 1 MiB for the fields an LLM API carries.
+const MEMO_SLOTS: usize = 8192;
 
 /// The outcome of inspecting one request.
 pub struct Assessment {

@@ -3,8 +3,10 @@
 //! API traffic repeats itself: the same few `User-Agent`, `Accept`, `Host` and
 //! `Content-Type` values, the same paths. Running every rule over them again is most of what a
 //! header-only request costs the WAF, so each WAF remembers, per field, which of its rules
-//! matched and where. Only short fields that recur (method, path, headers) are remembered:
-//! arguments, cookies and bodies carry each caller's own data.
+//! matched and where. An LLM conversation repeats itself too: every turn sends the whole
+//! conversation again, its roles, types, tool names, call ids and the links in its prompts,
+//! with one turn more. So short arguments and URLs (query and body) are remembered as well;
+//! cookies are not (they are each caller's own), nor anything long (it rarely recurs whole).
 //!
 //! The memo is a fixed table of slots, each holding one field, chosen by a keyed hash: a
 //! flood of distinct values only evicts entries (and costs what no memo would), and it never
@@ -65,10 +67,14 @@ impl FieldMemo {
 
     /// Whether `field` is one the memo keeps.
     pub fn remembers(field: &Field) -> bool {
-        matches!(
-            field.source,
-            Source::Method | Source::UriPath | Source::Header
-        ) && field.name.len() + field.raw().len() <= MAX_KEY_BYTES
+        let recurs = match field.source {
+            Source::Method | Source::UriPath | Source::Header => true,
+            Source::Query | Source::Body => {
+                matches!(field.target, Target::Args | Target::ArgNames | Target::Urls)
+            }
+            Source::Cookie => false,
+        };
+        recurs && field.name.len() + field.raw().len() <= MAX_KEY_BYTES
     }
 
     /// Appends `field`'s hits to `out`: remembered ones if the memo holds this field, else
@@ -186,12 +192,40 @@ mod tests {
     }
 
     #[test]
-    fn arguments_bodies_and_long_values_are_not_remembered() {
+    fn short_arguments_and_urls_are_remembered() {
         let memo = FieldMemo::new(64);
-        let arg = Field::new(Target::Args, Source::Query, "q", b"x".to_vec());
+        let role = Field::new(
+            Target::Args,
+            Source::Body,
+            "messages[].role",
+            b"tool".to_vec(),
+        );
+        let url = Field::new(
+            Target::Urls,
+            Source::Body,
+            "messages[].content",
+            b"https://docs.rs/tokio".to_vec(),
+        );
+        let q = Field::new(Target::ArgNames, Source::Query, "limit", b"limit".to_vec());
+        for field in [&role, &url, &q] {
+            assert_eq!(lookup(&memo, field, &[HIT]), (vec![HIT], true));
+            assert_eq!(lookup(&memo, field, &[]), (vec![HIT], false));
+        }
+    }
+
+    #[test]
+    fn cookies_bodies_and_long_values_are_not_remembered() {
+        let memo = FieldMemo::new(64);
+        let cookie = Field::new(Target::Cookies, Source::Cookie, "s", b"x".to_vec());
         let body = Field::new(Target::Body, Source::Body, "", b"x".to_vec());
         let long = header("x-long", &"a".repeat(MAX_KEY_BYTES));
-        for field in [&arg, &body, &long] {
+        let long_arg = Field::new(
+            Target::Args,
+            Source::Body,
+            "q",
+            "a".repeat(MAX_KEY_BYTES).into_bytes(),
+        );
+        for field in [&cookie, &body, &long, &long_arg] {
             assert!(lookup(&memo, field, &[]).1);
             assert!(
                 lookup(&memo, field, &[]).1,
