@@ -9,10 +9,12 @@
 //! cookies are not (they are each caller's own), nor anything long (it rarely recurs whole).
 //!
 //! The memo is a fixed table of slots, each holding one field, chosen by a keyed hash: a
-//! flood of distinct values only evicts entries (and costs what no memo would), and it never
-//! grows. An entry is used only when its field is byte for byte the one asked about. A memo
-//! belongs to one WAF instance, whose rules, paranoia and overrides never change; a reload
-//! builds a new one.
+//! flood of distinct values costs what no memo would, and it never grows. A field takes a
+//! slot only when it comes a second time in a row to that slot: fields seen once (a new
+//! conversation's call ids, a scanner's junk) neither cost an entry's allocation nor evict
+//! the fields that do recur. An entry is used only when its field is byte for byte the one
+//! asked about. A memo belongs to one WAF instance, whose rules, paranoia and overrides
+//! never change; a reload builds a new one.
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Mutex;
@@ -32,26 +34,36 @@ pub struct FieldHit {
 /// The longest field (name and value) worth remembering: longer ones rarely recur.
 const MAX_KEY_BYTES: usize = 256;
 
+/// A remembered field: its hash (compared first, without touching the heap), and its name
+/// and value in one allocation.
 struct Entry {
+    hash: u64,
     target: Target,
     source: Source,
-    name: Box<str>,
-    raw: Box<[u8]>,
+    name_len: usize,
+    name_and_raw: Box<[u8]>,
     hits: Box<[FieldHit]>,
 }
 
 impl Entry {
-    fn is(&self, field: &Field) -> bool {
-        self.target == field.target
+    fn is(&self, hash: u64, field: &Field) -> bool {
+        self.hash == hash
+            && self.target == field.target
             && self.source == field.source
-            && *self.name == *field.name
-            && *self.raw == *field.raw()
+            && self.name_and_raw.split_at(self.name_len) == (field.name.as_bytes(), field.raw())
     }
+}
+
+#[derive(Default)]
+struct Slot {
+    entry: Option<Entry>,
+    /// The hash of the last field that came here and was not the entry's.
+    last_miss: u64,
 }
 
 pub struct FieldMemo {
     hasher: RandomState,
-    slots: Box<[Mutex<Option<Entry>>]>,
+    slots: Box<[Mutex<Slot>]>,
 }
 
 impl FieldMemo {
@@ -60,7 +72,7 @@ impl FieldMemo {
         FieldMemo {
             hasher: RandomState::new(),
             slots: (0..slots.max(1).next_power_of_two())
-                .map(|_| Mutex::new(None))
+                .map(|_| Mutex::default())
                 .collect(),
         }
     }
@@ -78,7 +90,7 @@ impl FieldMemo {
     }
 
     /// Appends `field`'s hits to `out`: remembered ones if the memo holds this field, else
-    /// what `find` appends, which is then remembered.
+    /// what `find` appends, which is remembered if the field came to its slot last time too.
     ///
     /// `find` must append every hit of every active rule, whatever earlier fields matched,
     /// since the entry will stand for this field in later requests.
@@ -93,24 +105,30 @@ impl FieldMemo {
         }
         let mut h = self.hasher.build_hasher();
         (field.target, field.source).hash(&mut h);
-        field.name.hash(&mut h);
-        field.raw().hash(&mut h);
-        let slot = &self.slots[(h.finish() as usize) & (self.slots.len() - 1)];
+        h.write(field.name.as_bytes());
+        h.write_u8(0xff);
+        h.write(field.raw());
+        let hash = h.finish();
+        let slot = &self.slots[(hash as usize) & (self.slots.len() - 1)];
         // A slot another thread holds is not waited for: the rules run without it.
-        let Ok(mut entry) = slot.try_lock() else {
+        let Ok(mut slot) = slot.try_lock() else {
             return find(out);
         };
-        if let Some(e) = entry.as_ref().filter(|e| e.is(field)) {
+        if let Some(e) = slot.entry.as_ref().filter(|e| e.is(hash, field)) {
             out.extend_from_slice(&e.hits);
             return;
         }
         let start = out.len();
         find(out);
-        *entry = Some(Entry {
+        if std::mem::replace(&mut slot.last_miss, hash) != hash {
+            return;
+        }
+        slot.entry = Some(Entry {
+            hash,
             target: field.target,
             source: field.source,
-            name: field.name.as_str().into(),
-            raw: field.raw().into(),
+            name_len: field.name.len(),
+            name_and_raw: [field.name.as_bytes(), field.raw()].concat().into(),
             hits: out[start..].into(),
         });
     }
@@ -119,7 +137,7 @@ impl FieldMemo {
     pub fn len(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.try_lock().is_ok_and(|e| e.is_some()))
+            .filter(|s| s.try_lock().is_ok_and(|s| s.entry.is_some()))
             .count()
     }
 
@@ -163,6 +181,8 @@ mod tests {
         let memo = FieldMemo::new(64);
         let ua = header("user-agent", "sqlmap/1.7");
         assert_eq!(lookup(&memo, &ua, &[HIT]), (vec![HIT], true));
+        assert!(memo.is_empty(), "a field seen once is not remembered");
+        assert_eq!(lookup(&memo, &ua, &[HIT]), (vec![HIT], true));
         assert_eq!(lookup(&memo, &ua, &[]), (vec![HIT], false), "remembered");
         assert_eq!(memo.len(), 1);
     }
@@ -180,14 +200,39 @@ mod tests {
             "user-agent",
             b"sqlmap/1.7".to_vec(),
         );
-        assert_eq!(lookup(&memo, &bad, &[HIT]), (vec![HIT], true));
-        assert_eq!(lookup(&memo, &good, &[]), (vec![], true));
-        assert_eq!(lookup(&memo, &renamed, &[]), (vec![], true));
-        assert_eq!(lookup(&memo, &as_arg, &[]), (vec![], true));
+        // Name and value are told apart where they meet, not only by their bytes together.
+        let shifted = header("user-agentsqlmap", "/1.7");
+        for _ in 0..2 {
+            assert_eq!(lookup(&memo, &bad, &[HIT]), (vec![HIT], true));
+        }
+        for other in [&good, &renamed, &as_arg, &shifted] {
+            for _ in 0..2 {
+                assert_eq!(lookup(&memo, other, &[]), (vec![], true));
+            }
+            assert_eq!(lookup(&memo, other, &[HIT]), (vec![], false), "remembered");
+        }
         assert_eq!(
             lookup(&memo, &bad, &[HIT]),
             (vec![HIT], true),
             "evicted, found again"
+        );
+    }
+
+    #[test]
+    fn fields_seen_once_do_not_evict_one_that_recurs() {
+        let memo = FieldMemo::new(1);
+        let ua = header("user-agent", "curl/8.5.0");
+        for _ in 0..2 {
+            lookup(&memo, &ua, &[]);
+        }
+        for i in 0..100 {
+            let junk = header("user-agent", &format!("scanner-{i}"));
+            assert!(lookup(&memo, &junk, &[]).1);
+        }
+        assert_eq!(
+            lookup(&memo, &ua, &[HIT]),
+            (vec![], false),
+            "still remembered"
         );
     }
 
@@ -208,7 +253,9 @@ mod tests {
         );
         let q = Field::new(Target::ArgNames, Source::Query, "limit", b"limit".to_vec());
         for field in [&role, &url, &q] {
-            assert_eq!(lookup(&memo, field, &[HIT]), (vec![HIT], true));
+            for _ in 0..2 {
+                assert_eq!(lookup(&memo, field, &[HIT]), (vec![HIT], true));
+            }
             assert_eq!(lookup(&memo, field, &[]), (vec![HIT], false));
         }
     }
@@ -226,12 +273,9 @@ mod tests {
             "a".repeat(MAX_KEY_BYTES).into_bytes(),
         );
         for field in [&cookie, &body, &long, &long_arg] {
-            assert!(lookup(&memo, field, &[]).1);
-            assert!(
-                lookup(&memo, field, &[]).1,
-                "asked again: {:?}",
-                field.target
-            );
+            for _ in 0..3 {
+                assert!(lookup(&memo, field, &[]).1, "{:?}", field.target);
+            }
         }
         assert!(memo.is_empty());
     }
