@@ -17,6 +17,7 @@
 //! never change; a reload builds a new one.
 
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::inspect::{Field, Source, Target};
@@ -34,10 +35,8 @@ pub struct FieldHit {
 /// The longest field (name and value) worth remembering: longer ones rarely recur.
 const MAX_KEY_BYTES: usize = 256;
 
-/// A remembered field: its hash (compared first, without touching the heap), and its name
-/// and value in one allocation.
+/// A remembered field: its name and value in one allocation, and what the rules found.
 struct Entry {
-    hash: u64,
     target: Target,
     source: Source,
     name_len: usize,
@@ -46,34 +45,34 @@ struct Entry {
 }
 
 impl Entry {
-    fn is(&self, hash: u64, field: &Field) -> bool {
-        self.hash == hash
-            && self.target == field.target
+    fn is(&self, field: &Field) -> bool {
+        self.target == field.target
             && self.source == field.source
             && self.name_and_raw.split_at(self.name_len) == (field.name.as_bytes(), field.raw())
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    entry: Option<Entry>,
-    /// The hash of the last field that came here and was not the entry's.
-    last_miss: u64,
-}
-
 pub struct FieldMemo {
     hasher: RandomState,
-    slots: Box<[Mutex<Slot>]>,
+    /// Per slot, the hash of the field it holds (0 for none), in a small table of their own:
+    /// a field that is not remembered (most of a new conversation's) is found out by one
+    /// read here, without touching (or locking) the entries. Only a hint: an entry is used
+    /// only once compared byte for byte, under its lock.
+    tags: Box<[AtomicU64]>,
+    /// Per slot, the hash of the last field that came and was not the one held.
+    last_miss: Box<[AtomicU64]>,
+    entries: Box<[Mutex<Option<Entry>>]>,
 }
 
 impl FieldMemo {
     /// A memo of `slots` entries (rounded up to a power of two).
     pub fn new(slots: usize) -> Self {
+        let n = slots.max(1).next_power_of_two();
         FieldMemo {
             hasher: RandomState::new(),
-            slots: (0..slots.max(1).next_power_of_two())
-                .map(|_| Mutex::default())
-                .collect(),
+            tags: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            last_miss: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            entries: (0..n).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -108,36 +107,41 @@ impl FieldMemo {
         h.write(field.name.as_bytes());
         h.write_u8(0xff);
         h.write(field.raw());
-        let hash = h.finish();
-        let slot = &self.slots[(hash as usize) & (self.slots.len() - 1)];
-        // A slot another thread holds is not waited for: the rules run without it.
-        let Ok(mut slot) = slot.try_lock() else {
-            return find(out);
-        };
-        if let Some(e) = slot.entry.as_ref().filter(|e| e.is(hash, field)) {
-            out.extend_from_slice(&e.hits);
-            return;
+        // Never 0, which marks an empty slot.
+        let hash = h.finish() | 1;
+        let at = (hash as usize) & (self.entries.len() - 1);
+        if self.tags[at].load(Ordering::Relaxed) == hash {
+            // A slot another thread holds is not waited for: the rules run without it.
+            if let Ok(entry) = self.entries[at].try_lock() {
+                if let Some(e) = entry.as_ref().filter(|e| e.is(field)) {
+                    out.extend_from_slice(&e.hits);
+                    return;
+                }
+            }
         }
         let start = out.len();
         find(out);
-        if std::mem::replace(&mut slot.last_miss, hash) != hash {
+        if self.last_miss[at].swap(hash, Ordering::Relaxed) != hash {
             return;
         }
-        slot.entry = Some(Entry {
-            hash,
+        let Ok(mut entry) = self.entries[at].try_lock() else {
+            return;
+        };
+        *entry = Some(Entry {
             target: field.target,
             source: field.source,
             name_len: field.name.len(),
             name_and_raw: [field.name.as_bytes(), field.raw()].concat().into(),
             hits: out[start..].into(),
         });
+        self.tags[at].store(hash, Ordering::Relaxed);
     }
 
     /// How many slots hold a field.
     pub fn len(&self) -> usize {
-        self.slots
+        self.entries
             .iter()
-            .filter(|s| s.try_lock().is_ok_and(|s| s.entry.is_some()))
+            .filter(|e| e.try_lock().is_ok_and(|e| e.is_some()))
             .count()
     }
 

@@ -30,6 +30,7 @@ const MAX_KEY: usize = 1024;
 const MAX_CUT_BACKOFF: usize = 4096;
 
 use super::inspect::BodyFormat;
+use super::json::escaped_at;
 
 /// A body that cannot be cut (a multipart, XML or OTLP body past one window, or a string made
 /// only of escapes for longer than [`MAX_CUT_BACKOFF`]).
@@ -482,8 +483,6 @@ struct JsonLexer {
     state: Lex,
     stack: Vec<Frame>,
     in_key: bool,
-    /// In a string, the byte after a backslash is pending.
-    escaped: bool,
     /// Where the current string's opening quote is, in `pending`.
     str_start: Option<usize>,
     /// How far `pending` was read.
@@ -513,18 +512,17 @@ impl JsonLexer {
             let b = s[i];
             match self.state {
                 Lex::Str => {
-                    if self.escaped {
-                        self.escaped = false;
-                        i += 1;
-                        continue;
-                    }
-                    let Some(off) = memchr::memchr2(b'"', b'\\', &s[i..]) else {
+                    // The closing quote is the first one after an even run of backslashes:
+                    // searching for quotes alone stops least (source code has a `\n` on
+                    // every line). A cut inside a string never splits an escape, so the run
+                    // before a quote is all in `s`, after the string's start.
+                    let Some(off) = memchr::memchr(b'"', &s[i..]) else {
                         i = s.len();
                         break;
                     };
                     i += off;
-                    if s[i] == b'\\' {
-                        self.escaped = true;
+                    let text_start = self.str_start.map_or(0, |q| q + 1);
+                    if escaped_at(&s[text_start..], i - text_start) {
                         i += 1;
                         continue;
                     }
