@@ -603,17 +603,37 @@ def hold_connections(port, raw, count):
     return conns, ok
 
 
+def settled_rss_kib(proc, most=20.0):
+    """RSS once it stops falling (an allocator hands freed pages back over seconds: jemalloc's
+    decay is 10 s), polled each second for at most `most` seconds."""
+    last = proc.rss_kib()
+    waited = 0.0
+    while waited < most:
+        time.sleep(1)
+        waited += 1
+        now = proc.rss_kib()
+        if now > last * 0.995:
+            return now
+        last = now
+    return last
+
+
 def idle_connections(procs, reqs, count=10_000):
-    """KiB each idle keep-alive connection holds in each proxy, after one request."""
+    """KiB each idle keep-alive connection holds in each proxy, after one request: one second
+    after the last answer (what the burst of 10,000 requests left too), and once RSS settled
+    (what the idle connections themselves hold)."""
     out = {}
     raw = reqs["get"].read_bytes()
     for name in ("nginx", "pingora", "bare", "full"):
         proc = procs[name]
         time.sleep(2)
-        before = proc.rss_kib()
+        before = settled_rss_kib(proc)
         conns, ok = hold_connections(PORTS[name], raw, count)
         time.sleep(1)
-        out[name] = {"answered": ok, "kib_per_connection": (proc.rss_kib() - before) / count}
+        soon = proc.rss_kib()
+        settled = settled_rss_kib(proc)
+        out[name] = {"answered": ok, "kib_per_connection": (soon - before) / count,
+                     "kib_per_connection_settled": (settled - before) / count}
         for s in conns:
             s.close()
         log(f"idle connections {name:6} {out[name]}")
@@ -688,10 +708,15 @@ def report(machine, sat, lat, idle, sse, ins, mem):
         lines.append("")
     if idle:
         lines += ["## Idle keep-alive connections (10,000, after one GET each)", "",
-                  "| contender | answered | KiB per connection | vs nginx |", "|---|---|---|---|"]
+                  "KiB of RSS per connection one second after the last answer (freed memory of the "
+                  "burst an allocator has not handed back yet included), and once RSS settled "
+                  "(what the idle connections hold).", "",
+                  "| contender | answered | KiB per connection, 1 s | settled | settled vs nginx |",
+                  "|---|---|---|---|---|"]
         for name, r in idle.items():
-            lines.append(f"| {name} | {r['answered']} | {r['kib_per_connection']:.1f} | "
-                         f"{ratio(r['kib_per_connection'], idle['nginx']['kib_per_connection'])} |")
+            settled = r["kib_per_connection_settled"]
+            lines.append(f"| {name} | {r['answered']} | {r['kib_per_connection']:.1f} | {settled:.1f} | "
+                         f"{ratio(settled, idle['nginx']['kib_per_connection_settled'])} |")
         lines.append("")
     if sse:
         lines += [f"## {SSE_STREAMS} server-sent event streams at once ({SSE_EVENTS} events each, "

@@ -451,7 +451,13 @@ async fn read_head(
         Some(accepted) => accepted + header_timeout,
         None => Instant::now() + Duration::from_millis(limits.idle_timeout_ms),
     };
-    let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+    // A keep-alive connection may wait a long while for its next request: it waits with a
+    // buffer of a few bytes (the first read reserves them), and the head's buffer is made
+    // once the request begins. A new connection's request is on its way: the whole buffer.
+    let mut buf = match fresh {
+        Some(_) => BytesMut::with_capacity(HEAD_BUFFER),
+        None => BytesMut::new(),
+    };
     let mut scan = HeadScan::default();
     loop {
         let waiting = buf.is_empty();
@@ -479,6 +485,7 @@ async fn read_head(
         if waiting && fresh.is_none() {
             // The first byte of a new request: from now on, the head's own deadline.
             deadline = Instant::now() + header_timeout;
+            buf.reserve(HEAD_BUFFER);
         }
         match scan.feed(&buf, limits) {
             Ok(Some(_end)) => return Ok(buf),
