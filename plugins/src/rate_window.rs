@@ -249,7 +249,7 @@ impl<C: Count> Shards<C> {
             return;
         }
         let mut ages: Vec<(u32, StoredKey)> = shard.iter().map(|(k, s)| (idle(s), *k)).collect();
-        let cut = (ages.len() / 10).max(1);
+        let cut = (ages.len() / 32).max(1);
         // The longest idle first.
         ages.select_nth_unstable_by(cut - 1, |a, b| b.0.cmp(&a.0));
         for (_, key) in &ages[..cut] {
@@ -280,7 +280,8 @@ enum Counters {
 /// table's control byte; tables sized by powers of two hold it at a load between 44% and
 /// 88%, so about 50 to 100 bytes a key (`u32` counts for limits above 65,535, token budgets,
 /// add 32). `max_keys` bounds the total. A full shard first forgets keys idle for a whole
-/// window, then the tenth of keys idle longest.
+/// window, then the 1/32 of keys idle longest (a tenth left shards so far under their share,
+/// at a million keys, that the table's cost per key kept went past 100 bytes).
 pub struct RateWindow {
     spec: WindowSpec,
     counters: Counters,
@@ -499,7 +500,7 @@ mod tests {
                 (t.capacity() * 8 / 7).next_power_of_two() * entry
             })
             .sum();
-        // Shards fill unevenly; a full one forgets a tenth of its keys to make room.
+        // Shards fill unevenly; a full one forgets 1/32 of its keys to make room.
         let keys = w.keys();
         assert!(keys > 900_000, "{keys} of a million kept");
         assert!(bytes <= 100 * keys, "{} bytes a key", bytes / keys);
