@@ -107,9 +107,11 @@ impl FieldMemo {
         h.write(field.name.as_bytes());
         h.write_u8(0xff);
         h.write(field.raw());
-        // Never 0, which marks an empty slot.
-        let hash = h.finish() | 1;
-        let at = (hash as usize) & (self.entries.len() - 1);
+        let full = h.finish();
+        let at = (full as usize) & (self.entries.len() - 1);
+        // The tag is never 0, which marks an empty slot. (The slot is chosen before the low
+        // bit is set, or only every other slot would be used.)
+        let hash = full | 1;
         if self.tags[at].load(Ordering::Relaxed) == hash {
             // A slot another thread holds is not waited for: the rules run without it.
             if let Ok(entry) = self.entries[at].try_lock() {
@@ -219,6 +221,22 @@ mod tests {
             lookup(&memo, &bad, &[HIT]),
             (vec![HIT], true),
             "evicted, found again"
+        );
+    }
+
+    #[test]
+    fn every_slot_is_used() {
+        let memo = FieldMemo::new(64);
+        for i in 0..4096 {
+            let field = header("x-n", &i.to_string());
+            for _ in 0..2 {
+                lookup(&memo, &field, &[]);
+            }
+        }
+        assert_eq!(
+            memo.len(),
+            64,
+            "4,096 fields, each seen twice, fill all 64 slots"
         );
     }
 
