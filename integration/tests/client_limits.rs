@@ -295,29 +295,40 @@ async fn a_head_pingora_refuses_leaves_a_log_line_and_a_count() {
     );
 }
 
-/// An upstream that answers every request with an endless chunked body, as fast as it can.
-async fn start_firehose_upstream() -> SocketAddr {
+/// An upstream on loopback that hands each connection it accepts to `serve`, in a task of
+/// its own.
+async fn start_raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                if stream.read(&mut head).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
-                if stream.write_all(start).await.is_err() {
-                    return;
-                }
-                let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
-                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
-            });
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
         }
     });
     addr
+}
+
+/// An upstream that answers every request with an endless chunked body, as fast as it can.
+async fn start_firehose_upstream() -> SocketAddr {
+    start_raw_upstream(|mut stream| async move {
+        let mut head = [0u8; 4096];
+        if stream.read(&mut head).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let start = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        if stream.write_all(start).await.is_err() {
+            return;
+        }
+        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+        while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,33 +367,24 @@ enum AfterAnswer {
 /// An upstream that answers each request as soon as its head is in, before reading any
 /// body: a server refusing an upload early, or one that does not care for the body.
 async fn start_early_answer_upstream(after: AfterAnswer) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let answer =
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nearly";
-                if stream.write_all(answer).await.is_err() {
-                    return;
-                }
-                if let AfterAnswer::Discards = after {
-                    while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
-                }
-            });
+    start_raw_upstream(move |mut stream| async move {
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    addr
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nearly";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        if let AfterAnswer::Discards = after {
+            while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+        }
+    })
+    .await
 }
 
 /// Reads one answer with a `content-length` body; returns its head (lower-cased) and body.

@@ -3,8 +3,8 @@
 //!
 //! Closing a socket with unread data resets it, and the client may then never read its
 //! answer; closing a keep-alive connection for an upload the upstream did not want costs
-//! the client a new handshake. So a body within bounds is read and dropped, and the
-//! connection stays open; a larger one (or one of unknown length, after a refusal) is cut.
+//! the client a new handshake. So a chunked body, or one declared within bounds, is read and
+//! dropped within a time bound; a larger declared one is cut.
 
 use std::time::Duration;
 

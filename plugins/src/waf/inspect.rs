@@ -567,7 +567,15 @@ struct StructuredFields<'f> {
     bad_escape: bool,
 }
 
-impl StructuredFields<'_> {
+impl<'f> StructuredFields<'f> {
+    fn new(fields: &'f mut Vec<Field>) -> Self {
+        StructuredFields {
+            fields,
+            distinct: Distinct::new(),
+            bad_escape: false,
+        }
+    }
+
     /// A key or a value at a path (`id` names it for [`Distinct`], `path` is its text). Of
     /// prose, only the URLs are inspected, and its keys are plain (`gen_ai.prompt`, `args`);
     /// elsewhere both are judged; at an excluded path, nothing.
@@ -638,11 +646,7 @@ fn json_body(body: &[u8], profile: &Profile, fields: &mut Vec<Field>) -> Option<
     let mut visitor = JsonBody {
         profile,
         readings: Vec::new(),
-        out: StructuredFields {
-            fields,
-            distinct: Distinct::new(),
-            bad_escape: false,
-        },
+        out: StructuredFields::new(fields),
     };
     match json::walk(body, &mut visitor) {
         Some(()) => Some(visitor.out.bad_escape),
@@ -740,11 +744,7 @@ fn body_fields(
             let Some(text) = json_scalar(body) else {
                 return Some(BodyProblem::Malformed);
             };
-            let mut out = StructuredFields {
-                fields,
-                distinct: Distinct::new(),
-                bad_escape: false,
-            };
+            let mut out = StructuredFields::new(fields);
             out.push(
                 PathReading::of(profile, ""),
                 0,
@@ -760,11 +760,7 @@ fn body_fields(
             let Ok(otlp) = decoded else {
                 return Some(BodyProblem::Malformed);
             };
-            let mut out = StructuredFields {
-                fields,
-                distinct: Distinct::new(),
-                bad_escape: false,
-            };
+            let mut out = StructuredFields::new(fields);
             // Each path numbered and read once. Paths are the client's, but a collision only
             // costs a comparison: the quick hasher.
             let mut paths: HashMap<String, (u32, PathReading), foldhash::fast::RandomState> =

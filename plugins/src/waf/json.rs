@@ -184,6 +184,15 @@ struct PathNode {
     items: Option<PathId>,
 }
 
+/// Path `id` as the visitor sees it. (A free function: the walker lends its paths and its
+/// visitor at once.)
+fn json_path(paths: &[PathNode], id: PathId) -> JsonPath<'_> {
+    JsonPath {
+        id,
+        text: &paths[id as usize].text,
+    }
+}
+
 struct Walker<'d, 'v, V> {
     s: &'d [u8],
     i: usize,
@@ -211,6 +220,33 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                 Ok(())
             }
             Some(_) => Err(Stop::Invalid),
+        }
+    }
+
+    /// After a container's opening bracket: whether `close` follows at once (and is read).
+    fn closes_at_once(&mut self, close: u8) -> bool {
+        self.skip_ws();
+        let closes = self.peek() == Some(close);
+        if closes {
+            self.i += 1;
+        }
+        closes
+    }
+
+    /// After an item of a container: a comma (another item follows) or `close` (the
+    /// container ended), either read; whether it ended.
+    fn ends_after_item(&mut self, close: u8) -> Result<bool, Stop> {
+        self.skip_ws();
+        match self.peek().ok_or(Stop::Eof)? {
+            b',' => {
+                self.i += 1;
+                Ok(false)
+            }
+            c if c == close => {
+                self.i += 1;
+                Ok(true)
+            }
+            _ => Err(Stop::Invalid),
         }
     }
 
@@ -261,9 +297,7 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
         match self.peek().ok_or(Stop::Eof)? {
             b'{' => {
                 self.i += 1;
-                self.skip_ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
+                if self.closes_at_once(b'}') {
                     return Ok(());
                 }
                 loop {
@@ -274,53 +308,31 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                     }
                     let key = decoded(raw).ok_or(Stop::Invalid)?;
                     let child = self.member(path, &key);
-                    let at = JsonPath {
-                        id: child,
-                        text: &self.paths[child as usize].text,
-                    };
-                    self.visitor.key(at, &key);
+                    self.visitor.key(json_path(&self.paths, child), &key);
                     self.expect(b':')?;
                     self.value(child, depth + 1)?;
-                    self.skip_ws();
-                    match self.peek().ok_or(Stop::Eof)? {
-                        b',' => self.i += 1,
-                        b'}' => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Stop::Invalid),
+                    if self.ends_after_item(b'}')? {
+                        return Ok(());
                     }
                 }
             }
             b'[' => {
                 self.i += 1;
-                self.skip_ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
+                if self.closes_at_once(b']') {
                     return Ok(());
                 }
                 let item = self.items(path);
                 loop {
                     self.value(item, depth + 1)?;
-                    self.skip_ws();
-                    match self.peek().ok_or(Stop::Eof)? {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Stop::Invalid),
+                    if self.ends_after_item(b']')? {
+                        return Ok(());
                     }
                 }
             }
             b'"' => {
                 let (raw, complete) = self.raw_string()?;
-                let node = &self.paths[path as usize];
-                let at = JsonPath {
-                    id: path,
-                    text: &node.text,
-                };
-                if node.keep {
+                let at = json_path(&self.paths, path);
+                if self.paths[path as usize].keep {
                     self.visitor.scalar(at, JsonScalar::Escaped(raw));
                 } else {
                     let text = decoded(raw).ok_or(Stop::Invalid)?;
@@ -344,10 +356,7 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                 match token {
                     b"true" | b"false" | b"null" => Ok(()),
                     _ if !token.is_empty() && (token[0].is_ascii_digit() || token[0] == b'-') => {
-                        let at = JsonPath {
-                            id: path,
-                            text: &self.paths[path as usize].text,
-                        };
+                        let at = json_path(&self.paths, path);
                         self.visitor.scalar(at, JsonScalar::Number(token));
                         Ok(())
                     }
