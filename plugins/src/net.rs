@@ -35,9 +35,60 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Appends `ip` as `Display` writes it. An address is written on every request (the
+/// forwarded-for header, the access log), and IPv4 by hand costs a tenth of `fmt`'s
+/// machinery; IPv6 is rare enough to go through `fmt`.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cases: Vec<IpAddr> = ["0.0.0.0", "255.255.255.255", "10.0.9.100", "::", "::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        for _ in 0..10_000 {
+            cases.push(IpAddr::V4(Ipv4Addr::from(next() as u32)));
+            cases.push(IpAddr::V6(Ipv6Addr::from(u128::from(next()) << 64)));
+        }
+        for ip in cases {
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}").into_bytes());
+        }
+    }
 
     #[test]
     fn mapped_v6_matches_v4_network() {

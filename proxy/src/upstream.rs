@@ -12,6 +12,20 @@ use pingora_load_balancing::LoadBalancer;
 
 use crate::config::UpstreamConfig;
 
+/// A replica's peer, with the pool's TLS and timeouts.
+fn peer(
+    addr: pingora_core::protocols::l4::socket::SocketAddr,
+    config: &UpstreamConfig,
+    sni: &str,
+) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, config.tls, sni.to_string());
+    let o = &mut peer.options;
+    o.connection_timeout = Some(Duration::from_millis(config.connect_timeout_ms));
+    o.read_timeout = Some(Duration::from_millis(config.read_timeout_ms));
+    o.write_timeout = Some(Duration::from_millis(config.read_timeout_ms));
+    peer
+}
+
 /// How many backends `select` may try before giving up on finding a healthy one.
 const MAX_SELECT_ITERATIONS: usize = 256;
 
@@ -20,6 +34,10 @@ pub struct UpstreamPool {
     pub config: UpstreamConfig,
     lb: LoadBalancer<RoundRobin>,
     sni: String,
+    /// The peer of a pool whose addresses resolved to one replica, built once: that replica
+    /// is chosen healthy or not (see `select`), and the balancer's selection (a hash set of
+    /// the replicas tried, a readiness lookup) cost more than the rest of routing.
+    only: Option<HttpPeer>,
     next_check: Mutex<Instant>,
 }
 
@@ -59,11 +77,17 @@ impl UpstreamPool {
                 lb.set_health_check(check);
             }
         }
+        let replicas = lb.backends().get_backend();
+        let only = match replicas.first() {
+            Some(replica) if replicas.len() == 1 => Some(peer(replica.addr.clone(), config, &sni)),
+            _ => None,
+        };
         Ok(UpstreamPool {
             name: name.to_string(),
             config: config.clone(),
             lb,
             sni,
+            only,
             next_check: Mutex::new(Instant::now()),
         })
     }
@@ -72,16 +96,14 @@ impl UpstreamPool {
     /// them are tried anyway ("panic mode"): a wrong health check must not turn into a
     /// certain outage. `None` only for a pool with no replica at all.
     pub fn select(&self) -> Option<HttpPeer> {
+        if let Some(only) = &self.only {
+            return Some(only.clone());
+        }
         let backend = self
             .lb
             .select(b"", MAX_SELECT_ITERATIONS)
             .or_else(|| self.lb.select_with(b"", MAX_SELECT_ITERATIONS, |_, _| true))?;
-        let mut peer = HttpPeer::new(backend.addr, self.config.tls, self.sni.clone());
-        let o = &mut peer.options;
-        o.connection_timeout = Some(Duration::from_millis(self.config.connect_timeout_ms));
-        o.read_timeout = Some(Duration::from_millis(self.config.read_timeout_ms));
-        o.write_timeout = Some(Duration::from_millis(self.config.read_timeout_ms));
-        Some(peer)
+        Some(peer(backend.addr, &self.config, &self.sni))
     }
 
     /// Runs the health check when its interval has passed since the last run.
