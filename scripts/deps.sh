@@ -7,7 +7,7 @@ if [ "${1:-}" = bench ]; then   # the load run: its load generator, the contende
   want+=(nginx wrk valgrind libnginx-mod-http-modsecurity modsecurity-crs)
 fi
 if [ "${1:-}" = test ]; then
-  want+=(openssl prometheus redis-server victoria-metrics)   # dev certificates; promtool and a real Prometheus; shared rate limits; the :9090 upstream
+  want+=(openssl prometheus redis-server victoria-metrics chromium)   # dev certificates; promtool and a real Prometheus; shared rate limits; the :9090 upstream; a real browser for the bot challenge
 fi
 if [ "${1:-}" = demo ]; then   # the demo's :9090 upstream
   want+=(victoria-metrics)

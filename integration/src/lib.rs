@@ -551,11 +551,15 @@ impl Rampart {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
-    /// Writes a file of the rules directory (atomically, through a temporary file).
-    pub fn write_rule_file(&self, name: &str, text: &str) {
+    /// Writes a file of the rules directory (atomically, through a temporary file), text or
+    /// bytes (a geolocation database).
+    pub fn write_rule_file(&self, name: &str, contents: impl AsRef<[u8]>) {
         let path = self.rules_dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("rules subdirectory");
+        }
         let tmp = path.with_extension("tmp~");
-        std::fs::write(&tmp, text).expect("write rule file");
+        std::fs::write(&tmp, contents).expect("write rule file");
         std::fs::rename(&tmp, &path).expect("rename rule file");
     }
 

@@ -5,6 +5,7 @@
 //! [`RequestView`] once per request and runs a listener's [`Chain`] over it.
 
 pub mod chain;
+pub mod challenge;
 pub mod forwarded;
 pub mod jws;
 pub mod llm_request;

@@ -7,7 +7,7 @@ use thiserror::Error;
 use crate::net::NetSet;
 use crate::plugins::rate_limit::LimitConfig;
 use crate::plugins::{
-    admin_secret, bot_control, ip_reputation, jwt, origin_verify, owasp, rate_limit,
+    admin_secret, bot_control, geo, ip_reputation, jwt, origin_verify, owasp, rate_limit,
 };
 use crate::rate_window::{RateWindow, SharedWindows, WindowSpec};
 use crate::{Action, ChainEntry, Plugin, SharedSecret};
@@ -37,6 +37,16 @@ pub trait BuildContext {
     /// The rule files at `path` (a file, or a directory's `*.toml` in name order), relative
     /// to the rules directory, as `(file name, text)`.
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError>;
+
+    /// A binary rule file (a geolocation database) at `path`, relative to the rules
+    /// directory, as `(file name, bytes)`.
+    fn rule_bytes(&self, path: &str) -> Result<(String, Vec<u8>), BuildError> {
+        Err(BuildError::RuleFile {
+            file: path.to_string(),
+            line: None,
+            message: "binary rule files cannot be read here".into(),
+        })
+    }
 
     /// Compiles rule files. Compiling is the slow part of a reload: the proxy overrides
     /// this to reuse a rule set whose files did not change.
@@ -195,6 +205,10 @@ const REGISTRY: &[(&str, Builder)] = &[
         let config = parse("jwt", t)?;
         Ok(Box::new(jwt::Jwt::build(config, ctx)?))
     }),
+    ("geo", |t, ctx| {
+        let config = parse("geo", t)?;
+        Ok(Box::new(geo::Geo::build(config, ctx)?))
+    }),
 ];
 
 /// Plugin type names, in registry order.
@@ -207,6 +221,7 @@ pub const KNOWN: &[&str] = &[
     "bad_inputs",
     "bot_control",
     "jwt",
+    "geo",
 ];
 
 fn parse<T: DeserializeOwned>(plugin: &'static str, table: toml::Table) -> Result<T, BuildError> {
@@ -306,6 +321,11 @@ pub(crate) mod tests {
                 return Err(BuildError::invalid("test", &format!("no rule file {path}")));
             }
             Ok(found)
+        }
+
+        fn rule_bytes(&self, path: &str) -> Result<(String, Vec<u8>), BuildError> {
+            let (name, text) = self.rule_files(path)?.swap_remove(0);
+            Ok((name, text.into_bytes()))
         }
     }
 

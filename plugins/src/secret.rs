@@ -30,6 +30,11 @@ impl SecretValues {
         self.0.is_empty()
     }
 
+    /// Every value, the current one first.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(|v| &**v)
+    }
+
     /// The current value (sources list it first), for a key rampart sends rather than checks.
     pub fn first(&self) -> Option<&[u8]> {
         self.0.first().map(|v| &**v)

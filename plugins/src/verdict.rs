@@ -96,7 +96,8 @@ pub enum Verdict {
     Deny(Deny),
 }
 
-/// Why and how a request is refused.
+/// Why and how a request is refused, or answered by rampart itself instead of an upstream
+/// (a challenge page, a challenge's pass).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deny {
     pub status: u16,
@@ -107,6 +108,31 @@ pub struct Deny {
     /// The precise reason, for metrics and the log only, when the client is told less
     /// (`jwt.expired` behind `jwt.invalid_token`).
     pub detail: Option<&'static str>,
+    /// The body the client gets, when it is not the usual JSON refusal.
+    pub page: Option<Page>,
+}
+
+/// A body of rampart's own, with its media type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Page {
+    pub fn html(body: String) -> Self {
+        Page {
+            content_type: "text/html; charset=utf-8",
+            body,
+        }
+    }
+
+    pub fn text(body: &str) -> Self {
+        Page {
+            content_type: "text/plain; charset=utf-8",
+            body: body.to_string(),
+        }
+    }
 }
 
 impl Deny {
@@ -116,6 +142,7 @@ impl Deny {
             rule: rule.into(),
             headers: Vec::new(),
             detail: None,
+            page: None,
         }
     }
 
@@ -131,6 +158,11 @@ impl Deny {
 
     pub fn with_header(mut self, name: HeaderName, value: impl Into<HeaderValue>) -> Self {
         self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn with_page(mut self, page: Page) -> Self {
+        self.page = Some(page);
         self
     }
 }

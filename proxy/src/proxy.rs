@@ -220,11 +220,23 @@ pub async fn write_json(
     body: Bytes,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> Result<()> {
+    write_whole(session, status, "application/json", body, extra).await
+}
+
+/// Writes a whole answer of rampart's own: `extra` headers (a name may repeat, as
+/// `Set-Cookie` does), then its type and length.
+async fn write_whole(
+    session: &mut Session,
+    status: u16,
+    content_type: &'static str,
+    body: Bytes,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(2 + extra.len()))?;
     for (name, value) in extra {
-        resp.insert_header(name.clone(), value.clone())?;
+        resp.append_header(name.clone(), value.clone())?;
     }
-    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-type", content_type)?;
     resp.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
@@ -1024,8 +1036,20 @@ async fn refuse_with(
         rule,
         headers,
         detail,
+        page,
     } = deny;
-    respond_json(session, status, &rule, &ctx.request_id, &headers).await?;
+    match page {
+        Some(page) => {
+            let mut headers = headers;
+            headers.push((
+                http::header::CACHE_CONTROL,
+                http::HeaderValue::from_static("no-store"),
+            ));
+            let body = Bytes::from(page.body);
+            write_whole(session, status, page.content_type, body, &headers).await?
+        }
+        None => respond_json(session, status, &rule, &ctx.request_id, &headers).await?,
+    }
     unread_body::drain_after_refusal(session).await;
     // Logs and metrics get the precise reason; the client was told only `rule`.
     ctx.refused = Some((by, detail.map_or(rule, Cow::Borrowed)));

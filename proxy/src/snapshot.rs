@@ -719,4 +719,16 @@ impl BuildContext for SnapshotContext<'_> {
             })
             .collect()
     }
+
+    fn rule_bytes(&self, path: &str) -> Result<(String, Vec<u8>), BuildError> {
+        let file = self.rules_dir.join(path);
+        match std::fs::read(&file) {
+            Ok(bytes) => Ok((file.display().to_string(), bytes)),
+            Err(e) => Err(BuildError::RuleFile {
+                file: file.display().to_string(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
 }

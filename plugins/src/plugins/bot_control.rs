@@ -5,15 +5,21 @@
 //! a verified one is labelled and let through, one that only claims the name is not.
 //!
 //! API clients are bots by nature; a caller presenting a valid API key is exempt.
+//!
+//! A category or signal may also `challenge`: a browser is sent a proof of work to solve
+//! and comes back with a pass ([`crate::challenge`]), an API client is refused in JSON.
 
 use std::collections::HashMap;
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use http::header::USER_AGENT;
+use http::header::{ACCEPT, COOKIE, LOCATION, SET_COOKIE, USER_AGENT};
+use http::HeaderValue;
 use serde::Deserialize;
 
+use crate::challenge::{self, Binding, ChallengeConfig, Challenger};
 use crate::prefix_table::PrefixTable;
 use crate::registry::{parse_rule_file, BuildContext, BuildError};
+use crate::verdict::Page;
 use crate::{Deny, Finding, Plugin, RequestView, SharedSecret, Verdict};
 
 /// What bot control does with a category or signal.
@@ -24,6 +30,9 @@ pub enum BotAction {
     Count,
     /// Let the request through without asking the other bot rules.
     Allow,
+    /// A browser must solve a proof of work first (`challenge` settings); an API client
+    /// is refused.
+    Challenge,
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,6 +57,9 @@ pub struct BotControlConfig {
     /// are bots by nature.
     #[serde(default)]
     pub exempt_authenticated: bool,
+    /// The challenge's key, difficulty and pass lifetime: needed once an action is
+    /// `challenge`.
+    pub challenge: Option<ChallengeConfig>,
 }
 
 fn default_catalogue() -> Vec<String> {
@@ -121,6 +133,7 @@ pub struct BotControl {
     api_keys: Option<SharedSecret>,
     exempt_routes: Vec<String>,
     exempt_authenticated: bool,
+    challenger: Option<Challenger>,
 }
 
 /// What bot control makes of a request.
@@ -214,7 +227,26 @@ impl BotControl {
             .ascii_case_insensitive(true)
             .build(HEADLESS_MARKERS)
             .map_err(|e| invalid(format!("headless markers: {e}")))?;
+        let challenges = categories
+            .iter()
+            .flat_map(|c| [c.action, c.unverified_action])
+            .chain(signals.values().copied())
+            .any(|a| a == BotAction::Challenge);
+        let challenger = match (&config.challenge, challenges) {
+            (Some(settings), _) => {
+                Some(Challenger::new(ctx.secret(&settings.secret)?, settings).map_err(invalid)?)
+            }
+            (None, true) => {
+                return Err(invalid(
+                    "an action is \"challenge\" but there are no [challenge] settings \
+                     (secret, difficulty_bits, pass_ttl_s)"
+                        .into(),
+                ))
+            }
+            (None, false) => None,
+        };
         Ok(BotControl {
+            challenger,
             categories,
             user_agents,
             pattern_category,
@@ -314,16 +346,36 @@ impl Plugin for BotControl {
             .category
             .into_iter()
             .chain(labels.signals.iter().copied());
+        let mut passed = None;
         for (name, action) in decided {
+            let finding = |counted_only| Finding {
+                rule: name,
+                counted_only,
+                location: "headers:user-agent",
+                excerpt,
+            };
             match action {
                 BotAction::Allow => return Verdict::Continue,
                 BotAction::Block => return Verdict::Deny(Deny::new(403, name.to_string())),
-                BotAction::Count => report(&Finding {
-                    rule: name,
-                    counted_only: true,
-                    location: "headers:user-agent",
-                    excerpt,
-                }),
+                BotAction::Count => report(&finding(true)),
+                BotAction::Challenge => {
+                    let Some(challenger) = &self.challenger else {
+                        continue;
+                    };
+                    let now = challenge::unix_now();
+                    let who = Binding::new(req.client, ua.as_bytes());
+                    let cookies = || {
+                        req.headers
+                            .get_all(COOKIE)
+                            .iter()
+                            .map(HeaderValue::as_bytes)
+                    };
+                    if *passed.get_or_insert_with(|| challenger.has_pass(&who, cookies(), now)) {
+                        continue;
+                    }
+                    report(&finding(false));
+                    return Verdict::Deny(challenge_answer(req, challenger, &who, now, report));
+                }
             }
         }
         Verdict::Continue
@@ -341,6 +393,91 @@ impl Plugin for BotControl {
             .map(|(name, action)| format!("labelled {name} ({action:?})"))
             .collect()
     }
+}
+
+/// What a request judged "challenge" without a pass gets: for an answer to its page, its
+/// pass and itself again (303); for a browser, the page (202, as AWS WAF answers a
+/// challenge: the request is neither served nor refused yet); for an API client, a refusal.
+fn challenge_answer(
+    req: &RequestView<'_>,
+    challenger: &Challenger,
+    who: &Binding,
+    now: u64,
+    report: &mut dyn FnMut(&Finding<'_>),
+) -> Deny {
+    let cookies = req
+        .headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    let answer = challenge::answer(cookies);
+    let clear_answer = HeaderValue::from_static(challenge::CLEAR_ANSWER);
+    if let Some(answer) = answer {
+        match challenger.redeem(who, answer, now) {
+            Ok(pass) => {
+                if let (Ok(pass), Ok(back)) = (
+                    HeaderValue::from_str(&pass),
+                    HeaderValue::from_str(&own_address(req)),
+                ) {
+                    return Deny::new(303, "challenge.solved")
+                        .with_header(LOCATION, back)
+                        .with_header(SET_COOKIE, pass)
+                        .with_header(SET_COOKIE, clear_answer)
+                        .with_page(Page::text(""));
+                }
+            }
+            Err(e) => report(&Finding {
+                rule: "challenge.failed",
+                counted_only: true,
+                location: "headers:cookie",
+                excerpt: match e {
+                    challenge::ChallengeError::Malformed => "malformed",
+                    challenge::ChallengeError::Forged => "forged or another client's",
+                    challenge::ChallengeError::Expired => "expired",
+                    challenge::ChallengeError::WrongProof => "wrong proof of work",
+                },
+            }),
+        }
+    }
+    let browser = req.headers.get_all(ACCEPT).iter().any(|v| {
+        v.as_bytes()
+            .windows(9)
+            .any(|w| w.eq_ignore_ascii_case(b"text/html"))
+    });
+    match challenger.issue(who, now) {
+        Some(challenge) if browser => {
+            let mut deny = Deny::new(202, "challenge.issued")
+                .with_page(Page::html(challenger.page(&challenge)));
+            if answer.is_some() {
+                deny = deny.with_header(SET_COOKIE, clear_answer);
+            }
+            deny
+        }
+        _ => Deny::new(403, "challenge.required"),
+    }
+}
+
+/// The request's own address, to send it back to itself: its path (as rampart normalised
+/// it, percent-encoded again) and its query as sent. Always a path on this site.
+fn own_address(req: &RequestView<'_>) -> String {
+    let mut out = String::with_capacity(req.path.len() + 16);
+    for b in req.path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,;=:@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // Normalised paths have no empty segments, so never `//host`, which a browser would
+    // read as another site; checked all the same.
+    if !out.starts_with('/') || out.starts_with("//") {
+        out = String::from("/");
+    }
+    if let Some(q) = req.query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -492,5 +629,86 @@ pub(crate) mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.starts_with("bots/catalogue.toml:3"), "{e}");
+    }
+
+    #[test]
+    fn a_challenge_needs_its_settings_and_answers_browsers_and_api_clients_apart() {
+        let config = |extra: &str| -> BotControlConfig {
+            toml::from_str(&format!(
+                "overrides = {{ SignalNonBrowserUserAgent = \"challenge\" }}\n{extra}"
+            ))
+            .expect("parses")
+        };
+        let e = BotControl::build(config(""), &ctx())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("no [challenge] settings"), "{e}");
+        let e = BotControl::build(config("challenge = { secret = \"nope\" }"), &ctx())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("nope"), "{e}");
+        let p = BotControl::build(
+            config("challenge = { secret = \"admin\", difficulty_bits = 4 }"),
+            &ctx(),
+        )
+        .expect("builds");
+        let ask = |accept: &str, cookie: Option<&str>| {
+            let mut req = TestRequest::new("198.51.100.7", "/docs/a b")
+                .header("User-Agent", "curl/8.5.0")
+                .header("Accept", accept);
+            if let Some(c) = cookie {
+                req = req.header("Cookie", c);
+            }
+            match p.check(&req.view()) {
+                Verdict::Deny(d) => d,
+                other => panic!("not challenged: {other:?}"),
+            }
+        };
+        let api = ask("application/json", None);
+        assert_eq!(
+            (api.status, &*api.rule, api.page.is_none()),
+            (403, "challenge.required", true)
+        );
+        let page = ask("text/html", None);
+        assert_eq!((page.status, &*page.rule), (202, "challenge.issued"));
+        let html = page.page.expect("a page").body;
+        let challenge = html
+            .split("var challenge = \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("challenge");
+        let n = (0u64..)
+            .map(|n| n.to_string())
+            .find(|n| challenge::leading_zero_bits(challenge, n) >= 4)
+            .expect("solution");
+        let solved = ask(
+            "text/html",
+            Some(&format!("rampart_answer={challenge}~{n}")),
+        );
+        assert_eq!((solved.status, &*solved.rule), (303, "challenge.solved"));
+        let header = |name: &http::HeaderName| {
+            solved
+                .headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .filter_map(|(_, v)| v.to_str().ok())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(header(&LOCATION), ["/docs/a%20b"]);
+        let pass = header(&SET_COOKIE)[0]
+            .split(';')
+            .next()
+            .expect("pass")
+            .to_string();
+        let mut req = TestRequest::new("198.51.100.7", "/docs")
+            .header("User-Agent", "curl/8.5.0")
+            .header("Cookie", &pass);
+        assert!(matches!(p.check(&req.view()), Verdict::Continue));
+        req = TestRequest::new("198.51.100.8", "/docs")
+            .header("User-Agent", "curl/8.5.0")
+            .header("Cookie", &pass);
+        assert!(matches!(p.check(&req.view()), Verdict::Deny(_)));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod admin_secret;
 pub mod bot_control;
+pub mod geo;
 pub mod ip_reputation;
 pub mod jwt;
 pub mod origin_verify;
