@@ -60,6 +60,14 @@ pub fn write(entry: &Entry<'_>) {
     }
 }
 
+/// A field's name as the line writes it, `"name":`, made at compile time: the line's names
+/// are its own and never need escaping.
+macro_rules! key {
+    ($name:literal) => {
+        concat!("\"", $name, "\":")
+    };
+}
+
 /// The entry as one JSON object with the time (`ts`, Unix seconds) first. Written by hand:
 /// serde's derive cost four thousand instructions a line, most of them formatting the two
 /// addresses through `Display`, a fifth of the adapter's own work per request.
@@ -68,31 +76,31 @@ fn line(entry: &Entry<'_>) -> Vec<u8> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let mut o = JsonObject::with_capacity(384);
-    o.key("ts");
+    o.key(key!("ts"));
     o.micros(ts.as_secs(), ts.subsec_micros(), 6);
-    o.str("listener", entry.listener);
-    o.str("route", entry.route);
-    o.opt_str("upstream", entry.upstream);
-    o.str("method", entry.method);
-    o.str("path", entry.path);
-    o.key("status");
+    o.str(key!("listener"), entry.listener);
+    o.str(key!("route"), entry.route);
+    o.opt_str(key!("upstream"), entry.upstream);
+    o.str(key!("method"), entry.method);
+    o.str(key!("path"), entry.path);
+    o.key(key!("status"));
     o.uint(u64::from(entry.status));
-    o.key("duration");
+    o.key(key!("duration"));
     let us = entry.duration.as_micros();
     o.micros(
         u64::try_from(us / 1000).unwrap_or(u64::MAX),
         (us % 1000) as u32,
         3,
     );
-    o.ip("peer", entry.peer);
-    o.ip("client", entry.client);
+    o.ip(key!("peer"), entry.peer);
+    o.ip(key!("client"), entry.client);
     if let Some(id) = entry.client_id {
-        o.str("client_id", id);
+        o.str(key!("client_id"), id);
     }
     if let Some(team) = entry.team {
-        o.str("team", team);
+        o.str(key!("team"), team);
     }
-    o.key("refused_by");
+    o.key(key!("refused_by"));
     match entry.refused_by {
         Some((plugin, rule)) => {
             o.out.push(b'[');
@@ -103,11 +111,11 @@ fn line(entry: &Entry<'_>) -> Vec<u8> {
         }
         None => o.out.extend_from_slice(b"null"),
     }
-    o.str("request_id", entry.request_id);
-    o.opt_str("upstream_error", entry.upstream_error);
+    o.str(key!("request_id"), entry.request_id);
+    o.opt_str(key!("upstream_error"), entry.upstream_error);
     for (name, tokens) in [
-        ("prompt_tokens", entry.prompt_tokens),
-        ("completion_tokens", entry.completion_tokens),
+        (key!("prompt_tokens"), entry.prompt_tokens),
+        (key!("completion_tokens"), entry.completion_tokens),
     ] {
         if let Some(n) = tokens {
             o.key(name);
@@ -129,23 +137,20 @@ impl JsonObject {
         Self { out }
     }
 
-    /// `"name":`, after a comma unless it is the first field. Names are the log's own,
-    /// never escaped.
-    fn key(&mut self, name: &str) {
+    /// A field's name (from [`key!`]), after a comma unless it is the first field.
+    fn key(&mut self, quoted: &'static str) {
         if self.out.len() > 1 {
             self.out.push(b',');
         }
-        self.out.push(b'"');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
+        self.out.extend_from_slice(quoted.as_bytes());
     }
 
-    fn str(&mut self, name: &str, value: &str) {
+    fn str(&mut self, name: &'static str, value: &str) {
         self.key(name);
         self.string(value);
     }
 
-    fn opt_str(&mut self, name: &str, value: Option<&str>) {
+    fn opt_str(&mut self, name: &'static str, value: Option<&str>) {
         self.key(name);
         match value {
             Some(v) => self.string(v),
@@ -153,7 +158,7 @@ impl JsonObject {
         }
     }
 
-    fn ip(&mut self, name: &str, ip: IpAddr) {
+    fn ip(&mut self, name: &'static str, ip: IpAddr) {
         self.key(name);
         self.out.push(b'"');
         push_ip(&mut self.out, ip);

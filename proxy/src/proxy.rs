@@ -159,9 +159,11 @@ pub fn new_request_id() -> String {
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
     // Sixteen hex digits by hand: `format!` cost more than the hash.
     let id = h.finish();
-    (0..16)
-        .map(|i| char::from(b"0123456789abcdef"[(id >> (60 - 4 * i)) as usize & 0xf]))
-        .collect()
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(id >> (60 - 4 * i)) as usize & 0xf];
+    }
+    String::from_utf8(hex.to_vec()).unwrap_or_default()
 }
 
 impl RequestCtx {
@@ -289,6 +291,9 @@ impl RampartProxy {
         let Some(rules) = snapshot.listeners.get(&*self.listener) else {
             return Judgement::default();
         };
+        if rules.chain.is_empty() {
+            return Judgement::default();
+        }
         let req = session.req_header();
         let view = RequestView {
             listener: &self.listener,

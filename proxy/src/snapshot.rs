@@ -38,7 +38,9 @@ pub struct RuleSnapshot {
     pub config: GatewayConfig,
     pub internal: NetSet,
     pub trusted_proxies: NetSet,
-    pub listeners: HashMap<String, ListenerRules>,
+    /// By name. Looked up several times per request; names come from the config, so a fast
+    /// hash without a random key is safe.
+    pub listeners: HashMap<String, ListenerRules, foldhash::fast::FixedState>,
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
     /// The model table and provider settings, when a route goes to providers.
     pub llm: Option<Arc<LlmRules>>,
@@ -166,7 +168,7 @@ impl RuleSnapshot {
                 "no [[listeners]]: these rules would serve nothing (is the file empty or cut short?)",
             ));
         }
-        let mut listeners = HashMap::new();
+        let mut listeners = HashMap::default();
         let mut addresses = HashSet::new();
         for spanned in &config.listeners {
             let at = Some(spanned.span().start);
