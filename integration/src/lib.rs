@@ -929,3 +929,19 @@ pub fn shipped_rules_in(vpc: &str, upstreams: &[(&str, SocketAddr)]) -> Vec<(Str
     gateway.1 = text;
     files
 }
+
+/// A throwaway certificate and key for `rampart.test` (certs/make-dev-cert.sh) in `dir`: their
+/// paths.
+pub fn dev_cert(dir: &std::path::Path) -> (String, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../certs/make-dev-cert.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .status()
+        .expect("run cert script");
+    assert!(status.success(), "certs/make-dev-cert.sh failed");
+    (
+        dir.join("cert.pem").display().to_string(),
+        dir.join("key.pem").display().to_string(),
+    )
+}

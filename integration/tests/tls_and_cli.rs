@@ -5,20 +5,6 @@ use std::process::Command;
 
 use rampart_integration::*;
 
-fn dev_cert(dir: &std::path::Path) -> (String, String) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../certs/make-dev-cert.sh");
-    let status = Command::new("bash")
-        .arg(script)
-        .arg(dir)
-        .status()
-        .expect("run cert script");
-    assert!(status.success(), "certs/make-dev-cert.sh failed");
-    (
-        dir.join("cert.pem").display().to_string(),
-        dir.join("key.pem").display().to_string(),
-    )
-}
-
 fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args(["-s", "-S"])

@@ -432,6 +432,11 @@ pub struct ClientLimits {
     /// Open connections from one peer address. Internal peers and trusted proxies (a CDN or
     /// load balancer in front, which carry many clients each) are not capped.
     pub max_connections_per_address: usize,
+    /// HTTP/2 (TLS listeners): streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: streams a client may open and reset before the server has accepted them; past
+    /// it the connection is closed (the "rapid reset" attack, CVE-2023-44487).
+    pub h2_max_pending_resets: usize,
 }
 
 impl Default for ClientLimits {
@@ -446,6 +451,8 @@ impl Default for ClientLimits {
             max_header_line_bytes: 16 << 10,
             max_connections: 8192,
             max_connections_per_address: 256,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_resets: 20,
         }
     }
 }
@@ -469,6 +476,13 @@ pub enum Oversize {
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Offer HTTP/2 (ALPN `h2`) besides HTTP/1.1, as browsers expect of an edge.
+    #[serde(default = "offer_http2")]
+    pub http2: bool,
+}
+
+fn offer_http2() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

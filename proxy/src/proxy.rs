@@ -142,6 +142,8 @@ pub struct RequestCtx {
     body_clock: Option<BodyDeadline>,
     /// The upstream connection's socket, to cut it when a body is refused midway.
     upstream_fd: Option<std::os::unix::io::RawFd>,
+    /// The upstream switched protocols (a WebSocket): the connection is a tunnel now.
+    upgraded: bool,
 }
 
 /// Pingora's retry buffer holds this much: a body up to this size with a known length is
@@ -242,6 +244,19 @@ async fn write_whole(
     resp.insert_header("content-length", body.len().to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// HTTP/2 names the host in `:authority` and sends no `Host`; the plugins (the WAF refuses a
+/// request without one), the routes and an HTTP/1.1 upstream read `Host`. An HTTP/1.1 request
+/// always has one, or no authority to take it from.
+fn host_from_authority(req: &mut RequestHeader) -> Result<()> {
+    if req.headers.contains_key(http::header::HOST) {
+        return Ok(());
+    }
+    match req.uri.authority().map(|a| a.as_str().to_string()) {
+        Some(authority) => req.insert_header(http::header::HOST, authority),
+        None => Ok(()),
+    }
 }
 
 /// Ambiguous message framing is how requests are smuggled past a proxy: refuse it.
@@ -588,10 +603,12 @@ impl ProxyHttp for RampartProxy {
             held: None,
             identity: None,
             llm: None,
+            upgraded: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        host_from_authority(session.req_header_mut())?;
         let snapshot = self.gateway.snapshot();
         ctx.snapshot = Some(snapshot.clone());
         ctx.peer = session
@@ -867,13 +884,29 @@ impl ProxyHttp for RampartProxy {
     }
 
     /// The upstream's answer, about to go to the client: an answer that comes before the
-    /// request body has all arrived keeps the connection when the rest can be drained.
+    /// request body has all arrived keeps the connection when the rest can be drained; an
+    /// upgrade (a WebSocket) turns the connection into a tunnel.
     async fn response_filter(
         &self,
         session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // What follows is a conversation, not a request body: the body deadline ends
+            // here. The read timeout becomes the idle timeout; Pingora polls the client
+            // afresh whenever the upstream sends, so it fires only when nothing flows
+            // either way.
+            ctx.body_clock = None;
+            ctx.upgraded = true;
+            let idle = ctx
+                .snapshot
+                .as_ref()
+                .and_then(|s| s.listeners.get(&*self.listener))
+                .map(|rules| Duration::from_millis(rules.client.idle_timeout_ms));
+            session.set_read_timeout(idle);
+            return Ok(());
+        }
         unread_body::keep_alive_if_drainable(session);
         Ok(())
     }
@@ -977,6 +1010,9 @@ impl ProxyHttp for RampartProxy {
         let route = ctx.route_name();
         let m = &self.gateway.metrics;
         let closed_for = match e.map(|e| (e.etype(), e.esource())) {
+            Some((ErrorType::ReadTimedout, ErrorSource::Downstream)) if ctx.upgraded => {
+                Some(CloseReason::IdleTimeout)
+            }
             Some((t, _)) if *t == BODY_TIMEOUT => Some(CloseReason::BodyTimeout),
             Some((ErrorType::ReadTimedout, ErrorSource::Downstream)) => {
                 Some(CloseReason::BodyTimeout)

@@ -17,7 +17,7 @@ use thiserror::Error;
 use crate::accept::PeerFilter;
 use crate::access_log;
 use crate::admin::AdminService;
-use crate::config::ConfigError;
+use crate::config::{ClientLimits, ConfigError};
 use crate::connection::GuardedHttp;
 use crate::health::HealthChecker;
 use crate::lifecycle;
@@ -128,10 +128,11 @@ pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
             .listen_overrides
             .get(&listener.name)
             .unwrap_or(&listener.listen);
-        let proxy = pingora_proxy::http_proxy(
+        let mut proxy = pingora_proxy::http_proxy(
             &server.configuration,
             RampartProxy::new(&listener.name, gateway.clone()),
         );
+        proxy.h2_options = Some(h2_options(&listener.client_limits));
         let mut service = Service::new(
             format!("listener {}", listener.name),
             GuardedHttp::new(&listener.name, gateway.clone(), proxy),
@@ -152,8 +153,11 @@ pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
                 for file in [&cert, &key] {
                     std::fs::metadata(file).map_err(|e| tls_error(format!("{file}: {e}")))?;
                 }
-                let settings =
+                let mut settings =
                     TlsSettings::intermediate(&cert, &key).map_err(|e| tls_error(e.to_string()))?;
+                if tls.http2 {
+                    settings.enable_h2();
+                }
                 service.add_listener(client_endpoint(addr).tls(settings));
             }
             None => service.add_listener(client_endpoint(addr)),
@@ -186,4 +190,15 @@ pub fn build(opts: RunOptions) -> Result<(Server, RunArgs), StartError> {
         shutdown_signal: Box::new(lifecycle::DrainingSignals::new(gateway)),
     };
     Ok((server, run))
+}
+
+/// HTTP/2's limits for a listener's connections, from its client limits. Fixed when the
+/// listener starts; a reload does not change them.
+fn h2_options(limits: &ClientLimits) -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut options = pingora_core::protocols::http::v2::server::default_h2_options();
+    options
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(limits.h2_max_pending_resets);
+    options
 }
