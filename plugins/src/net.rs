@@ -68,20 +68,14 @@ mod tests {
     #[test]
     fn push_ip_writes_what_display_writes() {
         use std::net::{Ipv4Addr, Ipv6Addr};
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::test_rng::Xorshift(0x9e37_79b9_7f4a_7c15);
         let mut cases: Vec<IpAddr> = ["0.0.0.0", "255.255.255.255", "10.0.9.100", "::", "::1"]
             .iter()
             .map(|a| a.parse().unwrap())
             .collect();
         for _ in 0..10_000 {
-            cases.push(IpAddr::V4(Ipv4Addr::from(next() as u32)));
-            cases.push(IpAddr::V6(Ipv6Addr::from(u128::from(next()) << 64)));
+            cases.push(IpAddr::V4(Ipv4Addr::from(rng.next() as u32)));
+            cases.push(IpAddr::V6(Ipv6Addr::from(u128::from(rng.next()) << 64)));
         }
         for ip in cases {
             let mut out = b"x".to_vec();

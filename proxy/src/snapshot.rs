@@ -696,11 +696,6 @@ impl BuildContext for SnapshotContext<'_> {
     }
 
     fn rule_files(&self, path: &str) -> Result<Vec<(String, String)>, BuildError> {
-        let unreadable = |p: &Path, e: std::io::Error| BuildError::RuleFile {
-            file: p.display().to_string(),
-            line: None,
-            message: format!("cannot read: {e}"),
-        };
         let target = self.rules_dir.join(path);
         let files = if target.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(&target)
@@ -724,13 +719,16 @@ impl BuildContext for SnapshotContext<'_> {
 
     fn rule_bytes(&self, path: &str) -> Result<(String, Vec<u8>), BuildError> {
         let file = self.rules_dir.join(path);
-        match std::fs::read(&file) {
-            Ok(bytes) => Ok((file.display().to_string(), bytes)),
-            Err(e) => Err(BuildError::RuleFile {
-                file: file.display().to_string(),
-                line: None,
-                message: format!("cannot read: {e}"),
-            }),
-        }
+        let bytes = std::fs::read(&file).map_err(|e| unreadable(&file, e))?;
+        Ok((file.display().to_string(), bytes))
+    }
+}
+
+/// A rule file that could not be read, named.
+fn unreadable(file: &Path, e: std::io::Error) -> BuildError {
+    BuildError::RuleFile {
+        file: file.display().to_string(),
+        line: None,
+        message: format!("cannot read: {e}"),
     }
 }

@@ -364,13 +364,9 @@ impl Plugin for BotControl {
                     };
                     let now = challenge::unix_now();
                     let who = Binding::new(req.client, ua.as_bytes());
-                    let cookies = || {
-                        req.headers
-                            .get_all(COOKIE)
-                            .iter()
-                            .map(HeaderValue::as_bytes)
-                    };
-                    if *passed.get_or_insert_with(|| challenger.has_pass(&who, cookies(), now)) {
+                    if *passed
+                        .get_or_insert_with(|| challenger.has_pass(&who, cookie_headers(req), now))
+                    {
                         continue;
                     }
                     report(&finding(false));
@@ -405,12 +401,7 @@ fn challenge_answer(
     now: u64,
     report: &mut dyn FnMut(&Finding<'_>),
 ) -> Deny {
-    let cookies = req
-        .headers
-        .get_all(COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes);
-    let answer = challenge::answer(cookies);
+    let answer = challenge::answer(cookie_headers(req));
     let clear_answer = HeaderValue::from_static(challenge::CLEAR_ANSWER);
     if let Some(answer) = answer {
         match challenger.redeem(who, answer, now) {
@@ -455,6 +446,14 @@ fn challenge_answer(
         }
         _ => Deny::new(403, "challenge.required"),
     }
+}
+
+/// The request's `Cookie` headers, where the challenge's answer and pass travel.
+fn cookie_headers<'a>(req: &RequestView<'a>) -> impl Iterator<Item = &'a [u8]> {
+    req.headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
 }
 
 /// The request's own address, to send it back to itself: its path (as rampart normalised
