@@ -323,8 +323,20 @@ impl Litellm {
 /// Runs `integration/scripts/openai_client.py` (the official `openai` client) against
 /// `base_url`, and returns the JSON line it prints.
 pub fn openai_client(base_url: &str, api_key: &str, origin: &str, stream: bool) -> Value {
+    openai_client_for("gpt-4o-mini", base_url, api_key, origin, stream)
+}
+
+/// [`openai_client`] asking for `model`.
+pub fn openai_client_for(
+    model: &str,
+    base_url: &str,
+    api_key: &str,
+    origin: &str,
+    stream: bool,
+) -> Value {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/openai_client.py");
     let mut cmd = Command::new(venv_bin("python"));
+    cmd.env("OPENAI_MODEL", model);
     cmd.arg(script).args([base_url, api_key, origin]);
     if stream {
         cmd.arg("stream");

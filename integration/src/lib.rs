@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpSocket};
 
 pub mod identity;
 pub mod providers;
+pub mod redis;
 
 /// A peer inside the test's "internal" network (the test config's `internal_cidrs`).
 pub const INTERNAL_PEER: &str = "127.0.0.2";

@@ -4,7 +4,8 @@
 //!
 //! Answers: a chat completion (JSON, or SSE when the body says `"stream": true`) with usage
 //! 10 prompt + 15 completion tokens; the model `endless` streams a chunk every 100 ms for
-//! 30 s and notes when the client hung up.
+//! 30 s and notes when the client hung up; a model `count-N` streams N one-token chunks,
+//! one every 3 ms, and reports 10 prompt + N completion tokens.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -199,6 +200,26 @@ async fn answer(seen: &Seen, req: Request<Incoming>) -> Response<Body> {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+            return;
+        }
+        if let Some(n) = model
+            .strip_prefix("count-")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            for _ in 0..n {
+                if tx.send(event(&delta(&model, "tok "))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            if wants_usage {
+                let usage =
+                    json!({"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n});
+                let last = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": model,
+                    "choices": [], "usage": usage});
+                let _ = tx.send(event(&last)).await;
+            }
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
             return;
         }
         for part in ["Hel", "lo", " there"] {

@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rampart_integration::identity::{
-    openai_client, venv_bin, JwksServer, Llmock, Moto, AWS_TEST_ENV, MOTO_REGION,
+    openai_client, openai_client_for, venv_bin, JwksServer, Llmock, Moto, AWS_TEST_ENV, MOTO_REGION,
 };
 use rampart_integration::providers::{test_ca, FakeProvider};
+use rampart_integration::redis::RedisServer;
 use rampart_integration::*;
 use rampart_plugins::testing::TestIssuer;
 use serde_json::{json, Value};
@@ -811,6 +812,257 @@ async fn a_teams_token_budget_is_charged_from_usage_and_refuses_once_spent() {
         Some(15.0)
     );
     assert!(rampart.stdout_text().contains("token_limit.TeamTokens"));
+}
+
+/// What one streamed answer delivered: its `tok ` chunks, whether it ended with the
+/// budget's error event, and whether its framing was whole.
+struct Delivered {
+    status: u16,
+    tokens: u64,
+    cut: bool,
+}
+
+fn delivered(r: &RawResponse) -> Delivered {
+    let body = text(r);
+    let events: Vec<&str> = body
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .collect();
+    let tokens = events.iter().filter(|e| e.contains("\"tok \"")).count() as u64;
+    let cut = events
+        .last()
+        .is_some_and(|e| e.contains("rate_limit_exceeded") && e.contains("TeamTokens"));
+    Delivered {
+        status: r.status,
+        tokens,
+        cut,
+    }
+}
+
+/// Three instances, one Redis: a team's token budget is spent once across them, charged as
+/// the streams run, and the stream that crosses it ends at an event boundary with an error
+/// event the official `openai` client raises; a provider one instance rests, all rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_spend_one_token_budget_and_rest_a_failing_provider_together() {
+    const ISS: &str = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_Cluster";
+    const BUDGET: u64 = 1000;
+    // Each answer: 10 prompt + 100 completion tokens, a chunk every 3 ms.
+    const ANSWER: u64 = 110;
+    let redis = RedisServer::start(free_port()).await;
+    let issuer = TestIssuer::new(ISS, "cl");
+    let jwks = JwksServer::start(&issuer.jwks()).await;
+    let fake = FakeProvider::start().await;
+    let dead = free_port();
+    let models = format!(
+        r#"
+[providers.openai]
+kind = "openai"
+base_url = "http://{}/v1"
+key = "openai-key"
+
+[providers.down]
+kind = "openai"
+base_url = "http://127.0.0.1:{dead}/v1"
+key = "openai-key"
+
+[[models]]
+name = "count-*"
+targets = [{{ provider = "openai" }}]
+
+[[models]]
+name = "gpt-4o"
+targets = [{{ provider = "down" }}, {{ provider = "openai" }}]
+"#,
+        fake.addr
+    );
+    let plugins = format!(
+        "\n[[listeners.plugins]]\ntype = \"jwt\"\nclients = \"clients.toml\"\nissuers = [{{ issuer = \"{ISS}\", jwks_url = \"{}\" }}]\n",
+        jwks.url()
+    );
+    let clients = "[clients.a1]\nteam = \"alpha\"\n[clients.a2]\nteam = \"alpha\"\n[clients.b1]\nteam = \"beta\"\n[clients.ops]\nteam = \"ops\"\n";
+    let head = format!(
+        "[rate_limit_store]\nredis = \"redis://127.0.0.1:{}\"\ntimeout_ms = 200\nretry_ms = 500",
+        redis.port
+    );
+    let llm = format!(
+        "cooldown_after_failures = 1\ncooldown_seconds = 60\ntoken_limits = [{{ name = \"TeamTokens\", key = \"team\", tokens = {BUDGET}, window_seconds = 300 }}]"
+    );
+    let gateway_toml = gateway(&head, &llm, &plugins);
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        instances.push(
+            Rampart::start_full(
+                &[
+                    ("gateway.toml", &gateway_toml),
+                    ("models.toml", &models),
+                    ("clients.toml", clients),
+                ],
+                &["web"],
+                KEYS,
+                &[],
+            )
+            .await,
+        );
+    }
+    let token = |client: &str| {
+        format!(
+            "Bearer {}",
+            issuer.sign(
+                "RS256",
+                &issuer.access_claims(client, "https://gateway.internal/invoke", now())
+            )
+        )
+    };
+    // An uncounted call (listing the models) uses the store once it is connected.
+    let ops = token("ops");
+    for instance in &instances {
+        let connected = eventually(Duration::from_secs(10), || async {
+            post(instance, "/v1/models", &[("Authorization", &ops)], "").await;
+            metric_value(&instance.metrics().await, "rampart_rate_limit_store_up") == Some(1.0)
+        })
+        .await;
+        assert!(connected, "an instance never reached Redis");
+    }
+
+    // Team alpha streams through all three at once, a stream per instance, until refused.
+    let stream_until_refused = |i: usize| {
+        let who = token(if i.is_multiple_of(2) { "a1" } else { "a2" });
+        let instance = &instances[i];
+        async move {
+            let mut got = Vec::new();
+            for _ in 0..40 {
+                let r = post(
+                    instance,
+                    "/v1/chat/completions",
+                    &[("Authorization", &who)],
+                    &chat("count-100", true),
+                )
+                .await;
+                let d = delivered(&r);
+                let refused = d.status == 429;
+                got.push(d);
+                if refused {
+                    break;
+                }
+            }
+            got
+        }
+    };
+    let (one, two, three) = tokio::join!(
+        stream_until_refused(0),
+        stream_until_refused(1),
+        stream_until_refused(2)
+    );
+    let all: Vec<Delivered> = one.into_iter().chain(two).chain(three).collect();
+    let answered: Vec<&Delivered> = all.iter().filter(|d| d.status == 200).collect();
+    let refused = all.iter().filter(|d| d.status == 429).count();
+    let cut = answered.iter().filter(|d| d.cut).count();
+    // Every answered stream was charged its 10 prompt tokens and the chunks it delivered.
+    let spent: u64 = answered.iter().map(|d| 10 + d.tokens).sum();
+    eprintln!(
+        "budget {BUDGET}: {} streams answered ({cut} cut), {refused} refused, {spent} tokens delivered",
+        answered.len()
+    );
+    assert_eq!(refused, 3, "each instance ends refused: {}", all.len());
+    let reached = fake
+        .requests()
+        .iter()
+        .filter(|r| body_json(r)["model"] == "count-100")
+        .count();
+    assert_eq!(
+        reached,
+        answered.len(),
+        "refused calls never reached the provider"
+    );
+    assert!(cut >= 1, "the streams that crossed the budget were cut");
+    assert!(
+        spent <= BUDGET + ANSWER,
+        "{spent} tokens delivered across three instances: more than one stream past {BUDGET}"
+    );
+    assert!(
+        spent >= BUDGET - ANSWER,
+        "{spent}: refused before the budget was spent"
+    );
+    for d in &answered {
+        assert!(d.tokens <= 100);
+        if !d.cut {
+            assert_eq!(d.tokens, 100, "an uncut stream is whole");
+        }
+    }
+    let keys = redis
+        .cli(&["--scan", "--pattern", "rampart:tokens:TeamTokens:*"])
+        .unwrap_or_default();
+    assert_eq!(
+        keys.lines().count(),
+        1,
+        "one shared key for team alpha: {keys}"
+    );
+    let cuts: f64 = {
+        let mut n = 0.0;
+        for instance in &instances {
+            n += metric_value(
+                &instance.metrics().await,
+                r#"rampart_llm_budget_cuts_total{limit="TeamTokens"}"#,
+            )
+            .unwrap_or(0.0);
+        }
+        n
+    };
+    assert_eq!(cuts as usize, cut, "each cut is counted");
+
+    // Team beta, through the official client: the answer it cannot afford is cut, and the
+    // client raises the budget's error after what it received.
+    let base = format!("http://{}/v1", instances[1].addr("web"));
+    let bearer = token("b1");
+    let jwt = bearer.trim_start_matches("Bearer ");
+    let out = openai_client_for("count-2000", &base, jwt, ORIGIN_SECRET, true);
+    assert_eq!(out["ok"], false, "{out}");
+    assert_eq!(out["error"], "APIError", "{out}");
+    let message = out["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("Token budget TeamTokens is spent"),
+        "{out}"
+    );
+    let received = out["content"]
+        .as_str()
+        .unwrap_or("")
+        .matches("tok ")
+        .count() as u64;
+    assert!(
+        (BUDGET - ANSWER..=BUDGET + 64).contains(&received),
+        "{received} of 2000 tokens before the cut, budget {BUDGET}"
+    );
+
+    // The provider `down` fails once on the first instance and rests there; the others take
+    // its rest from Redis (read at most once a second) and never try it.
+    let attempts = |m: &str, provider: &str, result: &str| {
+        metric_value(
+            m,
+            &format!(r#"rampart_llm_attempts_total{{provider="{provider}",result="{result}"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    let ask = chat("gpt-4o", false);
+    let auth = [("Authorization", ops.as_str())];
+    let r = post(&instances[0], "/v1/chat/completions", &auth, &ask).await;
+    assert_eq!(r.status, 200, "the next target answered: {}", text(&r));
+    let first = instances[0].metrics().await;
+    assert_eq!(attempts(&first, "down", "connect"), 1.0);
+    let ttl = redis
+        .cli(&["PTTL", "rampart:cooldown:down/gpt-4o"])
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(-1);
+    assert!(
+        (50_000..=60_000).contains(&ttl),
+        "the rest is published: PTTL {ttl}"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for instance in &instances[1..] {
+        let r = post(instance, "/v1/chat/completions", &auth, &ask).await;
+        assert_eq!(r.status, 200, "{}", text(&r));
+        let m = instance.metrics().await;
+        assert_eq!(attempts(&m, "down", "connect"), 0.0, "the rest was shared");
+    }
 }
 
 /// A broken model table names its file and line, and the rules in force keep serving.

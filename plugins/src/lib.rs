@@ -4,6 +4,7 @@
 //! unit-tested, fuzzed and benchmarked on its own. The `rampart` proxy crate builds a
 //! [`RequestView`] once per request and runs a listener's [`Chain`] over it.
 
+pub mod bedrock;
 pub mod chain;
 pub mod challenge;
 pub mod forwarded;

@@ -12,9 +12,19 @@ use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 pub struct Usage {
-    #[serde(default, alias = "input_tokens", alias = "promptTokenCount")]
+    #[serde(
+        default,
+        alias = "input_tokens",
+        alias = "promptTokenCount",
+        alias = "inputTokens"
+    )]
     pub prompt_tokens: u64,
-    #[serde(default, alias = "output_tokens", alias = "candidatesTokenCount")]
+    #[serde(
+        default,
+        alias = "output_tokens",
+        alias = "candidatesTokenCount",
+        alias = "outputTokens"
+    )]
     pub completion_tokens: u64,
 }
 

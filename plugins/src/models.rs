@@ -1,8 +1,10 @@
 //! The model table: which provider targets serve a model named in an OpenAI-style request.
 //!
 //! Pure data and matching, read from a rule file (`rules/models.toml`); the proxy resolves
-//! the providers' keys and connects. Every provider is reached through its OpenAI-compatible
-//! surface, so a request body travels unchanged; only the path and the key header differ.
+//! the providers' keys and connects. Every provider but Bedrock is reached through its
+//! OpenAI-compatible surface, so a request body travels unchanged; only the path and the key
+//! header differ. Bedrock has no such surface: requests are translated to its Converse API
+//! ([`crate::bedrock`]) and signed with AWS credentials instead of carrying a key.
 //!
 //! ```toml
 //! [providers.openai]
@@ -33,6 +35,9 @@ pub enum ProviderKind {
     Gemini,
     /// Azure OpenAI deployments, `/openai/deployments/{deployment}/...?api-version=`, `api-key`.
     Azure,
+    /// AWS Bedrock's Converse API, `https://bedrock-runtime.{region}.amazonaws.com`, requests
+    /// signed with SigV4 (no key).
+    Bedrock,
 }
 
 /// The OpenAI endpoints rampart routes by model.
@@ -84,7 +89,7 @@ impl ProviderKind {
             ProviderKind::Openai => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com/v1"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
-            ProviderKind::Azure => None,
+            ProviderKind::Azure | ProviderKind::Bedrock => None,
         }
     }
 
@@ -94,7 +99,7 @@ impl ProviderKind {
             ProviderKind::Openai => Some("https://api.openai.com"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
-            ProviderKind::Azure => None,
+            ProviderKind::Azure | ProviderKind::Bedrock => None,
         }
     }
 }
@@ -114,8 +119,36 @@ impl Provider {
         }
     }
 
+    /// The Converse URL of Bedrock model `model_id` (`converse-stream` for a stream).
+    pub fn bedrock_url(&self, model_id: &str, stream: bool) -> String {
+        let action = if stream {
+            "converse-stream"
+        } else {
+            "converse"
+        };
+        format!(
+            "{}/model/{}/{action}",
+            self.bedrock_root(),
+            path_segment(model_id)
+        )
+    }
+
+    /// Bedrock's runtime endpoint: `base_url`, or the region's.
+    fn bedrock_root(&self) -> String {
+        match &self.base_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!(
+                "https://bedrock-runtime.{}.amazonaws.com",
+                self.region.as_deref().unwrap_or_default()
+            ),
+        }
+    }
+
     /// The URL of a native API call: `rest` is the path and query below the route's prefix.
     pub fn native_url(&self, rest: &str) -> String {
+        if self.kind == ProviderKind::Bedrock && self.native_url.is_none() {
+            return format!("{}/{}", self.bedrock_root(), rest.trim_start_matches('/'));
+        }
         let root = self
             .native_url
             .as_deref()
@@ -138,6 +171,20 @@ impl Provider {
     }
 }
 
+/// A path segment percent-encoded as AWS encodes it: all but `A-Z a-z 0-9 - _ . ~`
+/// (`anthropic.claude-sonnet-4-5-20250929-v1:0` keeps its dots, its colon becomes `%3A`).
+fn path_segment(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyFormat {
     /// `Bearer <key>`
@@ -155,10 +202,12 @@ pub struct Provider {
     pub base_url: Option<String>,
     /// The root of the provider's own API, for native routes (`/anthropic/...`).
     pub native_url: Option<String>,
-    /// The `[secrets]` entry holding the key.
-    pub key: String,
+    /// The `[secrets]` entry holding the key; every kind but Bedrock needs one.
+    pub key: Option<String>,
     /// Azure's `api-version` query parameter.
     pub api_version: Option<String>,
+    /// Bedrock's AWS region (`us-east-1`), which names its endpoint and signs its requests.
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -221,6 +270,22 @@ impl ModelTable {
             .map_err(|e| error(e.span().map(|s| s.start), e.message().to_string()))?;
         for (name, p) in &parsed.providers {
             let (at, provider) = (Some(p.span().start), p.get_ref());
+            let bedrock = provider.kind == ProviderKind::Bedrock;
+            if bedrock && provider.region.is_none() {
+                let message =
+                    format!("provider {name:?}: Bedrock needs `region` (it signs every request)");
+                return Err(error(at, message));
+            }
+            if bedrock && provider.key.is_some() {
+                let message = format!(
+                    "provider {name:?}: Bedrock takes no `key`: requests are signed with the AWS credentials of the process (environment, profile, ECS task role, instance role)"
+                );
+                return Err(error(at, message));
+            }
+            if !bedrock && provider.key.is_none() {
+                let message = format!("provider {name:?}: `key` (a [secrets] entry) is missing");
+                return Err(error(at, message));
+            }
             if provider.kind == ProviderKind::Azure {
                 if provider.api_version.is_none() {
                     let message = format!("provider {name:?}: Azure needs `api_version`");
@@ -459,6 +524,28 @@ targets = [{ provider = "gemini" }]
     }
 
     #[test]
+    fn bedrock_is_addressed_by_region_and_model_id() {
+        let t = ModelTable::parse(
+            "models.toml",
+            "[providers.b]\nkind = \"bedrock\"\nregion = \"us-east-1\"\n\
+             [providers.local]\nkind = \"bedrock\"\nregion = \"us-east-1\"\nbase_url = \"http://127.0.0.1:9/\"\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            t.providers["b"].bedrock_url("anthropic.claude-sonnet-4-5-20250929-v1:0", false),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse"
+        );
+        assert_eq!(
+            t.providers["local"].bedrock_url("m/x y", true),
+            "http://127.0.0.1:9/model/m%2Fx%20y/converse-stream"
+        );
+        assert_eq!(
+            t.providers["b"].native_url("/model/m/invoke"),
+            "https://bedrock-runtime.us-east-1.amazonaws.com/model/m/invoke"
+        );
+    }
+
+    #[test]
     fn mistakes_name_the_file_and_line() {
         let cases = [
             // An entry's errors point at its `[[models]]` line.
@@ -467,7 +554,10 @@ targets = [{ provider = "gemini" }]
             ("[providers.a]\nkind = \"azure\"\nbase_url = \"https://a\"\nkey = \"k\"\n", 1, "api_version"),
             ("[providers.a]\nkind = \"azure\"\napi_version = \"1\"\nkey = \"k\"\n", 1, "base_url"),
             ("[providers.a]\nkind = \"openai\"\nbase_url = \"api.openai.com\"\nkey = \"k\"\n", 1, "not an http"),
-            ("[providers.a]\nkind = \"bedrock\"\n", 2, "bedrock"),
+            ("[providers.a]\nkind = \"bedrock\"\n", 1, "Bedrock needs `region`"),
+            ("[providers.a]\nkind = \"bedrock\"\nregion = \"eu-west-1\"\nkey = \"k\"\n", 1, "takes no `key`"),
+            ("[providers.a]\nkind = \"openai\"\n", 1, "`key`"),
+            ("[providers.a]\nkind = \"claude\"\nkey = \"k\"\n", 2, "bedrock"),
             (
                 "[providers.o]\nkind = \"openai\"\nkey = \"k\"\n[[models]]\nname = \"a\"\ntargets = [{ provider = \"o\" }]\n[[models]]\nname = \"b\"\naliases = [\"a\"]\ntargets = [{ provider = \"o\" }]\n",
                 7,

@@ -230,15 +230,24 @@ impl<C: Count> Shards<C> {
         }
     }
 
-    fn undo(&self, hash: u64, spec: &WindowSpec, now_ms: u64) {
+    /// Takes `amount` back from the key's newest slots still inside the window (a request
+    /// another limit refused, or tokens charged on an estimate above the truth).
+    fn take_back(&self, hash: u64, spec: &WindowSpec, now_ms: u64, amount: u32) {
         let slot = (now_ms / spec.slot_ms()) as u32;
         let mut shard = self.lock(hash);
-        if let Some(slots) = shard.get_mut(&stored(hash)) {
-            // Only a slot still inside the window holds the request.
-            if slots.newest.wrapping_sub(slot) < BUCKETS as u32 {
-                let c = &mut slots.counts[Slots::<C>::index(slot)];
-                *c = C::saturating(c.get().saturating_sub(1));
+        let Some(slots) = shard.get_mut(&stored(hash)) else {
+            return;
+        };
+        slots.advance(slot);
+        let mut left = amount;
+        for back in 0..BUCKETS as u32 {
+            if left == 0 {
+                break;
             }
+            let c = &mut slots.counts[Slots::<C>::index(slots.newest.wrapping_sub(back))];
+            let taken = c.get().min(left);
+            *c = C::saturating(c.get() - taken);
+            left -= taken;
         }
     }
 
@@ -317,9 +326,26 @@ impl RateWindow {
         self.apply(key, now_ms, true, 0)
     }
 
-    /// Counts `amount` for `key` whatever the limit says (tokens a response used).
-    pub fn add(&self, key: u128, now_ms: u64, amount: u32) {
-        self.apply(key, now_ms, false, amount);
+    /// Counts `amount` for `key` if the limit has room at all (a call admitted on its
+    /// estimated tokens).
+    pub fn admit(&self, key: u128, now_ms: u64, amount: u32) -> WindowState {
+        self.apply(key, now_ms, true, amount)
+    }
+
+    /// Counts `amount` for `key` whatever the limit says (tokens a response used), or takes
+    /// a negative amount back; the state says whether the key is still below its limit.
+    pub fn charge(&self, key: u128, now_ms: u64, amount: i64) -> WindowState {
+        let amount32 = u32::try_from(amount.unsigned_abs()).unwrap_or(u32::MAX);
+        if amount < 0 {
+            self.take_back(key, now_ms, amount32);
+            return self.peek(key, now_ms);
+        }
+        let state = self.apply(key, now_ms, false, amount32);
+        if state.count >= self.spec.limit {
+            // Spent: the state says when the count falls below the limit again.
+            return self.peek(key, now_ms);
+        }
+        state
     }
 
     /// Counts a request whatever the limit says (a shared store decided already: the local
@@ -330,10 +356,14 @@ impl RateWindow {
 
     /// Takes back a request counted at `now_ms` (another limit refused it).
     pub fn undo(&self, key: u128, now_ms: u64) {
+        self.take_back(key, now_ms, 1);
+    }
+
+    fn take_back(&self, key: u128, now_ms: u64, amount: u32) {
         let hash = self.hasher.hash_one(key);
         match &self.counters {
-            Counters::Narrow(c) => c.undo(hash, &self.spec, now_ms),
-            Counters::Wide(c) => c.undo(hash, &self.spec, now_ms),
+            Counters::Narrow(c) => c.take_back(hash, &self.spec, now_ms, amount),
+            Counters::Wide(c) => c.take_back(hash, &self.spec, now_ms, amount),
         }
     }
 
@@ -360,6 +390,9 @@ pub struct SharedHit {
     /// The store key: limit name, definition and request key; never a raw secret.
     pub key: String,
     pub spec: WindowSpec,
+    /// What the request counts: 1 for a request limit, tokens for a budget (negative takes
+    /// back an estimate that was above the truth).
+    pub amount: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -369,10 +402,14 @@ pub struct StoreError(pub String);
 pub type StoreFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<WindowState>, StoreError>> + Send + 'a>>;
 
-/// Counters shared by several instances. `hit` counts the request against every window at
-/// once if all allow it, and against none otherwise, in one round trip.
+/// Counters shared by several instances, one round trip per call.
 pub trait SharedWindows: Send + Sync {
+    /// Counts each hit's amount against its window if every window is below its limit, and
+    /// none otherwise (all or none).
     fn hit<'a>(&'a self, hits: &'a [SharedHit]) -> StoreFuture<'a>;
+    /// Counts each hit's amount whatever the limits say; each state's `allowed` says whether
+    /// its window is still below its limit.
+    fn charge<'a>(&'a self, hits: &'a [SharedHit]) -> StoreFuture<'a>;
     /// Whether the store is worth asking now (not in a back-off after failures).
     fn available(&self) -> bool;
 }
@@ -516,15 +553,35 @@ mod tests {
             100,
         );
         assert!(matches!(w.counters, Counters::Wide(_)));
-        w.add(1, 0, 99_999);
+        w.charge(1, 0, 99_999);
         assert!(w.peek(1, 0).allowed);
-        w.add(1, 0, 1);
+        w.charge(1, 0, 1);
         let s = w.peek(1, 0);
         assert!(!s.allowed && s.count == 100_000, "{s:?}");
         // A u16 slot saturates at 65,535, which is still over a limit a u16 holds.
         let narrow = window(60_000);
-        narrow.add(1, 0, 70_000);
+        narrow.charge(1, 0, 70_000);
         assert!(!narrow.peek(1, 0).allowed);
+    }
+
+    #[test]
+    fn a_charge_says_when_the_limit_is_crossed_and_a_negative_one_takes_back() {
+        let w = window(100);
+        assert!(
+            w.admit(7, 0, 60).allowed,
+            "room: admitted with its estimate"
+        );
+        let s = w.charge(7, 0, 39);
+        assert!(s.allowed && s.count == 99, "{s:?}");
+        let s = w.charge(7, MIN / 2, 5);
+        assert!(!s.allowed && s.count == 104, "crossed: {s:?}");
+        assert!(!w.admit(7, MIN / 2, 1).allowed, "no room, nothing counted");
+        assert_eq!(w.peek(7, MIN / 2).count, 104);
+        // Taking back walks from the newest slot into older ones.
+        let s = w.charge(7, MIN / 2, -30);
+        assert!(s.allowed && s.count == 74, "{s:?}");
+        let s = w.charge(7, MIN / 2, -1_000);
+        assert_eq!(s.count, 0, "never below nothing");
     }
 
     #[test]

@@ -104,9 +104,14 @@ pub struct LlmConfig {
     pub cooldown_seconds: u64,
     /// Extra trusted roots (PEM) for provider certificates, beside the public ones.
     pub ca_file: Option<PathBuf>,
-    /// Token budgets, checked before a call and charged from its reported usage.
+    /// Token budgets, checked before a call and charged as its answer streams; counted in
+    /// the `[rate_limit_store]` when there is one, so that every instance spends one budget.
     #[serde(default)]
     pub token_limits: Vec<rampart_plugins::token_budget::TokenLimitConfig>,
+    /// What token budgets do while the shared store cannot answer: `local` (each instance
+    /// counts on its own) or `refuse` (503).
+    #[serde(default)]
+    pub on_store_error: rampart_plugins::plugins::rate_limit::StoreFallback,
 }
 
 fn default_models_file() -> String {
@@ -147,6 +152,7 @@ impl Default for LlmConfig {
             cooldown_seconds: default_cooldown_seconds(),
             ca_file: None,
             token_limits: Vec::new(),
+            on_store_error: Default::default(),
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub secret_refreshes: IntCounterVec,
     pub llm_attempts: IntCounterVec,
     pub llm_cooldowns: IntCounterVec,
+    pub llm_budget_cuts: IntCounterVec,
     pub llm_time_to_first_token: HistogramVec,
     pub llm_duration: HistogramVec,
     pub llm_tokens: IntCounterVec,
@@ -166,6 +167,14 @@ impl Metrics {
             &["provider"],
         )?;
         registry.register(Box::new(llm_cooldowns.clone()))?;
+        let llm_budget_cuts = IntCounterVec::new(
+            Opts::new(
+                "rampart_llm_budget_cuts_total",
+                "Streams ended at an event boundary because they spent a token budget, by the budget's name.",
+            ),
+            &["limit"],
+        )?;
+        registry.register(Box::new(llm_budget_cuts.clone()))?;
         let llm_time_to_first_token = HistogramVec::new(
             HistogramOpts::new(
                 "rampart_llm_time_to_first_token_seconds",
@@ -231,6 +240,7 @@ impl Metrics {
             secret_refreshes,
             llm_attempts,
             llm_cooldowns,
+            llm_budget_cuts,
             llm_time_to_first_token,
             llm_duration,
             llm_tokens,

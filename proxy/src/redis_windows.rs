@@ -20,18 +20,23 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::config::StoreConfig;
 
 /// The slot arithmetic of `RateWindow`, over a hash per key (field: slot number, value:
-/// count). KEYS: one per limit; ARGV: slot width in ms and limit, per key. Returns, per key,
-/// allowed (1/0), the count, and the milliseconds until the count falls below the limit
-/// (refused) or until the oldest counted request leaves (allowed).
+/// count). KEYS: one per window; ARGV: slot width in ms, limit and amount per key, then
+/// the slots per window and whether to enforce (`1`: count every amount if all windows are
+/// below their limits, none otherwise; `0`: count them whatever the limits say, a negative
+/// amount taken back from the newest slots). Returns, per key, allowed (1/0), the count,
+/// and the milliseconds until the count falls below the limit (refused) or until the
+/// oldest counted amount leaves (allowed).
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[#ARGV])
+local n = tonumber(ARGV[#ARGV - 1])
+local enforce = ARGV[#ARGV] == '1'
 local states = {}
 local all = true
 for i, key in ipairs(KEYS) do
-  local width = tonumber(ARGV[2 * i - 1])
-  local limit = tonumber(ARGV[2 * i])
+  local width = tonumber(ARGV[3 * i - 2])
+  local limit = tonumber(ARGV[3 * i - 1])
+  local amount = tonumber(ARGV[3 * i])
   local slot = math.floor(now / width)
   local counts = {}
   local total = 0
@@ -47,20 +52,36 @@ for i, key in ipairs(KEYS) do
     end
   end
   if total >= limit then all = false end
-  states[i] = { slot = slot, width = width, limit = limit, counts = counts, total = total }
+  states[i] = { slot = slot, width = width, limit = limit, amount = amount, counts = counts, total = total }
 end
 local out = {}
 for i, key in ipairs(KEYS) do
   local st = states[i]
   local count = st.total
-  local below = st.limit
-  if all then
-    redis.call('HINCRBY', key, st.slot, 1)
+  local counted = all or not enforce
+  if counted and st.amount > 0 then
+    redis.call('HINCRBY', key, st.slot, st.amount)
     redis.call('PEXPIRE', key, st.width * n)
-    st.counts[st.slot] = (st.counts[st.slot] or 0) + 1
-    count = count + 1
-    below = count
+    st.counts[st.slot] = (st.counts[st.slot] or 0) + st.amount
+    count = count + st.amount
+  elseif counted and st.amount < 0 then
+    local left = -st.amount
+    for s = st.slot, st.slot - n + 1, -1 do
+      if left <= 0 then break end
+      local c = st.counts[s] or 0
+      local taken = math.min(c, left)
+      if taken > 0 then
+        redis.call('HINCRBY', key, s, -taken)
+        st.counts[s] = c - taken
+        count = count - taken
+        left = left - taken
+      end
+    end
   end
+  local allowed
+  if enforce then allowed = all else allowed = count < st.limit end
+  local below = st.limit
+  if enforce and all then below = count end
   local left = count
   local reset = 0
   for later = st.slot + 1, st.slot + n do
@@ -68,7 +89,7 @@ for i, key in ipairs(KEYS) do
     left = left - (st.counts[later - n] or 0)
     if left < below then reset = later * st.width - now end
   end
-  out[#out + 1] = all and 1 or 0
+  out[#out + 1] = allowed and 1 or 0
   out[#out + 1] = count
   out[#out + 1] = reset
 end
@@ -130,7 +151,11 @@ impl RedisWindows {
         StoreError(format!("rate-limit store: {kind}"))
     }
 
-    async fn call(&self, hits: &[SharedHit]) -> Result<Vec<WindowState>, StoreError> {
+    async fn call(
+        &self,
+        hits: &[SharedHit],
+        enforce: bool,
+    ) -> Result<Vec<WindowState>, StoreError> {
         let Some(connection) = self.connection.load_full() else {
             return Err(self.failed("not_connected"));
         };
@@ -138,9 +163,12 @@ impl RedisWindows {
         let mut invocation = self.script.prepare_invoke();
         for hit in hits {
             invocation.key(&hit.key);
-            invocation.arg(hit.spec.slot_ms()).arg(hit.spec.limit);
+            invocation
+                .arg(hit.spec.slot_ms())
+                .arg(hit.spec.limit)
+                .arg(hit.amount);
         }
-        invocation.arg(BUCKETS);
+        invocation.arg(BUCKETS).arg(u8::from(enforce));
         let timeout = Duration::from_millis(self.config.timeout_ms);
         let reply = tokio::time::timeout(
             timeout,
@@ -163,16 +191,77 @@ impl RedisWindows {
             .chunks_exact(3)
             .map(|v| WindowState {
                 allowed: v[0] == 1,
-                count: u32::try_from(v[1]).unwrap_or(u32::MAX),
+                count: u32::try_from(v[1].max(0)).unwrap_or(u32::MAX),
                 reset_ms: u64::try_from(v[2]).unwrap_or(0),
             })
             .collect())
     }
 }
 
+/// Provider cooldowns, shared: a target one instance sends to rest is rested by all.
+impl RedisWindows {
+    fn cooldown_key(target: &str) -> String {
+        format!("rampart:cooldown:{target}")
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let Some(connection) = self.connection.load_full() else {
+            return Err(self.failed("not_connected"));
+        };
+        let mut connection = ConnectionManager::clone(&connection);
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut connection)).await {
+            Err(_) => Err(self.failed("timeout")),
+            Ok(Err(e)) => {
+                log::debug!("rate-limit store: {e}");
+                Err(self.failed("error"))
+            }
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// Says that `target` rests until `until_ms` (Unix milliseconds).
+    pub async fn publish_rest(&self, target: &str, until_ms: u64) -> Result<(), StoreError> {
+        let ttl = until_ms.saturating_sub(unix_ms()).max(1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(Self::cooldown_key(target))
+            .arg(until_ms)
+            .arg("PX")
+            .arg(ttl);
+        self.query::<()>(&cmd).await
+    }
+
+    /// Says that `target` answered: it rests no longer.
+    pub async fn end_rest(&self, target: &str) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(Self::cooldown_key(target));
+        self.query::<()>(&cmd).await
+    }
+
+    /// Until when (Unix milliseconds) each of `targets` rests, as any instance said.
+    pub async fn rests(&self, targets: &[&str]) -> Result<Vec<Option<u64>>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for target in targets {
+            cmd.arg(Self::cooldown_key(target));
+        }
+        let values: Vec<Option<u64>> = self.query(&cmd).await?;
+        if values.len() != targets.len() {
+            return Err(self.failed("bad_reply"));
+        }
+        Ok(values)
+    }
+}
+
 impl SharedWindows for RedisWindows {
     fn hit<'a>(&'a self, hits: &'a [SharedHit]) -> StoreFuture<'a> {
-        Box::pin(self.call(hits))
+        Box::pin(self.call(hits, true))
+    }
+
+    fn charge<'a>(&'a self, hits: &'a [SharedHit]) -> StoreFuture<'a> {
+        Box::pin(self.call(hits, false))
     }
 
     fn available(&self) -> bool {

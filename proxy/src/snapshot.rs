@@ -24,14 +24,14 @@ use crate::config::{
 use crate::config::{LlmConfig, RouteConfig, SecretSpec};
 use crate::jwks::JwksFetcher;
 use crate::llm::cooldown::Cooldowns;
-use crate::llm::{LlmRules, LlmTarget};
+use crate::llm::{AwsCredentials, LlmRules, LlmTarget};
 use crate::redis_windows::{RedisWindows, StoreMetrics};
 use crate::secrets;
 use crate::upstream::UpstreamPool;
 use rampart_plugins::jws::{FixedKeys, KeySource};
 use rampart_plugins::models::ModelTable;
 use rampart_plugins::plugins::jwt::IssuerConfig;
-use rampart_plugins::token_budget::TokenBudget;
+use rampart_plugins::token_budget::{BudgetLimit, TokenBudget};
 
 pub struct RuleSnapshot {
     pub generation: u64,
@@ -269,26 +269,38 @@ fn build_llm(source: &SourceFile, ctx: &SnapshotContext<'_>) -> Result<LlmRules,
     })?;
     let mut keys = HashMap::new();
     for (name, provider) in &table.providers {
-        let key = ctx
-            .provider_key(&provider.key)
-            .map_err(|message| ConfigError {
-                file: path.clone(),
-                line: None,
-                message: format!("provider {name:?}: {message}"),
-            })?;
+        // Bedrock signs with AWS credentials instead.
+        let Some(key_name) = &provider.key else {
+            continue;
+        };
+        let key = ctx.provider_key(key_name).map_err(|message| ConfigError {
+            file: path.clone(),
+            line: None,
+            message: format!("provider {name:?}: {message}"),
+        })?;
         keys.insert(name.clone(), key);
     }
-    let budget = TokenBudget::new(
-        settings
-            .token_limits
-            .iter()
-            .map(|l| {
-                let spec = l.spec();
-                let key = format!("tokens:{l:?}");
-                (l.clone(), ctx.carried.window_by(&key, spec, l.max_keys))
-            })
-            .collect(),
-    );
+    let store = match &ctx.config.rate_limit_store {
+        Some(config) => Some(
+            ctx.carried
+                .store(config)
+                .map_err(|e| source.error(None, e))?,
+        ),
+        None => None,
+    };
+    let limits = settings
+        .token_limits
+        .iter()
+        .map(|l| {
+            let key = format!("tokens:{l:?}");
+            BudgetLimit {
+                window: ctx.carried.window_by(&key, l.spec(), l.max_keys),
+                config: l.clone(),
+            }
+        })
+        .collect();
+    let shared = store.clone().map(|s| s as Arc<dyn SharedWindows>);
+    let budget = TokenBudget::new(limits, shared, settings.on_store_error);
     let client = ctx
         .carried
         .llm_client(&settings)
@@ -300,6 +312,8 @@ fn build_llm(source: &SourceFile, ctx: &SnapshotContext<'_>) -> Result<LlmRules,
         budget,
         client,
         cooldowns: ctx.carried.cooldowns.clone(),
+        aws: ctx.carried.aws_credentials.clone(),
+        store,
     })
 }
 
@@ -462,6 +476,8 @@ pub struct Carried {
     llm_client: Mutex<Option<(ClientSettings, reqwest::Client)>>,
     /// Which provider targets rest; a reload must not send traffic back to one that is down.
     cooldowns: Arc<Cooldowns>,
+    /// AWS credentials for Bedrock targets (the chain and what it last gave).
+    aws_credentials: Arc<AwsCredentials>,
     /// Set for a running gateway: the store and key fetchers then connect and report in
     /// the metrics.
     running: Option<Running>,

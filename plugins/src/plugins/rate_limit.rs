@@ -270,6 +270,7 @@ impl RateLimit {
             .map(|(l, k)| SharedHit {
                 key: l.shared_key(*k),
                 spec: l.spec,
+                amount: 1,
             })
             .collect();
         match store.hit(&hits).await {
@@ -486,6 +487,10 @@ mod tests {
                     })
                     .collect())
             })
+        }
+
+        fn charge<'a>(&'a self, _: &'a [SharedHit]) -> StoreFuture<'a> {
+            Box::pin(async { Err(StoreError("request limits never charge".into())) })
         }
 
         fn available(&self) -> bool {

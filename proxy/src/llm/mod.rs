@@ -6,8 +6,18 @@
 //! read (bounded) and judged first, then sent with rampart's own pooled HTTP client, once
 //! per target until one answers. Failover ends when the first byte of an answer has gone to
 //! the client; from then on the answer streams through chunk by chunk as it arrives.
+//!
+//! Token budgets are charged as the answer streams (see [`metering`]): a stream that spends
+//! its caller's budget ends at the next event boundary with a final error event.
+//!
+//! Bedrock targets take the same way with two differences: the request is translated to
+//! Bedrock's Converse API and signed with AWS credentials (see [`bedrock`]), and the answer
+//! is translated back to OpenAI's shape, a stream from AWS's event-stream framing to
+//! server-sent events.
 
+mod bedrock;
 pub mod cooldown;
+mod metering;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -19,18 +29,23 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use rampart_plugins::bedrock as bedrock_api;
 use rampart_plugins::llm_request::LlmRequest;
 use rampart_plugins::llm_usage::{usage_of_json, SseUsage, Usage};
-use rampart_plugins::models::{Endpoint, KeyFormat, ModelTable, Provider};
-use rampart_plugins::rate_window::now_ms;
-use rampart_plugins::token_budget::{Caller, TokenBudget};
+use rampart_plugins::models::{Endpoint, KeyFormat, ModelTable, Provider, ProviderKind};
+use rampart_plugins::rate_window::{now_ms, SharedWindows};
+use rampart_plugins::token_budget::{BudgetRefusal, Caller, Tab, TokenBudget};
 use rampart_plugins::SharedSecret;
 
 use crate::config::LlmConfig;
 use crate::header_names::{self, CONNECTION_AND_FRAMING, CREDENTIALS, FORWARDING, HOP_BY_HOP};
 use crate::metrics::Metrics;
 use crate::proxy::write_json;
+use crate::redis_windows::RedisWindows;
 use cooldown::{CooldownPolicy, Cooldowns};
+use metering::{EventEdges, Meter};
+
+pub use bedrock::AwsCredentials;
 
 /// Everything provider routes need, built with the rules snapshot.
 pub struct LlmRules {
@@ -41,6 +56,10 @@ pub struct LlmRules {
     pub budget: TokenBudget,
     pub client: reqwest::Client,
     pub cooldowns: Arc<Cooldowns>,
+    /// The shared store, where budgets count and cooldowns are published.
+    pub store: Option<Arc<RedisWindows>>,
+    /// AWS credentials for Bedrock targets, set up at their first call.
+    pub aws: Arc<AwsCredentials>,
 }
 
 /// Where a provider route sends a request.
@@ -74,6 +93,8 @@ pub struct Outcome {
     pub refused: Option<Cow<'static, str>>,
     pub upstream_error: Option<&'static str>,
     pub usage: Option<Usage>,
+    /// An answer's header went to the client (its tokens are then charged).
+    pub answered: bool,
 }
 
 /// An answer in OpenAI's error shape, which the OpenAI SDKs turn into their exceptions.
@@ -97,12 +118,29 @@ struct Attempt<'a> {
     target_id: String,
     /// Bounded metrics label: the model table's entry name, or `native`.
     model_label: &'a str,
+    /// Bedrock's region, for a request signed instead of carrying a key.
+    signing_region: Option<&'a str>,
+    translate: Translate,
+    /// The model the client asked for, named in a translated answer.
+    answer_model: String,
+}
+
+/// Whether an answer is the provider's own or translated to OpenAI's shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Translate {
+    None,
+    /// A Converse answer, whole.
+    BedrockWhole,
+    /// A ConverseStream answer, in AWS's event-stream framing.
+    BedrockStream,
 }
 
 /// Why a target did not answer.
 enum Failure {
     /// No usable key: nothing was sent.
     KeyMissing { provider: String },
+    /// No AWS credentials to sign with: nothing was sent.
+    Unsigned { provider: String, why: String },
     /// Connect, TLS or timeout before any answer, or an answer that broke before its first
     /// byte: kind for the metrics, and the status the client gets if no target answers.
     Transport { kind: &'static str, status: u16 },
@@ -169,24 +207,66 @@ impl LlmRules {
     }
 }
 
-/// Serves one request whose body has been read and judged.
+/// Serves one request whose body has been read and judged: admitted by the caller's token
+/// budgets on an estimate of its prompt, which the answer's usage later corrects.
 pub async fn serve(
     session: &mut Session,
     ex: Exchange<'_>,
     body: Bytes,
     outcome: &mut Outcome,
 ) -> Result<()> {
-    let rules = ex.rules;
-    if let Err(spent) = rules.budget.check(ex.caller, now_ms()) {
-        let message = format!(
-            "Token budget {} is spent; retry in {} s.",
-            spent.limit, spent.retry_after_seconds
-        );
-        outcome.refused = Some(Cow::Owned(format!("token_limit.{}", spent.limit)));
-        let body = openai_error("tokens", "rate_limit_exceeded", &message);
-        let wait = HeaderValue::from(spent.retry_after_seconds);
-        return write_json(session, 429, body, &[(http::header::RETRY_AFTER, wait)]).await;
+    let budget = &ex.rules.budget;
+    let mut tab = budget.tab(ex.caller);
+    if let Err(refusal) = budget
+        .admit(&mut tab, metering::prompt_estimate(&body))
+        .await
+    {
+        return refuse_budget(session, refusal, outcome).await;
     }
+    let served = serve_admitted(session, &ex, body, outcome, &mut tab).await;
+    if !outcome.answered {
+        // Nothing was generated: the estimate comes back.
+        let _ = budget.settle(&mut tab, 0).await;
+    }
+    served
+}
+
+async fn refuse_budget(
+    session: &mut Session,
+    refusal: BudgetRefusal,
+    outcome: &mut Outcome,
+) -> Result<()> {
+    match refusal {
+        BudgetRefusal::Spent(spent) => {
+            let message = format!(
+                "Token budget {} is spent; retry in {} s.",
+                spent.limit, spent.retry_after_seconds
+            );
+            outcome.refused = Some(Cow::Owned(format!("token_limit.{}", spent.limit)));
+            let body = openai_error("tokens", "rate_limit_exceeded", &message);
+            let wait = HeaderValue::from(spent.retry_after_seconds);
+            write_json(session, 429, body, &[(http::header::RETRY_AFTER, wait)]).await
+        }
+        BudgetRefusal::StoreUnavailable => {
+            outcome.refused = Some("token_limit.store_unavailable".into());
+            let body = openai_error(
+                "server_error",
+                "budget_store_unavailable",
+                "Token budgets cannot be checked now; retry shortly.",
+            );
+            write_json(session, 503, body, &[]).await
+        }
+    }
+}
+
+async fn serve_admitted(
+    session: &mut Session,
+    ex: &Exchange<'_>,
+    body: Bytes,
+    outcome: &mut Outcome,
+    tab: &mut Tab,
+) -> Result<()> {
+    let rules = ex.rules;
     let method = session.req_header().method.clone();
     let plan = match ex.target {
         LlmTarget::ByModel => {
@@ -239,6 +319,40 @@ pub async fn serve(
                     .as_deref()
                     .or(target.model.as_deref())
                     .unwrap_or(&request.model);
+                if provider.kind == ProviderKind::Bedrock {
+                    if endpoint != Endpoint::ChatCompletions {
+                        continue;
+                    }
+                    let converse = match bedrock_api::converse_request(&body) {
+                        Ok(converse) => converse,
+                        Err(e) => {
+                            outcome.refused = Some("llm.untranslatable".into());
+                            let body = openai_error(
+                                "invalid_request_error",
+                                "unsupported_for_bedrock",
+                                &e.to_string(),
+                            );
+                            return write_json(session, 400, body, &[]).await;
+                        }
+                    };
+                    plan.push(Attempt {
+                        provider_name: &target.provider,
+                        provider,
+                        native: false,
+                        url: provider.bedrock_url(served_as, request.stream),
+                        body: Bytes::from(converse),
+                        target_id: format!("{}/{served_as}", target.provider),
+                        model_label: &entry.name,
+                        signing_region: provider.region.as_deref(),
+                        translate: if request.stream {
+                            Translate::BedrockStream
+                        } else {
+                            Translate::BedrockWhole
+                        },
+                        answer_model: request.model.clone(),
+                    });
+                    continue;
+                }
                 plan.push(Attempt {
                     provider_name: &target.provider,
                     provider,
@@ -250,6 +364,9 @@ pub async fn serve(
                     },
                     target_id: format!("{}/{served_as}", target.provider),
                     model_label: &entry.name,
+                    signing_region: None,
+                    translate: Translate::None,
+                    answer_model: String::new(),
                 });
             }
             plan
@@ -273,9 +390,16 @@ pub async fn serve(
                 body,
                 target_id: format!("{name}/native"),
                 model_label: "native",
+                signing_region: provider
+                    .region
+                    .as_deref()
+                    .filter(|_| provider.kind == ProviderKind::Bedrock),
+                translate: Translate::None,
+                answer_model: String::new(),
             }]
         }
     };
+    sync_rests(rules, &ready_ids(&plan)).await;
     let now = Instant::now();
     let (mut ready, cooling): (Vec<_>, Vec<_>) = plan
         .into_iter()
@@ -288,11 +412,12 @@ pub async fn serve(
     let mut last = None;
     for attempt in &ready {
         outcome.provider = Some(attempt.provider_name.to_string());
-        match call(session, &ex, &method, attempt, outcome).await? {
+        match call(session, ex, &method, attempt, outcome, tab).await? {
             None => return Ok(()),
             Some(failure) => {
                 let (result, retry_after) = match &failure {
                     Failure::KeyMissing { .. } => ("key_missing", None),
+                    Failure::Unsigned { .. } => ("credentials_missing", None),
                     Failure::Transport { kind, .. } => (*kind, None),
                     Failure::Answered {
                         status, headers, ..
@@ -309,18 +434,21 @@ pub async fn serve(
                     .llm_attempts
                     .with_label_values(&[attempt.provider_name, result])
                     .inc();
-                if !matches!(failure, Failure::KeyMissing { .. })
-                    && rules.cooldowns.failed(
+                let rest = match failure {
+                    Failure::KeyMissing { .. } | Failure::Unsigned { .. } => None,
+                    _ => rules.cooldowns.failed(
                         &attempt.target_id,
                         Instant::now(),
                         rules.policy(),
                         retry_after,
-                    )
-                {
+                    ),
+                };
+                if let Some(until) = rest {
                     ex.metrics
                         .llm_cooldowns
                         .with_label_values(&[attempt.provider_name])
                         .inc();
+                    publish_rest(rules, &attempt.target_id, until).await;
                 }
                 log::info!(
                     "llm: {} via {} failed ({result}); {} target(s) left",
@@ -357,6 +485,15 @@ pub async fn serve(
             let body = openai_error("server_error", "provider_key_missing", &message);
             write_json(session, 503, body, &[]).await
         }
+        Some(Failure::Unsigned { provider, why }) => {
+            outcome.refused = Some("llm.credentials_missing".into());
+            log::warn!("llm: provider {provider}: {why}");
+            let message = format!(
+                "Provider {provider} cannot be called: rampart has no AWS credentials to sign with; ask the gateway's operators."
+            );
+            let body = openai_error("server_error", "provider_credentials_missing", &message);
+            write_json(session, 503, body, &[]).await
+        }
         Some(Failure::Transport { kind, status }) => {
             outcome.upstream_error = Some(kind);
             let message = format!("No provider could be reached ({kind}).");
@@ -383,23 +520,13 @@ async fn call(
     method: &http::Method,
     attempt: &Attempt<'_>,
     outcome: &mut Outcome,
+    tab: &mut Tab,
 ) -> Result<Option<Failure>> {
     let rules = ex.rules;
-    let Some((key_name, key_value)) =
-        rules.key_header(attempt.provider_name, attempt.provider, attempt.native)
-    else {
-        return Ok(Some(Failure::KeyMissing {
-            provider: attempt.provider_name.to_string(),
-        }));
+    let headers = match request_headers(session, ex, attempt).await {
+        Ok(headers) => headers,
+        Err(failure) => return Ok(Some(failure)),
     };
-    let mut headers = HeaderMap::with_capacity(session.req_header().headers.len());
-    for (name, value) in &session.req_header().headers {
-        let dropped = not_forwarded(name) || ex.consumed.contains(name);
-        if !dropped {
-            headers.append(name.clone(), value.clone());
-        }
-    }
-    headers.insert(key_name, key_value);
     let request = rules
         .client
         .request(method.clone(), &attempt.url)
@@ -413,32 +540,75 @@ async fn call(
     };
     let status = answer.status().as_u16();
     let idle = Duration::from_millis(rules.settings.idle_timeout_ms);
-    if status == 429 || status >= 500 {
-        let headers = answer.headers().clone();
-        let mut body = BytesMut::new();
-        while body.len() < ERROR_BODY_LIMIT {
-            match tokio::time::timeout(idle, answer.chunk()).await {
-                Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
-                _ => break,
-            }
-        }
+    let translated = attempt.translate != Translate::None;
+    if status == 429 || status >= 500 || (translated && status >= 400) {
+        let mut headers = answer.headers().clone();
+        let mut body = read_bounded(&mut answer, idle, ERROR_BODY_LIMIT).await;
         body.truncate(ERROR_BODY_LIMIT);
-        return Ok(Some(Failure::Answered {
-            status,
-            headers,
-            body: body.freeze(),
-        }));
+        if translated {
+            let kind = headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            body = bedrock_api::openai_error(&body, status, kind.as_deref()).into();
+            headers = json_headers();
+        }
+        if status == 429 || status >= 500 {
+            return Ok(Some(Failure::Answered {
+                status,
+                headers,
+                body,
+            }));
+        }
+        // Bedrock refused the request itself (400, 403...): the client hears why.
+        ex.metrics
+            .llm_attempts
+            .with_label_values(&[attempt.provider_name, "client_error"])
+            .inc();
+        outcome.answered = true;
+        outcome.upstream_error = Some("status");
+        write_json(session, status, body, &[]).await?;
+        return Ok(None);
     }
-    // Read before any chunk is: it shrinks as the body is read.
-    let length = answer.content_length();
+    // Bedrock's answer becomes OpenAI's: whole, or as a stream translated chunk by chunk.
+    let (mut length, mut first, mut translator) = (answer.content_length(), None, None);
+    match attempt.translate {
+        Translate::None => {}
+        Translate::BedrockWhole => {
+            let whole = read_bounded(&mut answer, idle, USAGE_BODY_LIMIT).await;
+            let Some(completion) = bedrock_api::chat_completion(
+                &whole,
+                &attempt.answer_model,
+                &completion_id(),
+                now_ms() / 1000,
+            ) else {
+                return Ok(Some(transport("upstream", 502)));
+            };
+            length = Some(completion.len() as u64);
+            first = Some(Some(Bytes::from(completion)));
+        }
+        Translate::BedrockStream => {
+            length = None;
+            translator = Some(bedrock_api::StreamTranslator::new(
+                &attempt.answer_model,
+                &completion_id(),
+                now_ms() / 1000,
+            ));
+        }
+    }
     // The first chunk is awaited before anything is written, so that an answer breaking
     // before its first byte can still go to the next target.
-    let first = match tokio::time::timeout(idle, answer.chunk()).await {
-        Err(_) => return Ok(Some(transport("timeout", 504))),
-        Ok(Err(e)) => return Ok(Some(transport_error(&e))),
-        Ok(Ok(first)) => first,
+    let first = match first {
+        Some(whole) => whole,
+        None => match tokio::time::timeout(idle, answer.chunk()).await {
+            Err(_) => return Ok(Some(transport("timeout", 504))),
+            Ok(Err(e)) => return Ok(Some(transport_error(&e))),
+            Ok(Ok(first)) => first,
+        },
     };
-    rules.cooldowns.succeeded(&attempt.target_id);
+    if rules.cooldowns.succeeded(&attempt.target_id) {
+        end_rest(rules, &attempt.target_id).await;
+    }
     let labels = [attempt.provider_name, attempt.model_label];
     ex.metrics
         .llm_attempts
@@ -448,24 +618,61 @@ async fn call(
         ])
         .inc();
 
-    let mut resp = ResponseHeader::build(status, Some(answer.headers().len() + 1))?;
-    copy_answer_headers(answer.headers(), &mut resp)?;
+    let answer_headers = match attempt.translate {
+        Translate::None => answer.headers().clone(),
+        Translate::BedrockWhole => json_headers(),
+        Translate::BedrockStream => {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h
+        }
+    };
+    let mut resp = ResponseHeader::build(status, Some(answer_headers.len() + 1))?;
+    copy_answer_headers(&answer_headers, &mut resp)?;
     let bodiless = matches!(status, 100..=199 | 204 | 304) || *method == http::Method::HEAD;
     match length {
         Some(n) => resp.insert_header("content-length", n.to_string())?,
         None if !bodiless => resp.insert_header("transfer-encoding", "chunked")?,
         None => {}
     }
-    let streamed = answer
-        .headers()
+    let streamed = answer_headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let mut usage = UsageReader::new(streamed && status < 400);
+    // A stream that spends the caller's budget is cut at an event boundary, which needs
+    // chunked framing (a declared length cannot be cut short).
+    let mut meter = Meter::new(streamed && status < 400 && tab.counts(), tab.charged());
+    let cuttable = length.is_none();
+    let mut edges = EventEdges::default();
+    let mut spent = None;
     session.write_response_header(Box::new(resp), false).await?;
+    outcome.answered = true;
     let mut next = first;
     let mut first_written = false;
-    while let Some(chunk) = next {
+    while let Some(raw) = next {
+        let mut chunk = match translator.as_mut().map(|t| t.feed(&raw)) {
+            None => raw,
+            Some(Ok(events)) => Bytes::from(events),
+            Some(Err(e)) => return Err(broken_stream(ex, attempt, outcome, &e.to_string())),
+        };
+        if chunk.is_empty() {
+            next = match tokio::time::timeout(idle, answer.chunk()).await {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => return Err(broken_stream(ex, attempt, outcome, &e.to_string())),
+                Err(_) => return Err(broken_stream(ex, attempt, outcome, "idle timeout")),
+            };
+            continue;
+        }
+        if spent.is_some() {
+            if let Some(end) = edges.first_edge(&chunk) {
+                chunk.truncate(end);
+            }
+        }
         usage.feed(&chunk);
+        edges.advance(&chunk);
         session.write_response_body(Some(chunk), false).await?;
         if !first_written {
             first_written = true;
@@ -473,6 +680,27 @@ async fn call(
                 .llm_time_to_first_token
                 .with_label_values(&labels)
                 .observe(ex.start.elapsed().as_secs_f64());
+        }
+        if spent.is_none() {
+            if let Some(running) = meter.due(usage.progress(), tab.charged()) {
+                if let Err(e) = rules.budget.settle(tab, running).await {
+                    spent = cuttable.then_some(e);
+                }
+            }
+        }
+        if let Some(e) = spent.as_ref().filter(|_| edges.at_edge()) {
+            let last = metering::budget_event(attempt.native, attempt.provider.kind, e);
+            session.write_response_body(Some(last), true).await?;
+            outcome.refused = Some(Cow::Owned(format!("token_limit.{}", e.limit)));
+            ex.metrics
+                .llm_budget_cuts
+                .with_label_values(&[e.limit.as_str()])
+                .inc();
+            // What reached the client is what it is charged.
+            if let Some(running) = meter.running(usage.progress()) {
+                let _ = rules.budget.settle(tab, running).await;
+            }
+            return Ok(None);
         }
         next = match tokio::time::timeout(idle, answer.chunk()).await {
             Ok(Ok(next)) => next,
@@ -485,10 +713,16 @@ async fn call(
         .llm_duration
         .with_label_values(&labels)
         .observe(ex.start.elapsed().as_secs_f64());
+    let running = meter.running(usage.progress());
+    let used = usage.finish();
     if status < 400 {
-        if let Some(used) = usage.finish() {
+        // The provider's usage is the truth; without it, what the stream showed stands.
+        let total = used.map(|u| u.total()).or(running);
+        if let Some(total) = total {
+            let _ = rules.budget.settle(tab, total).await;
+        }
+        if let Some(used) = used {
             outcome.usage = Some(used);
-            rules.budget.charge(ex.caller, now_ms(), used.total());
             let team = ex
                 .caller
                 .identity
@@ -511,6 +745,90 @@ async fn call(
     Ok(None)
 }
 
+/// The headers a target's request carries: the client's, less what stays behind, and the
+/// provider's key; or, for Bedrock, a SigV4 signature.
+async fn request_headers(
+    session: &Session,
+    ex: &Exchange<'_>,
+    attempt: &Attempt<'_>,
+) -> std::result::Result<HeaderMap, Failure> {
+    let rules = ex.rules;
+    let mut headers = HeaderMap::with_capacity(session.req_header().headers.len());
+    if let Some(region) = attempt.signing_region {
+        if attempt.translate == Translate::None {
+            if let Some(ctype) = session.req_header().headers.get(http::header::CONTENT_TYPE) {
+                headers.insert(http::header::CONTENT_TYPE, ctype.clone());
+            }
+        } else {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        let unsigned = |why: String| Failure::Unsigned {
+            provider: attempt.provider_name.to_string(),
+            why,
+        };
+        let credentials = rules
+            .aws
+            .current()
+            .await
+            .map_err(|e| unsigned(e.to_string()))?;
+        bedrock::sign_request(
+            &attempt.url,
+            &attempt.body,
+            region,
+            credentials,
+            &mut headers,
+        )
+        .map_err(|e| unsigned(e.to_string()))?;
+        return Ok(headers);
+    }
+    let Some((key_name, key_value)) =
+        rules.key_header(attempt.provider_name, attempt.provider, attempt.native)
+    else {
+        return Err(Failure::KeyMissing {
+            provider: attempt.provider_name.to_string(),
+        });
+    };
+    for (name, value) in &session.req_header().headers {
+        let dropped = not_forwarded(name) || ex.consumed.contains(name);
+        if !dropped {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(key_name, key_value);
+    Ok(headers)
+}
+
+/// An answer's body, read up to `limit` bytes (what is left is not read).
+async fn read_bounded(answer: &mut reqwest::Response, idle: Duration, limit: usize) -> Bytes {
+    let mut body = BytesMut::new();
+    while body.len() < limit {
+        match tokio::time::timeout(idle, answer.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.freeze()
+}
+
+fn json_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h
+}
+
+/// An id for a translated answer, as OpenAI's `chatcmpl-...`.
+fn completion_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("chatcmpl-bedrock-{:x}-{n:x}", now_ms())
+}
+
 /// An answer that broke after its first byte reached the client: the client's response is
 /// cut short (its connection closes without the final chunk), which it sees as an error.
 fn broken_stream(
@@ -530,6 +848,55 @@ fn broken_stream(
     );
     e.esource = pingora_core::ErrorSource::Upstream;
     e
+}
+
+/// The cooldown keys of a plan's targets.
+fn ready_ids<'p>(plan: &'p [Attempt<'_>]) -> Vec<&'p str> {
+    plan.iter().map(|a| a.target_id.as_str()).collect()
+}
+
+/// Takes the rests other instances published, at most once a second per instance.
+async fn sync_rests(rules: &LlmRules, targets: &[&str]) {
+    let Some(store) = &rules.store else {
+        return;
+    };
+    if targets.is_empty() || !store.available() || !rules.cooldowns.sync_due(now_ms()) {
+        return;
+    }
+    let Ok(rests) = store.rests(targets).await else {
+        return;
+    };
+    let (now, now_unix) = (Instant::now(), now_ms());
+    for (target, until) in targets.iter().zip(rests) {
+        if let Some(left) = until
+            .and_then(|u| u.checked_sub(now_unix))
+            .filter(|&l| l > 0)
+        {
+            rules
+                .cooldowns
+                .rest_until(target, now + Duration::from_millis(left));
+        }
+    }
+}
+
+/// Tells the other instances that a target rests until `until`.
+async fn publish_rest(rules: &LlmRules, target: &str, until: Instant) {
+    if let Some(store) = rules.store.as_ref().filter(|s| s.available()) {
+        let left = until.saturating_duration_since(Instant::now());
+        let until_ms = now_ms() + u64::try_from(left.as_millis()).unwrap_or(u64::MAX / 2);
+        if let Err(e) = store.publish_rest(target, until_ms).await {
+            log::debug!("llm: cooldown of {target} not shared: {e}");
+        }
+    }
+}
+
+/// Tells the other instances that a resting target answered.
+async fn end_rest(rules: &LlmRules, target: &str) {
+    if let Some(store) = rules.store.as_ref().filter(|s| s.available()) {
+        if let Err(e) = store.end_rest(target).await {
+            log::debug!("llm: end of {target}'s cooldown not shared: {e}");
+        }
+    }
 }
 
 fn transport(kind: &'static str, status: u16) -> Failure {
@@ -598,6 +965,17 @@ impl UsageReader {
                     k.extend_from_slice(chunk);
                 }
             }
+        }
+    }
+
+    /// How far a stream has come: its events and the usage it reported so far.
+    fn progress(&self) -> Option<metering::Progress> {
+        match self {
+            UsageReader::Stream(sse) => Some(metering::Progress {
+                events: sse.events(),
+                reported: sse.usage(),
+            }),
+            UsageReader::Whole(_) => None,
         }
     }
 
