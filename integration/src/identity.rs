@@ -166,6 +166,41 @@ impl Drop for VenvServer {
     }
 }
 
+/// `integration/scripts/bedrock_fake.py` on a free port: Bedrock's runtime, checking each
+/// request's SigV4 signature with botocore, and the ECS credentials endpoint (`/creds`).
+pub struct BedrockFake {
+    _server: VenvServer,
+    pub addr: SocketAddr,
+}
+
+impl BedrockFake {
+    pub async fn start(region: &str) -> BedrockFake {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bedrock_fake.py");
+        let script = script.to_string_lossy().into_owned();
+        let region = region.to_string();
+        let server = VenvServer::start(
+            "python",
+            move |port| vec![script, port.to_string(), region],
+            "/_journal",
+            |status| status == 200,
+        )
+        .await;
+        BedrockFake {
+            addr: server.addr,
+            _server: server,
+        }
+    }
+
+    /// What the fake received, oldest first.
+    pub async fn journal(&self) -> Vec<Value> {
+        let raw = "GET /_journal HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n";
+        let r = send_raw(self.addr, "127.0.0.1", raw.as_bytes())
+            .await
+            .expect("journal");
+        serde_json::from_slice(&r.body).unwrap_or_default()
+    }
+}
+
 /// `moto_server` on a free port: AWS Secrets Manager and Cognito for the tests.
 pub struct Moto {
     _server: VenvServer,

@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rampart_integration::identity::{
-    openai_client, openai_client_for, venv_bin, JwksServer, Llmock, Moto, AWS_TEST_ENV, MOTO_REGION,
+    openai_client, openai_client_for, venv_bin, BedrockFake, JwksServer, Llmock, Moto,
+    AWS_TEST_ENV, MOTO_REGION,
 };
 use rampart_integration::providers::{test_ca, FakeProvider};
 use rampart_integration::redis::RedisServer;
@@ -1063,6 +1064,186 @@ targets = [{{ provider = "down" }}, {{ provider = "openai" }}]
         let m = instance.metrics().await;
         assert_eq!(attempts(&m, "down", "connect"), 0.0, "the rest was shared");
     }
+}
+
+/// Bedrock as a provider kind: the official `openai` client's requests are translated to
+/// Converse and signed with credentials from the AWS SDK's chain (here the ECS container
+/// endpoint, as an ECS task gets them, fetched again as they near expiry); the fake checks
+/// every signature with botocore. Whole and streamed answers come back in OpenAI's shape, a
+/// throttled call in OpenAI's error shape, and a native route passes Bedrock's API through,
+/// signed. Without credentials nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_targets_are_signed_translated_and_streamed() {
+    const MODEL_ID: &str = "anthropic.claude-sonnet-4-5-20250929-v1:0";
+    let fake = BedrockFake::start("us-east-1").await;
+    let models = format!(
+        r#"
+[providers.bedrock]
+kind = "bedrock"
+region = "us-east-1"
+base_url = "http://{}"
+
+[[models]]
+name = "claude-sonnet"
+targets = [{{ provider = "bedrock", model = "{MODEL_ID}" }}]
+
+[[models]]
+name = "claude-busy"
+targets = [{{ provider = "bedrock", model = "anthropic.throttle-v1:0" }}]
+"#,
+        fake.addr
+    );
+    let routes = "\n[[listeners.routes]]\nprefix = \"/bedrock/\"\nprovider = \"bedrock\"\n";
+    let gateway_toml = gateway("", "", "") + routes;
+    let creds_uri = format!("http://{}/creds", fake.addr);
+    let env = [
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI", creds_uri.as_str()),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let rampart = Rampart::start_full(
+        &[("gateway.toml", &gateway_toml), ("models.toml", &models)],
+        &["web"],
+        &env,
+        &[],
+    )
+    .await;
+    let base = format!("http://{}/v1", rampart.addr("web"));
+
+    let whole = openai_client_for("claude-sonnet", &base, "sk-client", ORIGIN_SECRET, false);
+    assert_eq!(whole["ok"], true, "{whole}");
+    assert_eq!(whole["content"], format!("Hello from {MODEL_ID}"));
+    let streamed = openai_client_for("claude-sonnet", &base, "sk-client", ORIGIN_SECRET, true);
+    assert_eq!(streamed["ok"], true, "{streamed}");
+    assert_eq!(streamed["content"], format!("Hello from {MODEL_ID}"));
+
+    let journal = fake.journal().await;
+    assert_eq!(journal.len(), 2, "{journal:?}");
+    for (entry, action) in journal.iter().zip(["converse", "converse-stream"]) {
+        assert_eq!(
+            entry["refused"],
+            Value::Null,
+            "the signature holds: {entry}"
+        );
+        assert_eq!(
+            entry["path"],
+            format!("/model/anthropic.claude-sonnet-4-5-20250929-v1%3A0/{action}")
+        );
+        assert_eq!(
+            entry["body"]["messages"],
+            json!([{ "role": "user", "content": [{ "text": "Say hello to the gateway." }] }])
+        );
+        assert!(
+            entry["body"].get("model").is_none(),
+            "a Converse body: {entry}"
+        );
+        let headers = entry["headers"].to_string();
+        for leaked in ["sk-client", ORIGIN_SECRET, "x-origin-verify"] {
+            assert!(
+                !headers.contains(leaked),
+                "{leaked} reached Bedrock: {headers}"
+            );
+        }
+    }
+    let m = rampart.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            r#"rampart_llm_tokens_total{kind="prompt",model="claude-sonnet",provider="bedrock",team="none"}"#
+        ),
+        Some(18.0),
+        "usage read from both translated answers"
+    );
+
+    // Throttled: 429 in OpenAI's error shape, Retry-After-less as Bedrock sends it.
+    let busy = complete(&rampart, "claude-busy", false).await;
+    assert_eq!(busy.status, 429, "{}", text(&busy));
+    assert_eq!(busy.json()["error"]["code"], "ThrottlingException");
+    assert_eq!(busy.json()["error"]["type"], "rate_limit_error");
+
+    // Unsupported content is refused before anything is sent.
+    let with_tools = json!({"model": "claude-sonnet", "tools": [{"type": "function", "function": {"name": "f"}}],
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let refused = post(&rampart, "/v1/chat/completions", &[], &with_tools).await;
+    assert_eq!(refused.status, 400, "{}", text(&refused));
+    assert_eq!(refused.json()["error"]["code"], "unsupported_for_bedrock");
+
+    // The native route: Bedrock's own API, signed on the way.
+    let converse =
+        json!({"messages": [{"role": "user", "content": [{"text": "native"}]}]}).to_string();
+    let native = post(
+        &rampart,
+        &format!("/bedrock/model/{MODEL_ID}/converse"),
+        &[],
+        &converse,
+    )
+    .await;
+    assert_eq!(native.status, 200, "{}", text(&native));
+    assert_eq!(
+        native.json()["output"]["message"]["content"][0]["text"],
+        format!("Hello from {MODEL_ID}")
+    );
+
+    // Credentials valid for 301 s are fetched again once within five minutes of expiring.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = complete(&rampart, "claude-sonnet", false).await;
+    assert_eq!(again.status, 200, "{}", text(&again));
+    let journal = fake.journal().await;
+    let keys: Vec<&str> = journal
+        .iter()
+        .filter_map(|e| e["access_key"].as_str())
+        .collect();
+    assert!(
+        journal.iter().all(|e| e["refused"].is_null()),
+        "{journal:?}"
+    );
+    assert_ne!(
+        keys.first(),
+        keys.last(),
+        "the credentials were refreshed: {keys:?}"
+    );
+
+    // The fake refuses what is not signed right: a signed request replayed with another body.
+    let last = journal.last().cloned().unwrap_or_default();
+    let h = |name: &str| last["headers"][name].as_str().unwrap_or("").to_string();
+    let tampered = r#"{"messages":[{"role":"user","content":[{"text":"tampered"}]}]}"#;
+    let raw = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nX-Amz-Date: {}\r\n\
+         X-Amz-Security-Token: {}\r\nAuthorization: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{tampered}",
+        last["path"].as_str().unwrap_or("/"),
+        h("host"),
+        h("x-amz-date"),
+        h("x-amz-security-token"),
+        h("authorization"),
+        tampered.len()
+    );
+    let replay = send_raw(fake.addr, "127.0.0.1", raw.as_bytes())
+        .await
+        .expect("replay");
+    assert_eq!(replay.status, 403, "{}", text(&replay));
+    assert!(text(&replay).contains("signature mismatch"));
+
+    // No credentials anywhere in the chain: 503, and Bedrock hears nothing.
+    let before = fake.journal().await.len();
+    let unsigned = Rampart::start_full(
+        &[("gateway.toml", &gateway_toml), ("models.toml", &models)],
+        &["web"],
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ],
+        &[],
+    )
+    .await;
+    let r = complete(&unsigned, "claude-sonnet", false).await;
+    assert_eq!(r.status, 503, "{}", text(&r));
+    assert_eq!(r.json()["error"]["code"], "provider_credentials_missing");
+    assert_eq!(
+        fake.journal().await.len(),
+        before,
+        "nothing unsigned was sent"
+    );
 }
 
 /// A broken model table names its file and line, and the rules in force keep serving.
