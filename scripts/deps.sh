@@ -4,7 +4,7 @@
 set -euo pipefail
 want=(cmake pkg-config curl)   # cmake: libz-ng-sys, a C dependency of Pingora
 if [ "${1:-}" = bench ]; then   # the load run: its load generator, the contenders, valgrind
-  want+=(nginx wrk valgrind libnginx-mod-http-modsecurity modsecurity-crs)
+  want+=(nginx wrk nghttp2-client openssl valgrind libnginx-mod-http-modsecurity modsecurity-crs)   # h2load: HTTP/2 against HTTP/1.1
 fi
 if [ "${1:-}" = test ]; then
   want+=(openssl prometheus redis-server victoria-metrics chromium)   # dev certificates; promtool and a real Prometheus; shared rate limits; the :9090 upstream; a real browser for the bot challenge

@@ -33,7 +33,8 @@ Settings (environment): BENCH_SECONDS (5), BENCH_ROUNDS (3), BENCH_LATENCY_ROUND
 BENCH_STREAMS (1000), BENCH_REQUESTS (comma list of the requests to run, all by default; the
 GET runs with the memory section, which sends it),
 BENCH_SKIP (comma list of sections to skip: valgrind, memory, addresses (the million client
-addresses, part of memory), latency, streams).
+addresses, part of memory), latency, streams, protocols), BENCH_H2_REQUESTS (20000: requests
+per h2load run in the protocols section).
 """
 import json
 import os
@@ -70,13 +71,14 @@ LOAD_CORE, PROXY_CORE = "0", "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 PORTS = {"upstream": 18080, "nginx": 18081, "modsecurity": 18082, "bare": 18083, "full": 18084,
-         "pingora": 18090}
+         "pingora": 18090, "nginx_tls": 18085, "full_tls": 18086}
+H2_REQUESTS = int(os.environ.get("BENCH_H2_REQUESTS", "20000"))
 # The streaming upstream (server-sent events), behind every proxy at /sse/.
 SSE_PORT = 18089
 SSE_STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
 SSE_EVENTS = 100  # one every 100 ms: a ten-second answer
 SSE_INTERVAL = 0.1
-ADMIN_PORTS = {"bare": 18093, "full": 18094}
+ADMIN_PORTS = {"bare": 18093, "full": 18094, "full_tls": 18096}
 JWKS_PORT = 18099
 
 
@@ -111,12 +113,12 @@ http {{
     return path
 
 
-def proxy_block(port, extra=""):
+def proxy_block(port, extra="", listen=""):
     return f"""
   upstream app {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 64; }}
   upstream sse {{ server 127.0.0.1:{SSE_PORT}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{listen};
 {extra}
     location / {{
       proxy_pass http://app;
@@ -156,7 +158,7 @@ def modsecurity_argv(name):
     return ["nginx", "-c", str(conf), "-p", str(WORK / name)]
 
 
-def rampart_rules(name, full, per_ip_limit=4_000_000_000):
+def rampart_rules(name, full, per_ip_limit=4_000_000_000, tls=None):
     d = WORK / f"rules-{name}"
     if d.exists():
         shutil.rmtree(d)
@@ -226,6 +228,7 @@ addrs = ["127.0.0.1:{SSE_PORT}"]
 [[listeners]]
 name = "web"
 listen = "127.0.0.1:{PORTS[name]}"
+{f'tls = {{ cert = "{tls[0]}", key = "{tls[1]}" }}' if tls else ""}
 # The memory section holds 10,000 connections: past the default cap of 8,192.
 client_limits = {{ max_connections = 20000 }}
 {plugins}
@@ -329,10 +332,10 @@ def start_jwks(jwks):
     return server
 
 
-def rampart(name, full, argv_extra=(), per_ip_limit=4_000_000_000):
+def rampart(name, full, argv_extra=(), per_ip_limit=4_000_000_000, tls=None):
     """A rampart contender. Its per-IP limit is out of reach (a saturation run is one client)
     unless `per_ip_limit` says otherwise."""
-    rules = rampart_rules(name, full, per_ip_limit)
+    rules = rampart_rules(name, full, per_ip_limit, tls)
     env = {"RAMPART_ORIGIN_VERIFY_SECRET": ORIGIN, "RAMPART_ADMIN_HEADER_SECRET": ADMIN, "RUST_LOG": "warn"}
     argv = [str(RAMPART), "--rules", str(rules), "--threads", "1", "--no-watch",
             "--admin", f"127.0.0.1:{ADMIN_PORTS[name]}", *argv_extra]
@@ -681,11 +684,63 @@ def streams(procs, token):
 
 # --- the report ---------------------------------------------------------------------------
 
+def h2load(port, token, mode):
+    """`h2load` over TLS: GET /v1/models with the token, H2_REQUESTS in all."""
+    flags = {"http/1.1": ["--h1", "-c", "32"], "h2": ["-c", "32", "-m", "1"],
+             "h2 x8 streams": ["-c", "4", "-m", "8"]}[mode]
+    argv = ["taskset", "-c", LOAD_CORE, "h2load", "-n", str(H2_REQUESTS), *flags,
+            "-H", ":authority: bench.rampart.test", "-H", "user-agent: OpenAI/Python 1.54.0",
+            "-H", f"authorization: Bearer {token}", "-H", f"x-origin-verify: {ORIGIN}",
+            "-H", "accept: application/json", f"https://127.0.0.1:{port}/v1/models"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    ok = re.search(r"status codes: (\d+) 2xx", out)
+    if not (done and rps and ok):
+        raise SystemExit(f"h2load failed on port {port} ({mode}):\n{out}")
+    return {"requests": int(done.group(1)), "rps": float(rps.group(1)), "ok": int(ok.group(1))}
+
+
+def protocols(token):
+    """HTTP/2 against HTTP/1.1, both over TLS, through nginx (http2 on) and rampart's full
+    pipeline: CPU per request of the proxy, alternating, ROUNDS times."""
+    cert, key = WORK / "tls-cert.pem", WORK / "tls-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+                    "-subj", "/CN=bench.rampart.test"], check=True, capture_output=True)
+    procs = {}
+    try:
+        tls_block = proxy_block(PORTS["nginx_tls"], f"    ssl_certificate {cert};\n    ssl_certificate_key {key};",
+                                " ssl http2")
+        procs["nginx_tls"] = Proc("nginx_tls", ["nginx", "-c", str(nginx_conf("nginx_tls", tls_block)),
+                                                "-p", str(WORK / "nginx_tls")], PROXY_CORE)
+        argv, env = rampart("full_tls", True, tls=(cert, key))
+        procs["full_tls"] = Proc("full_tls", argv, PROXY_CORE, env)
+        for name in procs:
+            wait_port(PORTS[name])
+        time.sleep(1)
+        runs = {}
+        for r in range(ROUNDS):
+            for mode in ("http/1.1", "h2", "h2 x8 streams"):
+                for name, proc in procs.items():
+                    before = proc.cpu_seconds()
+                    res = h2load(PORTS[name], token, mode)
+                    res["cpu_us_per_req"] = (proc.cpu_seconds() - before) / max(res["requests"], 1) * 1e6
+                    runs.setdefault((name, mode), []).append(res)
+                    log(f"round {r + 1} {mode:14} {name:10} {res['rps']:9.0f} rps  "
+                        f"cpu {res['cpu_us_per_req']:7.1f} us/req  2xx {res['ok']}/{res['requests']}")
+        return {f"{name} {mode}": {k: statistics.median(x[k] for x in rs) for k in ("rps", "cpu_us_per_req", "ok", "requests")}
+                for (name, mode), rs in runs.items()}
+    finally:
+        for p in procs.values():
+            p.stop()
+
+
 def ratio(a, b):
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def report(machine, sat, lat, idle, sse, ins, mem):
+def report(machine, sat, lat, idle, sse, ins, mem, proto=None):
     lines = [f"# Load benchmark ({time.strftime('%Y-%m-%d %H:%M')})", "", machine, "",
              f"wrk -t1 -c32, {SECONDS:g} s per run, {ROUNDS} rounds alternating; medians.", ""]
     for req_name, row in sat.items():
@@ -736,6 +791,18 @@ def report(machine, sat, lat, idle, sse, ins, mem):
             lines.append(f"| {name} | {r['completed']} | {r['events']} | {r['kib_per_stream']:.1f} | "
                          f"{ratio(r['kib_per_stream'], ng.get('kib_per_stream'))} | {r['cpu_us_per_event']:.1f} | "
                          f"{ratio(r['cpu_us_per_event'], ng.get('cpu_us_per_event'))} | {r['max_gap_ms']:.0f} |")
+        lines.append("")
+    if proto:
+        lines += ["## HTTP/2 against HTTP/1.1 (TLS, GET with a token)", "",
+                  f"h2load, {H2_REQUESTS} requests a run: HTTP/1.1 on 32 connections, HTTP/2 on 32 "
+                  f"connections of one stream each, and on 4 connections of 8 streams (as a browser "
+                  f"multiplexes); {ROUNDS} rounds alternating, medians.", "",
+                  "| contender | protocol | rps | CPU µs/req | vs its HTTP/1.1 | 2xx |", "|---|---|---|---|---|---|"]
+        for key, r in proto.items():
+            name, mode = key.split(" ", 1)
+            h1 = proto.get(f"{name} http/1.1", {}).get("cpu_us_per_req")
+            lines.append(f"| {name} | {mode} | {r['rps']:.0f} | {r['cpu_us_per_req']:.1f} | "
+                         f"{ratio(r['cpu_us_per_req'], h1)} | {r['ok']:.0f}/{r['requests']:.0f} |")
         lines.append("")
     if ins:
         lines += ["## Instructions per request (valgrind --tool=callgrind, whole process)", "",
@@ -818,6 +885,7 @@ def main():
         for name in ("pingora", "bare", "full", "nginx", "modsecurity"):
             if name in procs:
                 procs.pop(name).stop()
+        proto = {} if "protocols" in SKIP else protocols(token)
         ins = {} if "valgrind" in SKIP else instructions(reqs)
         mem = {} if "memory" in SKIP else memory(reqs)
         up.stop()
@@ -830,9 +898,9 @@ def main():
                 server.stop()
         jwks_server.shutdown()
     out = Path(os.environ.get("BENCH_OUT", WORK / "report.md"))
-    text = report(machine, sat, lat, idle, sse, ins, mem)
+    text = report(machine, sat, lat, idle, sse, ins, mem, proto)
     out.write_text(text)
-    out.with_suffix(".json").write_text(json.dumps({"saturation": sat, "latency": lat, "idle_connections": idle, "streams": sse, "instructions": ins, "memory": mem}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"saturation": sat, "latency": lat, "idle_connections": idle, "streams": sse, "instructions": ins, "memory": mem, "protocols": proto}, indent=1))
     print(text)
 
 
