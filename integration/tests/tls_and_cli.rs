@@ -275,7 +275,7 @@ async fn rules_test_explains_which_rules_match_and_why() {
     let benign = dir.path().join("benign.http");
     std::fs::write(
         &benign,
-        "GET /v1/models HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: curl/8\r\n\r\n",
+        format!("GET /v1/models HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: curl/8\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\n\r\n"),
     )
     .expect("write");
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules");
@@ -286,14 +286,27 @@ async fn rules_test_explains_which_rules_match_and_why() {
         .output()
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a refused request makes rules test fail: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
         text.contains("SQLi_QUERYARGUMENTS") && text.contains("REFUSED"),
         "{text}"
+    );
+    let attack_part = text
+        .split("GET /v1/models on listener")
+        .next()
+        .unwrap_or_default();
+    assert!(
+        attack_part
+            .trim_end()
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("answer: 403 from owasp")),
+        "the answer is the last line: {text}"
     );
     let benign_part = text
         .split("GET /v1/models on listener")
@@ -301,6 +314,18 @@ async fn rules_test_explains_which_rules_match_and_why() {
         .unwrap_or_default();
     assert!(
         benign_part.contains("owasp: anomaly score 0") && !benign_part.contains("REFUSED"),
+        "{text}"
+    );
+    let out = rampart_cmd()
+        .args(["rules", "test", "--rules", shipped])
+        .arg(&benign)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.trim_end().lines().last(),
+        Some("answer: passed on to route litellm"),
         "{text}"
     );
 
@@ -335,43 +360,124 @@ async fn worker_threads_come_from_the_config() {
     }
 }
 
-/// The shipped rules' commented examples are valid when uncommented as they stand.
-#[tokio::test]
-async fn the_shipped_jwt_example_works_when_uncommented() {
-    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules");
-    let dir = tempfile::tempdir().expect("tmp");
-    let copied = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(format!("{shipped}/."))
-        .arg(dir.path())
-        .status()
-        .expect("cp");
-    assert!(copied.success());
-    let path = dir.path().join("gateway.toml");
-    let text = std::fs::read_to_string(&path).expect("read");
-    let start = text
-        .find("# [[listeners.plugins]]\n# type = \"jwt\"")
-        .expect("the jwt example");
-    let end = start + text[start..].find("\n\n").expect("end of the example");
-    let uncommented: String = text[start..end]
-        .lines()
-        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+/// Commented examples in a rule file: runs of comment lines that are TOML (a `[table]` header
+/// or a `key = value`), as `# [[listeners.plugins]]`. Prose and indented illustrations
+/// (`#   aws = ...`) are not examples. Each example: (first line, last line), 0-based.
+fn commented_examples(text: &str) -> Vec<(usize, usize)> {
+    let toml_line = |l: &str| {
+        l.strip_prefix("# ").is_some_and(|rest| {
+            let key = rest.split('=').next().unwrap_or("").trim();
+            rest.starts_with('[')
+                || (rest.contains(" = ")
+                    && !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)))
+        })
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if toml_line(lines[i]) {
+            let start = i;
+            while i + 1 < lines.len() && toml_line(lines[i + 1]) {
+                i += 1;
+            }
+            blocks.push((start, i));
+        }
+        i += 1;
+    }
+    blocks
+}
+
+fn uncomment(text: &str, (first, last): (usize, usize)) -> String {
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if (first..=last).contains(&i) {
+                l.strip_prefix("# ").unwrap_or(l)
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
-        .join("\n");
-    assert!(uncommented.contains("type = \"jwt\"") && uncommented.contains("jwks_url"));
-    std::fs::write(
-        &path,
-        format!("{}{}{}", &text[..start], uncommented, &text[end..]),
-    )
-    .expect("write");
-    let out = rampart_cmd()
+        .join("\n")
+}
+
+/// Every commented example in the shipped rules passes `rampart check` once uncommented as it
+/// stands, with placeholder secrets (as a CI pipeline without the secrets would run it). An
+/// example in models.toml is checked with the provider routes uncommented, which read it.
+#[tokio::test]
+async fn every_shipped_example_works_when_uncommented() {
+    let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"));
+    let gateway = std::fs::read_to_string(shipped.join("gateway.toml")).expect("gateway.toml");
+    let models = std::fs::read_to_string(shipped.join("models.toml")).expect("models.toml");
+    let gateway_examples = commented_examples(&gateway);
+    let provider_routes = gateway_examples
+        .iter()
+        .copied()
+        .find(|&(a, b)| {
+            gateway
+                .lines()
+                .skip(a)
+                .take(b - a + 1)
+                .any(|l| l.contains("models = true"))
+        })
+        .expect("the provider routes example");
+    let mut cases: Vec<(String, String, String)> = Vec::new();
+    for &block in &gateway_examples {
+        cases.push((
+            format!("gateway.toml:{}", block.0 + 1),
+            uncomment(&gateway, block),
+            models.clone(),
+        ));
+    }
+    for block in commented_examples(&models) {
+        cases.push((
+            format!("models.toml:{}", block.0 + 1),
+            uncomment(&gateway, provider_routes),
+            uncomment(&models, block),
+        ));
+    }
+    assert!(
+        cases.len() >= 5,
+        "the examples were found: {:?}",
+        cases.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    for (example, gateway_text, models_text) in &cases {
+        let dir = tempfile::tempdir().expect("tmp");
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(format!("{}/.", shipped.display()))
+            .arg(dir.path())
+            .status()
+            .expect("cp");
+        assert!(copied.success());
+        std::fs::write(dir.path().join("gateway.toml"), gateway_text).expect("write");
+        std::fs::write(dir.path().join("models.toml"), models_text).expect("write");
+        // No secret in the environment: the placeholders stand in.
+        let out = Command::new(rampart_binary())
+            .args(["check", "--placeholder-secrets"])
+            .arg(dir.path())
+            .env_remove("RAMPART_ORIGIN_VERIFY_SECRET")
+            .env_remove("RAMPART_ADMIN_HEADER_SECRET")
+            .output()
+            .expect("run check");
+        assert!(
+            out.status.success(),
+            "the example at {example}, uncommented: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Without the flag and without the secrets, check says which secret is missing.
+    let out = Command::new(rampart_binary())
         .arg("check")
-        .arg(dir.path())
+        .arg(shipped)
+        .env_remove("RAMPART_ORIGIN_VERIFY_SECRET")
+        .env_remove("RAMPART_ADMIN_HEADER_SECRET")
         .output()
         .expect("run check");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("origin-verify"));
 }

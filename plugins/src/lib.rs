@@ -12,6 +12,7 @@ pub mod jws;
 pub mod llm_request;
 pub mod llm_usage;
 pub mod models;
+pub mod names;
 pub mod net;
 pub mod path;
 pub mod plugins;

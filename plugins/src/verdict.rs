@@ -41,6 +41,12 @@ pub trait Plugin: Send + Sync {
         &[]
     }
 
+    /// The route names this plugin's configuration refers to: each must name a route of its
+    /// listener, or the configuration is refused (a misspelt route would change nothing).
+    fn route_names(&self) -> Vec<&str> {
+        Vec::new()
+    }
+
     /// Whether this plugin reads the request body; the proxy then delivers it
     /// ([`RequestView::body`]) before any of it reaches an upstream.
     fn inspects_body(&self) -> bool {

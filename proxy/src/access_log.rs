@@ -43,6 +43,8 @@ pub struct Entry<'a> {
     pub team: Option<&'a str>,
     /// (plugin, rule id) when the request was refused.
     pub refused_by: Option<(&'static str, &'a str)>,
+    /// (plugin, rule id) of the matches in count mode: left out when none.
+    pub counted_by: &'a [(&'static str, String)],
     pub request_id: &'a str,
     pub upstream_error: Option<&'static str>,
     /// Tokens an LLM provider reported for its answer: left out.
@@ -110,6 +112,21 @@ fn line(entry: &Entry<'_>) -> Vec<u8> {
             o.out.push(b']');
         }
         None => o.out.extend_from_slice(b"null"),
+    }
+    if !entry.counted_by.is_empty() {
+        o.key(key!("counted_by"));
+        o.out.push(b'[');
+        for (i, (plugin, rule)) in entry.counted_by.iter().enumerate() {
+            if i > 0 {
+                o.out.push(b',');
+            }
+            o.out.push(b'[');
+            o.string(plugin);
+            o.out.push(b',');
+            o.string(rule);
+            o.out.push(b']');
+        }
+        o.out.push(b']');
     }
     o.str(key!("request_id"), entry.request_id);
     o.opt_str(key!("upstream_error"), entry.upstream_error);
@@ -307,6 +324,10 @@ mod tests {
             client_id: None,
             team: Some("ml"),
             refused_by: Some(("owasp", "SQLi_BODY")),
+            counted_by: &[
+                ("bot_control", "SignalNonBrowserUserAgent".to_string()),
+                ("owasp", "XSS \"quoted\"".to_string()),
+            ],
             request_id: "r-1",
             upstream_error: None,
             prompt_tokens: None,
@@ -320,6 +341,13 @@ mod tests {
         assert_eq!(v["path"], "/v1/chat/\"quoted\"");
         assert_eq!(v["duration"], 1.5);
         assert_eq!(v["refused_by"], serde_json::json!(["owasp", "SQLi_BODY"]));
+        assert_eq!(
+            v["counted_by"],
+            serde_json::json!([
+                ["bot_control", "SignalNonBrowserUserAgent"],
+                ["owasp", "XSS \"quoted\""]
+            ])
+        );
         assert_eq!(v["team"], "ml");
         assert!(v.get("client_id").is_none());
         assert_eq!(v["completion_tokens"], 7);
@@ -354,12 +382,17 @@ mod tests {
                 client_id: Some(&text),
                 team: None,
                 refused_by: Some(("waf", &text)),
+                counted_by: &[],
                 request_id: "r",
                 upstream_error: Some("timeout"),
                 prompt_tokens: Some(next()),
                 completion_tokens: None,
             };
             let line = line(&entry);
+            assert!(
+                !line.windows(10).any(|w| w == b"counted_by"),
+                "left out when none"
+            );
             let v: serde_json::Value = serde_json::from_slice(&line)
                 .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&line)));
             assert_eq!(v["path"], text.as_str());

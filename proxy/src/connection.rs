@@ -291,6 +291,7 @@ impl GuardedHttp {
             client_id: None,
             team: None,
             refused_by: Some(("proxy", rule)),
+            counted_by: &[],
             request_id,
             upstream_error: None,
             prompt_tokens: None,

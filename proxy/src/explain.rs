@@ -1,12 +1,15 @@
 //! `rampart rules test FILE`: runs a listener's chain over a raw HTTP request read from a
-//! file and prints which rules match and why, before an SRE turns a rule on.
+//! file and prints which rules match and why, before an SRE turns a rule on; the last line
+//! is the answer the client would get, and a refusal makes the command exit non-zero, so
+//! that it can gate rule changes in CI.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use rampart_plugins::chain::Action;
 use rampart_plugins::path::{has_segment_prefix, normalize};
-use rampart_plugins::RequestView;
+use rampart_plugins::{RequestView, Verdict};
 use thiserror::Error;
 
 use crate::snapshot::explain_chain;
@@ -71,7 +74,13 @@ fn parse(file: &str, bytes: &[u8]) -> Result<RawRequest, ExplainError> {
 }
 
 /// The report for one request file.
-pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, ExplainError> {
+/// What `rules test` found for one request: the report, and whether the client is refused.
+pub struct Explained {
+    pub report: String,
+    pub refused: bool,
+}
+
+pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<Explained, ExplainError> {
     let name = file.display().to_string();
     let bytes = std::fs::read(file).map_err(|e| ExplainError::Read(name.clone(), e))?;
     let req = parse(&name, &bytes)?;
@@ -129,7 +138,46 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<String, Expl
             }
         }
     }
-    Ok(out)
+    // The answer, as the proxy's chain decides it: the first blocking refusal ends it; a
+    // counted one is only noted; an identity a plugin verified is seen by those after it.
+    let mut identity = None;
+    let mut refusal = None;
+    for (kind, entry) in &chain.plugins {
+        let Ok(entry) = entry else { continue };
+        if !entry.judges(peer) {
+            continue;
+        }
+        let verdict = {
+            let mut v = view;
+            v.identity = identity.as_deref();
+            entry.plugin.check(&v)
+        };
+        match verdict {
+            Verdict::Authenticated(who) if identity.is_none() => identity = Some(who),
+            Verdict::Deny(deny) if entry.action == Action::Block => {
+                refusal = Some((kind.clone(), deny));
+                break;
+            }
+            _ => {}
+        }
+    }
+    match &refusal {
+        Some((kind, deny)) => {
+            let _ = writeln!(
+                out,
+                "answer: {} from {kind} ({}), the upstream sees nothing",
+                deny.status,
+                deny.reason()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "answer: passed on to route {route}");
+        }
+    }
+    Ok(Explained {
+        report: out,
+        refused: refusal.is_some(),
+    })
 }
 
 #[cfg(test)]

@@ -33,6 +33,10 @@ enum Command {
     Check {
         #[arg(default_value = "rules")]
         rules: PathBuf,
+        /// Give every secret a placeholder value instead of reading its sources (for CI
+        /// pipelines without the secrets); everything else is checked as a reload would.
+        #[arg(long)]
+        placeholder_secrets: bool,
     },
     /// Work with rules.
     Rules {
@@ -43,7 +47,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum RulesCommand {
-    /// Show which rules a raw HTTP request (in a file) matches, and why.
+    /// Show which rules a raw HTTP request (in a file) matches, and why, then the answer the
+    /// client would get. Exits 0 when every request passes, 3 when one is refused, 1 on an
+    /// error (an unreadable file, broken rules).
     Test {
         /// Files holding one raw HTTP request each (request line, headers, blank line, body).
         #[arg(required = true)]
@@ -94,8 +100,16 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check { rules }) => {
-            match RuleSnapshot::load(&rules, 0, None, &Carried::default()) {
+        Some(Command::Check {
+            rules,
+            placeholder_secrets,
+        }) => {
+            let carried = if placeholder_secrets {
+                Carried::with_placeholder_secrets()
+            } else {
+                Carried::default()
+            };
+            match RuleSnapshot::load(&rules, 0, None, &carried) {
                 Ok(snapshot) => {
                     println!(
                         "{}: ok ({} listeners, {} upstreams)",
@@ -119,17 +133,24 @@ fn main() -> ExitCode {
                     listener,
                 },
         }) => {
-            let mut status = ExitCode::SUCCESS;
+            let (mut failed, mut refused) = (false, false);
             for file in files {
                 match rampart::explain::explain(&rules, &listener, &file) {
-                    Ok(report) => print!("{report}"),
+                    Ok(explained) => {
+                        print!("{}", explained.report);
+                        refused |= explained.refused;
+                    }
                     Err(e) => {
                         eprintln!("{e}");
-                        status = ExitCode::FAILURE;
+                        failed = true;
                     }
                 }
             }
-            status
+            match (failed, refused) {
+                (true, _) => ExitCode::FAILURE,
+                (false, true) => ExitCode::from(3),
+                (false, false) => ExitCode::SUCCESS,
+            }
         }
         Some(Command::Run(args)) => run(args),
         None => run(cli.run),

@@ -128,6 +128,8 @@ pub struct RequestCtx {
     client: IpAddr,
     /// `plugin` and rule id of the denial, or the proxy's own reason for refusing.
     refused: Option<(&'static str, Cow<'static, str>)>,
+    /// Matches in count mode: (plugin, rule), at most [`COUNTED_KEPT`], for the access log.
+    counted: Vec<(&'static str, String)>,
     /// Headers the refusal carries (a 429's `Retry-After`).
     refused_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     upstream_error: Option<&'static str>,
@@ -149,6 +151,8 @@ pub struct RequestCtx {
 /// Pingora's retry buffer holds this much: a body up to this size with a known length is
 /// read whole before the upstream is even chosen, and replayed to it from the buffer.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+/// Matches in count mode kept per request for its access-log line (the metrics count all).
+const COUNTED_KEPT: usize = 8;
 
 /// A unique id per request: a per-process random prefix and a counter, hashed.
 pub fn new_request_id() -> String {
@@ -295,7 +299,7 @@ impl RampartProxy {
     async fn judge(
         &self,
         session: &Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         path: &str,
         body: Option<&[u8]>,
         stage: Stage,
@@ -326,9 +330,35 @@ impl RampartProxy {
         };
         let metrics = &self.gateway.metrics;
         let mut first_block: Option<(&'static str, String, String, String)> = None;
+        let log_counted = sampled(&ctx.request_id, rules.block_log_sample);
+        let counted = &mut ctx.counted;
+        let (request_id, listener, route_name) = (&ctx.request_id, &*self.listener, &route.name);
+        let client = ctx.client;
         let judgement = rules
             .chain
-            .evaluate(&view, stage, |hit| match hit.finding {
+            .evaluate(&view, stage, |hit| {
+                // A counted match is logged like a block, so that a rollout in count mode can
+                // be reviewed request by request.
+                if hit.action == rampart_plugins::Action::Count {
+                    if counted.len() < COUNTED_KEPT {
+                        counted.push((hit.plugin, hit.rule.to_string()));
+                    }
+                    if log_counted {
+                        let (location, excerpt) = hit.finding.map_or((String::new(), String::new()), |f| {
+                            (f.location.to_string(), redact(f.location, f.excerpt, rules.chain.consumed_headers()))
+                        });
+                        log::warn!(
+                            target: "rampart::blocked",
+                            "{}",
+                            serde_json::json!({
+                                "request_id": request_id, "listener": listener, "route": route_name,
+                                "client": client.to_string(), "plugin": hit.plugin, "rule": hit.rule,
+                                "action": "count", "location": location, "matched": excerpt,
+                            })
+                        );
+                    }
+                }
+                match hit.finding {
                 None => metrics
                     .plugin_verdicts
                     .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
@@ -348,7 +378,7 @@ impl RampartProxy {
                         ));
                     }
                 }
-            })
+            }})
             .await;
         if let Some((plugin, deny)) = &judgement.denied {
             if sampled(&ctx.request_id, rules.block_log_sample) {
@@ -364,7 +394,8 @@ impl RampartProxy {
                     serde_json::json!({
                         "request_id": ctx.request_id, "listener": &*self.listener, "route": route.name,
                         "client": ctx.client.to_string(), "plugin": rule_plugin, "rule": rule,
-                        "decided_by": deny.rule, "location": location, "matched": excerpt,
+                        "action": "block", "decided_by": deny.rule, "location": location,
+                        "matched": excerpt,
                     })
                 );
             }
@@ -404,7 +435,7 @@ impl RampartProxy {
     async fn judge_whole_body(
         &self,
         session: &Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         path: &str,
         body: &Bytes,
     ) -> std::result::Result<(), (&'static str, Deny)> {
@@ -432,7 +463,7 @@ impl RampartProxy {
     async fn judge_body_part(
         &self,
         session: &Session,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         path: &str,
         part: &[u8],
     ) -> std::result::Result<(), (&'static str, Deny)> {
@@ -595,6 +626,7 @@ impl ProxyHttp for RampartProxy {
             peer: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             refused: None,
+            counted: Vec::new(),
             refused_headers: Vec::new(),
             upstream_error: None,
             request_id: new_request_id(),
@@ -1048,6 +1080,7 @@ impl ProxyHttp for RampartProxy {
             client_id: ctx.identity.as_deref().map(|who| &*who.client_id),
             team: ctx.identity.as_deref().and_then(|who| who.team.as_deref()),
             refused_by: ctx.refused.as_ref().map(|(p, r)| (*p, r.as_ref())),
+            counted_by: &ctx.counted,
             request_id: &ctx.request_id,
             upstream_error: ctx.upstream_error,
             prompt_tokens: usage.map(|u| u.prompt_tokens),

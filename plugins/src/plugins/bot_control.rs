@@ -318,6 +318,10 @@ impl BotControl {
 }
 
 impl Plugin for BotControl {
+    fn route_names(&self) -> Vec<&str> {
+        self.exempt_routes.iter().map(String::as_str).collect()
+    }
+
     fn name(&self) -> &'static str {
         "bot_control"
     }

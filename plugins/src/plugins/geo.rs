@@ -138,6 +138,10 @@ impl Geo {
 }
 
 impl Plugin for Geo {
+    fn route_names(&self) -> Vec<&str> {
+        self.routes.iter().map(String::as_str).collect()
+    }
+
     fn name(&self) -> &'static str {
         "geo"
     }

@@ -455,6 +455,13 @@ fn unix_now() -> u64 {
 }
 
 impl Plugin for Jwt {
+    fn route_names(&self) -> Vec<&str> {
+        self.scope_rules
+            .iter()
+            .flat_map(|r| r.routes.iter().map(String::as_str))
+            .collect()
+    }
+
     fn name(&self) -> &'static str {
         "jwt"
     }

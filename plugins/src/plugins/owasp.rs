@@ -243,6 +243,30 @@ impl Waf {
             files.extend(ctx.rule_files(path)?);
         }
         let rules = ctx.rule_set(&files)?;
+        // A name that matches no rule would change nothing, silently: refused, with the
+        // nearest names. The built-in profiles name rules of the shipped sets only, so only
+        // the operator's own names are checked.
+        let known: std::collections::BTreeSet<String> =
+            rules.rules.iter().flat_map(|r| r.names()).collect();
+        let named = config.overrides.keys().map(|n| ("overrides", n)).chain(
+            config.profiles.values().flat_map(|p| {
+                p.exclude_rules.iter().map(|n| ("exclude_rules", n)).chain(
+                    p.prose_exclude_rules
+                        .iter()
+                        .map(|n| ("prose_exclude_rules", n)),
+                )
+            }),
+        );
+        for (field, rule) in named {
+            if !known.contains(rule) {
+                let message = crate::names::unknown(
+                    "rule id, group or label",
+                    rule,
+                    known.iter().map(String::as_str),
+                );
+                return Err(BuildError::invalid(name, &format!("{field}: {message}")));
+            }
+        }
         let mut profiles = config.profiles;
         profiles
             .entry("llm".to_string())
@@ -340,6 +364,10 @@ impl Waf {
 }
 
 impl Plugin for Waf {
+    fn route_names(&self) -> Vec<&str> {
+        self.route_profiles.keys().map(String::as_str).collect()
+    }
+
     fn name(&self) -> &'static str {
         self.name
     }

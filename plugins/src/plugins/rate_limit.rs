@@ -300,6 +300,13 @@ impl RateLimit {
 }
 
 impl Plugin for RateLimit {
+    fn route_names(&self) -> Vec<&str> {
+        self.limits
+            .iter()
+            .flat_map(|l| l.routes.iter().map(String::as_str))
+            .collect()
+    }
+
     fn name(&self) -> &'static str {
         "rate_limit"
     }

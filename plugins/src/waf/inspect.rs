@@ -54,6 +54,15 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 6] = [
+        Source::UriPath,
+        Source::Query,
+        Source::Body,
+        Source::Cookie,
+        Source::Header,
+        Source::Method,
+    ];
+
     pub fn aws_suffix(self) -> &'static str {
         match self {
             Source::UriPath => "URIPATH",

@@ -161,6 +161,22 @@ impl Rule {
                 || self.header_names.contains(&field.name))
     }
 
+    /// Every name `overrides` and `exclude_rules` may give this rule by: its id, its group
+    /// and its labels (an AWS-style rule has one per source).
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec![self.id.clone(), self.group.clone()];
+        match (&self.label, &self.aws) {
+            (Some(l), _) => names.push(l.clone()),
+            (None, Some(prefix)) => names.extend(
+                Source::ALL
+                    .iter()
+                    .map(|s| format!("{prefix}_{}", s.aws_suffix())),
+            ),
+            (None, None) => {}
+        }
+        names
+    }
+
     /// The AWS-style label for a match in `source`.
     pub fn label(&self, source: Source) -> String {
         match (&self.label, &self.aws) {

@@ -58,6 +58,11 @@ impl Meter {
         }
     }
 
+    /// Whether budgets count this stream (only then is it watched for event boundaries).
+    pub fn on(&self) -> bool {
+        self.on
+    }
+
     /// The stream's running total, when the meter is on and the answer is a stream.
     pub fn running(&self, progress: Option<Progress>) -> Option<u64> {
         let progress = progress.filter(|_| self.on)?;

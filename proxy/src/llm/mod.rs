@@ -93,7 +93,8 @@ pub struct Outcome {
     pub refused: Option<Cow<'static, str>>,
     pub upstream_error: Option<&'static str>,
     pub usage: Option<Usage>,
-    /// An answer's header went to the client (its tokens are then charged).
+    /// An answer that used tokens reached the client: the admission's estimate stands until
+    /// its usage replaces it. Otherwise the estimate is taken back.
     pub answered: bool,
 }
 
@@ -399,7 +400,7 @@ async fn serve_admitted(
             }]
         }
     };
-    sync_rests(rules, &ready_ids(&plan)).await;
+    sync_rests(rules, &plan).await;
     let now = Instant::now();
     let (mut ready, cooling): (Vec<_>, Vec<_>) = plan
         .into_iter()
@@ -565,7 +566,6 @@ async fn call(
             .llm_attempts
             .with_label_values(&[attempt.provider_name, "client_error"])
             .inc();
-        outcome.answered = true;
         outcome.upstream_error = Some("status");
         write_json(session, status, body, &[]).await?;
         return Ok(None);
@@ -649,7 +649,8 @@ async fn call(
     let mut edges = EventEdges::default();
     let mut spent = None;
     session.write_response_header(Box::new(resp), false).await?;
-    outcome.answered = true;
+    // An error answer generated nothing: the admission's estimate comes back.
+    outcome.answered = status < 400;
     let mut next = first;
     let mut first_written = false;
     while let Some(raw) = next {
@@ -672,7 +673,9 @@ async fn call(
             }
         }
         usage.feed(&chunk);
-        edges.advance(&chunk);
+        if meter.on() {
+            edges.advance(&chunk);
+        }
         session.write_response_body(Some(chunk), false).await?;
         if !first_written {
             first_written = true;
@@ -850,20 +853,17 @@ fn broken_stream(
     e
 }
 
-/// The cooldown keys of a plan's targets.
-fn ready_ids<'p>(plan: &'p [Attempt<'_>]) -> Vec<&'p str> {
-    plan.iter().map(|a| a.target_id.as_str()).collect()
-}
-
-/// Takes the rests other instances published, at most once a second per instance.
-async fn sync_rests(rules: &LlmRules, targets: &[&str]) {
+/// Takes the rests other instances published for a plan's targets, at most once a second
+/// per instance.
+async fn sync_rests(rules: &LlmRules, plan: &[Attempt<'_>]) {
     let Some(store) = &rules.store else {
         return;
     };
-    if targets.is_empty() || !store.available() || !rules.cooldowns.sync_due(now_ms()) {
+    if plan.is_empty() || !store.available() || !rules.cooldowns.sync_due(now_ms()) {
         return;
     }
-    let Ok(rests) = store.rests(targets).await else {
+    let targets: Vec<&str> = plan.iter().map(|a| a.target_id.as_str()).collect();
+    let Ok(rests) = store.rests(&targets).await else {
         return;
     };
     let (now, now_unix) = (Instant::now(), now_ms());
