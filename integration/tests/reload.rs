@@ -278,3 +278,174 @@ async fn rules_that_would_take_the_gateway_down_are_refused() {
     assert_eq!(r.status, 200, "{:?}", r.json());
     assert_ne!(probe(&rampart).await.as_deref(), Some("grafana"));
 }
+
+/// What an operator sees of the rules in force: `GET /config` (redacted), the build, a dry
+/// run that applies nothing, a reload log that says what changed, typos refused with the
+/// nearest names, and matches in count mode in the access and block logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_config_in_force_is_visible_redacted_and_a_dry_run_applies_nothing() {
+    let up = SeedUpstreams::start(1).await;
+    // A secret's value pasted where a name belongs, and a Redis URL with a password: neither
+    // may be shown.
+    let pasted = format!(
+        "[[listeners.routes]]\nprefix = \"/pasted/\"\nname = \"{ORIGIN_SECRET}\"\nupstream = \"grafana\"\n\n[[listeners.routes]]\nprefix = \"/grafana/\""
+    );
+    let base = config_with_probe(&up, "grafana").replacen(
+        "[[listeners.routes]]\nprefix = \"/grafana/\"",
+        &pasted,
+        1,
+    )
+        + "\n[rate_limit_store]\nredis = \"redis://rampart:hunter2-redis-pass@127.0.0.1:6399/0\"\n";
+    let rampart = Rampart::start_opts(&base, SEED_LISTENERS, &[], &["--no-watch"]).await;
+
+    let config = rampart.admin_get("/config").await;
+    assert_eq!(config.status, 200);
+    let text = String::from_utf8_lossy(&config.body).into_owned();
+    for secret in [ORIGIN_SECRET, ADMIN_SECRET, "hunter2-redis-pass"] {
+        assert!(!text.contains(secret), "/config shows a secret: {text}");
+    }
+    let v = config.json();
+    assert_eq!(v["generation"], 1);
+    assert_eq!(
+        v["config"]["gateway.toml"]["rate_limit_store"]["redis"],
+        "redis://rampart:<redacted>@127.0.0.1:6399/0"
+    );
+    assert_eq!(
+        v["config"]["gateway.toml"]["secrets"]["origin-verify"]["env"][0],
+        "RAMPART_ORIGIN_VERIFY_SECRET",
+        "sources are shown"
+    );
+    let files = v["files"].as_array().cloned().unwrap_or_default();
+    let hash_of = |path: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == path)
+            .and_then(|f| f["sha256"].as_str())
+            .map(str::to_string)
+    };
+    let first_hash = hash_of("gateway.toml").expect("gateway.toml is listed");
+    assert_eq!(first_hash.len(), 64);
+    assert!(
+        files
+            .iter()
+            .any(|f| f["path"].as_str().is_some_and(|p| p.contains("waf/owasp"))),
+        "rule files are listed: {files:?}"
+    );
+
+    let m = rampart.metrics().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("rampart_build_info{")
+            && l.contains("version=\"")
+            && l.ends_with(" 1")),
+        "{m}"
+    );
+    assert_eq!(
+        metric_value(&m, "rampart_config_reloads_total{result=\"success\"}").unwrap_or(0.0),
+        0.0,
+        "the first load is not a reload"
+    );
+
+    // A dry run validates and reports, and applies nothing.
+    let next = base.replace(
+        "upstream = \"grafana\"\n\n[[listeners.routes]]\nprefix = \"/pasted/\"",
+        "upstream = \"langfuse\"\n\n[[listeners.routes]]\nprefix = \"/pasted/\"",
+    );
+    assert_ne!(next, base, "the probe route changed");
+    rampart.write_rules(&next);
+    let dry = rampart.admin_post("/reload?dry_run=1").await;
+    assert_eq!(dry.status, 200, "{:?}", dry.json());
+    assert_eq!(dry.json()["valid"], true);
+    let changes = dry.json()["changes"].to_string();
+    assert!(changes.contains("gateway.toml: changed"), "{changes}");
+    assert_eq!(
+        probe(&rampart).await.as_deref(),
+        Some("grafana"),
+        "nothing applied"
+    );
+    assert_eq!(rampart.admin_get("/ready").await.json()["generation"], 1);
+    assert_eq!(rampart.admin_get("/config").await.json()["generation"], 1);
+
+    // Typos: refused with the nearest names, by a dry run and by a reload alike.
+    let typos = [
+        (
+            next.replacen(
+                "routes = { litellm = \"llm\" }",
+                "routes = { litelm = \"llm\" }",
+                1,
+            ),
+            "did you mean litellm",
+        ),
+        (
+            next.replacen(
+                "type = \"owasp\"\n",
+                "type = \"owasp\"\noverrides = { SQLi_QUERYARGS = \"count\" }\n",
+                1,
+            ),
+            "did you mean SQLi_QUERYARGUMENTS",
+        ),
+    ];
+    for (broken, hint) in &typos {
+        rampart.write_rules(broken);
+        let dry = rampart.admin_post("/reload?dry_run=1").await;
+        assert_eq!(dry.status, 422);
+        assert_eq!(dry.json()["valid"], false);
+        let r = rampart.admin_post("/reload").await;
+        assert_eq!(r.status, 422);
+        let err = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(err.contains(hint) && err.contains("gateway.toml:"), "{err}");
+    }
+
+    // The real reload: applied, and logged with what changed.
+    rampart.write_rules(&next);
+    let r = rampart.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(probe(&rampart).await.as_deref(), Some("langfuse"));
+    let logged = eventually(Duration::from_secs(2), || async {
+        rampart
+            .stderr_text()
+            .contains("rules reloaded: generation 2: gateway.toml: changed")
+    })
+    .await;
+    assert!(logged, "{}", rampart.stderr_text());
+    let after = rampart.admin_get("/config").await.json();
+    assert_eq!(after["generation"], 2);
+    assert_ne!(
+        after["files"][0]["sha256"].as_str(),
+        Some(first_hash.as_str()),
+        "the hash follows the file"
+    );
+
+    // Count mode: a counted match is in the access log and the block log, request by request.
+    let counting = next.replacen(
+        "type = \"owasp\"\n",
+        "type = \"owasp\"\noverrides = { SQLi_QUERYARGUMENTS = \"count\", sqli = \"count\" }\n",
+        1,
+    );
+    rampart.write_rules(&counting);
+    assert_eq!(rampart.admin_post("/reload").await.status, 200);
+    let attack = "/v1/models?id=1%27%20UNION%20SELECT%20password%20FROM%20users--";
+    let r = request(
+        rampart.addr("web"),
+        EXTERNAL_PEER,
+        "GET",
+        attack,
+        &[("X-Origin-Verify", ORIGIN_SECRET)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "counted, not refused");
+    let counted = eventually(Duration::from_secs(2), || async {
+        rampart.stdout_text().lines().any(|l| {
+            l.contains("\"counted_by\":[[\"owasp\",\"SQLi_QUERYARGUMENTS\"]")
+                && l.contains("\"refused_by\":null")
+        })
+    })
+    .await;
+    assert!(counted, "{}", rampart.stdout_text());
+    let block_log = rampart.stderr_text();
+    assert!(
+        block_log.lines().any(|l| l.contains("\"action\":\"count\"")
+            && l.contains("SQLi_QUERYARGUMENTS")
+            && l.contains("\"location\":\"args:id\"")),
+        "{block_log}"
+    );
+}

@@ -269,7 +269,7 @@ async fn rules_test_explains_which_rules_match_and_why() {
     let attack = dir.path().join("attack.http");
     std::fs::write(
         &attack,
-        "GET /v1/models?id=1%27%20UNION%20SELECT%20api_key%20FROM%20keys-- HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: curl/8\r\n\r\n",
+        format!("GET /v1/models?id=1%27%20UNION%20SELECT%20api_key%20FROM%20keys-- HTTP/1.1\r\nHost: gateway.example.com\r\nUser-Agent: curl/8\r\nX-Origin-Verify: {ORIGIN_SECRET}\r\n\r\n"),
     )
     .expect("write");
     let benign = dir.path().join("benign.http");
@@ -366,6 +366,9 @@ async fn worker_threads_come_from_the_config() {
 fn commented_examples(text: &str) -> Vec<(usize, usize)> {
     let toml_line = |l: &str| {
         l.strip_prefix("# ").is_some_and(|rest| {
+            if rest.starts_with(char::is_whitespace) {
+                return false;
+            }
             let key = rest.split('=').next().unwrap_or("").trim();
             rest.starts_with('[')
                 || (rest.contains(" = ")

@@ -195,6 +195,16 @@ impl Chain {
             .any(|e| e.plugin.inspects_body() && e.judges(peer))
     }
 
+    /// The plugins' names, in order.
+    pub fn plugin_names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.plugin.name()).collect()
+    }
+
+    /// Rules held by the plugins (the WAF rule sets).
+    pub fn rule_count(&self) -> usize {
+        self.entries.iter().map(|e| e.plugin.rule_count()).sum()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

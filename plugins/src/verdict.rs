@@ -41,6 +41,11 @@ pub trait Plugin: Send + Sync {
         &[]
     }
 
+    /// How many rules this plugin holds (a WAF's rule set), for the reload log.
+    fn rule_count(&self) -> usize {
+        0
+    }
+
     /// The route names this plugin's configuration refers to: each must name a route of its
     /// listener, or the configuration is refused (a misspelt route would change nothing).
     fn route_names(&self) -> Vec<&str> {

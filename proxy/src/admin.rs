@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/live`, `/ready`, `POST /reload`.
+//! The admin listener: `/metrics`, `/live`, `/ready`, `GET /config`, `POST /reload`
+//! (`?dry_run=1`: validate and say what would change, apply nothing).
 //! It binds to loopback by default; it has no authentication of its own.
 //!
 //! It is not one of Pingora's listening services: those stop accepting the moment a drain
@@ -71,6 +72,33 @@ impl AdminApp {
         )
     }
 
+    /// The configuration in force, secrets redacted (see [`crate::config_view`]).
+    fn config(&self) -> Response<Vec<u8>> {
+        json(
+            StatusCode::OK,
+            crate::config_view::view(&self.gateway.snapshot()),
+        )
+    }
+
+    async fn dry_run(&self, allow_removals: bool) -> Response<Vec<u8>> {
+        let gateway = self.gateway.clone();
+        let generation = self.gateway.snapshot().generation;
+        match tokio::task::spawn_blocking(move || gateway.dry_run(allow_removals)).await {
+            Ok(Ok(changes)) => json(
+                StatusCode::OK,
+                serde_json::json!({ "dry_run": true, "valid": true, "generation": generation, "changes": changes }),
+            ),
+            Ok(Err(e)) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({ "dry_run": true, "valid": false, "error": e.to_string(), "generation": generation }),
+            ),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::json!({ "error": e.to_string() }),
+            ),
+        }
+    }
+
     async fn reload(&self, allow_removals: bool) -> Response<Vec<u8>> {
         let gateway = self.gateway.clone();
         match tokio::task::spawn_blocking(move || gateway.reload_with(allow_removals)).await {
@@ -111,16 +139,21 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        let allow_removals = req
-            .uri
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p == "allow_removals=true"));
+        let flag = |name: &str| {
+            req.uri.query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p == format!("{name}=true") || p == format!("{name}=1"))
+            })
+        };
+        let (allow_removals, dry_run) = (flag("allow_removals"), flag("dry_run"));
         match (method, path.as_str()) {
             (Method::GET, "/metrics") => self.metrics(),
             (Method::GET, "/live") => respond(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
             (Method::GET, "/ready") => self.ready(),
+            (Method::GET, "/config") => self.config(),
+            (Method::POST, "/reload") if dry_run => self.dry_run(allow_removals).await,
             (Method::POST, "/reload") => self.reload(allow_removals).await,
-            (_, "/metrics" | "/live" | "/ready" | "/reload") => json(
+            (_, "/metrics" | "/live" | "/ready" | "/reload" | "/config") => json(
                 StatusCode::METHOD_NOT_ALLOWED,
                 serde_json::json!({ "error": "method not allowed" }),
             ),

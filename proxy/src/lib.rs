@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod aws_secrets;
 pub mod config;
+pub mod config_view;
 pub mod connection;
 pub mod explain;
 pub mod header_names;

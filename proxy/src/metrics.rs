@@ -81,7 +81,7 @@ impl Metrics {
         let reloads = IntCounterVec::new(
             Opts::new(
                 "rampart_config_reloads_total",
-                "Rules reloads, by result (success or failure).",
+                "Rules reloads, by result (success or failure); the first load at start is not one.",
             ),
             &["result"],
         )?;
@@ -89,6 +89,22 @@ impl Metrics {
             "rampart_config_generation",
             "Generation of the rules snapshot in force; starts at 1 and grows with each successful reload.",
         )?;
+        // Which build is running, as Prometheus' `*_build_info` convention has it: 1, with the
+        // version (and the commit, when the build was given RAMPART_COMMIT) as labels.
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "rampart_build_info",
+                "The running build: always 1, labelled with its version and commit.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("RAMPART_COMMIT").unwrap_or("unknown"),
+            ])
+            .set(1);
+        registry.register(Box::new(build_info))?;
         let config_last_reload_success = IntGauge::new(
             "rampart_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful rules load.",

@@ -54,7 +54,8 @@ impl Gateway {
             handover: tokio::sync::watch::Sender::new(false),
             metrics,
         };
-        gateway.record_success(1);
+        // The first load is not a reload: the generation and time are set, no reload counted.
+        gateway.record_generation(1);
         Ok(gateway)
     }
 
@@ -98,34 +99,7 @@ impl Gateway {
         let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         let next_generation = self.generation.load(Ordering::Relaxed) + 1;
-        let loaded =
-            RuleSnapshot::load(&self.rules_dir, next_generation, Some(&old), &self.carried)
-                .and_then(|snapshot| {
-                    let removed = snapshot.removed_since(&old);
-                    let listener_removed =
-                        removed.iter().any(|r| matches!(r, Removed::Listener(_)));
-                    if removed.is_empty() || (allow_removals && !listener_removed) {
-                        return Ok(snapshot);
-                    }
-                    let how = if listener_removed {
-                        "a listener is removed by a restart"
-                    } else {
-                        "to remove routes, reload with POST /reload?allow_removals=true"
-                    };
-                    Err(ConfigError {
-                        file: self.rules_dir.join(crate::config::GATEWAY_FILE),
-                        line: None,
-                        message: format!(
-                            "refused: this reload would remove what is serving ({}); {how}",
-                            removed
-                                .iter()
-                                .map(Removed::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    })
-                });
-        match loaded {
+        match self.prepare(&old, next_generation, allow_removals) {
             Ok(snapshot) => {
                 if snapshot.listener_layout() != old.listener_layout() {
                     log::warn!(
@@ -133,10 +107,16 @@ impl Gateway {
                         self.rules_dir.display()
                     );
                 }
+                let changes = crate::config_view::changes(&old, &snapshot);
                 self.current.store(Arc::new(snapshot));
                 self.generation.store(next_generation, Ordering::Relaxed);
                 self.record_success(next_generation);
-                log::info!("rules reloaded: generation {next_generation}");
+                let what = if changes.is_empty() {
+                    "nothing changed".to_string()
+                } else {
+                    changes.join("; ")
+                };
+                log::info!("rules reloaded: generation {next_generation}: {what}");
                 Ok(next_generation)
             }
             Err(e) => {
@@ -147,8 +127,54 @@ impl Gateway {
         }
     }
 
+    /// Validates the rules directory against the running process as a reload would, and
+    /// says what the reload would change, without applying anything.
+    pub fn dry_run(&self, allow_removals: bool) -> Result<Vec<String>, ConfigError> {
+        let _serialised = self.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let next_generation = self.generation.load(Ordering::Relaxed) + 1;
+        let snapshot = self.prepare(&old, next_generation, allow_removals)?;
+        Ok(crate::config_view::changes(&old, &snapshot))
+    }
+
+    /// A snapshot of the rules directory, refused when it would remove what is serving.
+    fn prepare(
+        &self,
+        old: &RuleSnapshot,
+        generation: u64,
+        allow_removals: bool,
+    ) -> Result<RuleSnapshot, ConfigError> {
+        let snapshot = RuleSnapshot::load(&self.rules_dir, generation, Some(old), &self.carried)?;
+        let removed = snapshot.removed_since(old);
+        let listener_removed = removed.iter().any(|r| matches!(r, Removed::Listener(_)));
+        if removed.is_empty() || (allow_removals && !listener_removed) {
+            return Ok(snapshot);
+        }
+        let how = if listener_removed {
+            "a listener is removed by a restart"
+        } else {
+            "to remove routes, reload with POST /reload?allow_removals=true"
+        };
+        Err(ConfigError {
+            file: self.rules_dir.join(crate::config::GATEWAY_FILE),
+            line: None,
+            message: format!(
+                "refused: this reload would remove what is serving ({}); {how}",
+                removed
+                    .iter()
+                    .map(Removed::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+
     fn record_success(&self, generation: u64) {
         self.metrics.reloads.with_label_values(&["success"]).inc();
+        self.record_generation(generation);
+    }
+
+    fn record_generation(&self, generation: u64) {
         self.metrics.config_generation.set(generation as i64);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -22,6 +22,7 @@ use crate::config::{
     StoreConfig, GATEWAY_FILE,
 };
 use crate::config::{LlmConfig, RouteConfig, SecretSpec};
+use crate::config_view::SourceRecord;
 use crate::jwks::JwksFetcher;
 use crate::llm::cooldown::Cooldowns;
 use crate::llm::{AwsCredentials, LlmRules, LlmTarget};
@@ -44,6 +45,10 @@ pub struct RuleSnapshot {
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
     /// The model table and provider settings, when a route goes to providers.
     pub llm: Option<Arc<LlmRules>>,
+    /// The files these rules were built from, for `GET /config` and the reload log.
+    pub sources: Vec<SourceRecord>,
+    /// The secrets the rules use, whose values `GET /config` must never show.
+    secrets: Vec<SharedSecret>,
 }
 
 pub struct ListenerRules {
@@ -156,6 +161,11 @@ impl RuleSnapshot {
             carried,
             internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
             resolved: RefCell::new(HashMap::new()),
+            sources: RefCell::new(vec![SourceRecord::new(
+                GATEWAY_FILE,
+                source.text.as_bytes(),
+                true,
+            )]),
         };
         let routes = config.listeners.iter().flat_map(|l| &l.get_ref().routes);
         let llm = match routes.clone().any(|r| r.models || r.provider.is_some()) {
@@ -198,8 +208,16 @@ impl RuleSnapshot {
                 ));
             }
         }
+        let mut secrets: Vec<SharedSecret> = ctx.resolved.borrow().values().cloned().collect();
+        if let Some(llm) = &llm {
+            secrets.extend(llm.keys.values().cloned());
+        }
+        let mut sources = ctx.sources.take();
+        sources.dedup_by(|a, b| a.path == b.path);
         Ok(RuleSnapshot {
             generation,
+            sources,
+            secrets,
             internal: ctx.internal.clone(),
             trusted_proxies: NetSet::new(config.network.trusted_proxies.iter().copied()),
             listeners,
@@ -207,6 +225,14 @@ impl RuleSnapshot {
             llm,
             config,
         })
+    }
+
+    /// The current values of every secret the rules use.
+    pub fn secret_values(&self) -> Vec<Vec<u8>> {
+        self.secrets
+            .iter()
+            .flat_map(|s| s.load().iter().map(<[u8]>::to_vec).collect::<Vec<_>>())
+            .collect()
     }
 
     /// What `previous` served that this snapshot drops.
@@ -247,6 +273,15 @@ impl RuleSnapshot {
     }
 }
 
+impl ListenerRules {
+    /// The routes' prefixes, sorted.
+    pub fn route_prefixes(&self) -> Vec<String> {
+        let mut prefixes: Vec<String> = self.routes.iter().map(|r| r.prefix.clone()).collect();
+        prefixes.sort();
+        prefixes
+    }
+}
+
 /// Where a listener's error is: in gateway.toml (at an offset, if known) or in a rule file.
 enum ListenerError {
     At(Option<usize>, String),
@@ -262,6 +297,7 @@ fn build_llm(source: &SourceFile, ctx: &SnapshotContext<'_>) -> Result<LlmRules,
         line: None,
         message: format!("cannot read the model table (llm.models): {e}"),
     })?;
+    ctx.note_source(&path, text.as_bytes(), true);
     let table = ModelTable::parse(&path.display().to_string(), &text).map_err(|e| ConfigError {
         file: e.file.into(),
         line: e.line,
@@ -445,6 +481,7 @@ pub fn explain_chain(dir: &Path, listener: &str) -> Result<ExplainChain, ConfigE
         carried: &carried,
         internal: NetSet::new(config.network.internal_cidrs.iter().copied()),
         resolved: RefCell::new(HashMap::new()),
+        sources: RefCell::default(),
     };
     let spec = config
         .listeners
@@ -640,6 +677,20 @@ struct SnapshotContext<'a> {
     carried: &'a Carried,
     internal: NetSet,
     resolved: RefCell<HashMap<String, SharedSecret>>,
+    /// Every file read, in order.
+    sources: RefCell<Vec<SourceRecord>>,
+}
+
+impl SnapshotContext<'_> {
+    /// Notes a file read, by its path below the rules directory.
+    fn note_source(&self, path: &Path, bytes: &[u8], shown: bool) {
+        let shown_path = path.strip_prefix(&self.rules_dir).unwrap_or(path);
+        self.sources.borrow_mut().push(SourceRecord::new(
+            &shown_path.display().to_string(),
+            bytes,
+            shown,
+        ));
+    }
 }
 
 impl SnapshotContext<'_> {
@@ -768,6 +819,7 @@ impl BuildContext for SnapshotContext<'_> {
             .into_iter()
             .map(|f| {
                 let text = std::fs::read_to_string(&f).map_err(|e| unreadable(&f, e))?;
+                self.note_source(&f, text.as_bytes(), false);
                 Ok((f.display().to_string(), text))
             })
             .collect()
@@ -776,6 +828,7 @@ impl BuildContext for SnapshotContext<'_> {
     fn rule_bytes(&self, path: &str) -> Result<(String, Vec<u8>), BuildError> {
         let file = self.rules_dir.join(path);
         let bytes = std::fs::read(&file).map_err(|e| unreadable(&file, e))?;
+        self.note_source(&file, &bytes, false);
         Ok((file.display().to_string(), bytes))
     }
 }

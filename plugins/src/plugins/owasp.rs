@@ -364,6 +364,10 @@ impl Waf {
 }
 
 impl Plugin for Waf {
+    fn rule_count(&self) -> usize {
+        self.rules.rules.len()
+    }
+
     fn route_names(&self) -> Vec<&str> {
         self.route_profiles.keys().map(String::as_str).collect()
     }
