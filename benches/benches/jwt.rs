@@ -23,7 +23,7 @@ struct Keys {
 
 impl BuildContext for Keys {
     fn secret(&self, name: &str) -> Result<SharedSecret, BuildError> {
-        Err(BuildError::UnknownSecret(name.to_string()))
+        Err(BuildError::UnknownSecret(name.to_string(), String::new()))
     }
 
     fn internal_networks(&self) -> &NetSet {

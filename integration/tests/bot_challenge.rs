@@ -82,7 +82,7 @@ fn verdicts(metrics: &str, rule: &str) -> f64 {
     metric_value(
         metrics,
         &format!(
-            r#"rampart_plugin_verdicts_total{{action="block",plugin="bot_control",rule="{rule}"}}"#
+            r#"rampart_plugin_verdicts_total{{action="block",listener="web",plugin="bot_control",rule="{rule}"}}"#
         ),
     )
     .unwrap_or(0.0)
@@ -278,7 +278,7 @@ async fn curl_forged_borrowed_and_expired_passes_are_refused() {
     assert!(
         metric_value(
             &metrics,
-            r#"rampart_rule_matches_total{action="count",plugin="bot_control",rule="challenge.failed"}"#
+            r#"rampart_rule_matches_total{action="count",listener="web",plugin="bot_control",rule="challenge.failed"}"#
         ) == Some(2.0),
         "{metrics}"
     );

@@ -215,7 +215,7 @@ async fn countries_are_blocked_or_allowed_from_a_real_database_and_reload_with_t
     assert!(
         metric_value(
             &metrics,
-            r#"rampart_plugin_verdicts_total{action="block",plugin="geo",rule="geo.not_allowed"}"#
+            r#"rampart_plugin_verdicts_total{action="block",listener="web",plugin="geo",rule="geo.not_allowed"}"#
         )
         .is_some_and(|n| n >= 4.0),
         "{metrics}"

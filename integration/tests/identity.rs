@@ -132,7 +132,7 @@ async fn tokens_are_verified_and_the_caller_reaches_the_upstream() {
     assert_eq!(
         metric_value(
             &m,
-            r#"rampart_plugin_verdicts_total{action="block",plugin="jwt",rule="jwt.expired"}"#
+            r#"rampart_plugin_verdicts_total{action="block",listener="web",plugin="jwt",rule="jwt.expired"}"#
         ),
         Some(1.0),
         "{m}"

@@ -82,14 +82,14 @@ async fn ip_lists_block_count_and_drop_at_accept_and_reload() {
     assert_eq!(
         metric_value(
             &metrics,
-            r#"rampart_rule_matches_total{action="count",plugin="ip_reputation",rule="AWSManagedReconnaissanceList"}"#
+            r#"rampart_rule_matches_total{action="count",listener="web",plugin="ip_reputation",rule="AWSManagedReconnaissanceList"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
         metric_value(
             &metrics,
-            r#"rampart_plugin_verdicts_total{action="block",plugin="ip_reputation",rule="AWSManagedIPDDoSList"}"#
+            r#"rampart_plugin_verdicts_total{action="block",listener="web",plugin="ip_reputation",rule="AWSManagedIPDDoSList"}"#
         ),
         Some(1.0)
     );
@@ -168,7 +168,7 @@ async fn exactly_a_thousand_pass_then_429_and_counts_survive_a_reload() {
     assert_eq!(
         metric_value(
             &metrics,
-            r#"rampart_plugin_verdicts_total{action="block",plugin="rate_limit",rule="edge"}"#
+            r#"rampart_plugin_verdicts_total{action="block",listener="web",plugin="rate_limit",rule="edge"}"#
         ),
         Some(101.0)
     );
@@ -263,7 +263,7 @@ datacenter_networks = ["bots/datacenters.txt"]
     assert_eq!(
         metric_value(
             &metrics,
-            r#"rampart_rule_matches_total{action="count",plugin="bot_control",rule="CategoryHttpLibrary"}"#
+            r#"rampart_rule_matches_total{action="count",listener="web",plugin="bot_control",rule="CategoryHttpLibrary"}"#
         ),
         Some(2.0),
         "{metrics}"

@@ -719,6 +719,36 @@ async fn a_client_hanging_up_ends_the_providers_stream() {
     // And rampart carries on.
     let r = complete(&rampart, "gpt-4o", false).await;
     assert_eq!(r.status, 200);
+    // The hang-up is the client's: no upstream error is counted or logged for it.
+    let m = rampart.metrics().await;
+    assert!(
+        !m.lines()
+            .any(|l| l.starts_with("rampart_upstream_errors_total{") && !l.ends_with(" 0")),
+        "a client hanging up counted as an upstream error: {m}"
+    );
+    let logged = eventually(Duration::from_secs(2), || async {
+        rampart.stdout_text().lines().any(|l| {
+            l.contains("\"path\":\"/v1/chat/completions\"") && l.contains("\"status\":200")
+        })
+    })
+    .await;
+    assert!(logged, "{}", rampart.stdout_text());
+    assert!(
+        !rampart
+            .stdout_text()
+            .contains("\"upstream_error\":\"internal\""),
+        "{}",
+        rampart.stdout_text()
+    );
+    // The listing shows the globs too, marked as patterns; an unknown model's error points
+    // at this route's own listing.
+    let list = post(&rampart, "/v1/models", &[], "").await;
+    let data = list.json()["data"].clone();
+    assert!(
+        data.as_array()
+            .is_some_and(|d| d.iter().any(|m| m["id"] == "*" && m["pattern"] == true)),
+        "{data}"
+    );
 }
 
 fn now() -> u64 {

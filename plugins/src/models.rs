@@ -252,6 +252,8 @@ pub struct ModelsError {
 #[derive(Debug, Default)]
 pub struct ModelTable {
     pub providers: BTreeMap<String, Provider>,
+    /// The line each provider's table starts on, for errors found later (its key).
+    provider_lines: BTreeMap<String, usize>,
     /// Exact names and aliases, to the entry's index.
     exact: BTreeMap<String, usize>,
     /// Globs in file order.
@@ -309,7 +311,13 @@ impl ModelTable {
                 }
             }
         }
+        let provider_lines = parsed
+            .providers
+            .iter()
+            .map(|(name, p)| (name.clone(), line_at(text, p.span().start)))
+            .collect();
         let mut table = ModelTable {
+            provider_lines,
             providers: parsed
                 .providers
                 .into_iter()
@@ -327,10 +335,12 @@ impl ModelTable {
             }
             for t in &entry.targets {
                 let Some(p) = table.providers.get(&t.provider) else {
-                    return Err(error(
-                        here,
-                        format!("model {:?}: unknown provider {:?}", entry.name, t.provider),
-                    ));
+                    let unknown = crate::names::unknown(
+                        "provider",
+                        &t.provider,
+                        table.providers.keys().map(String::as_str),
+                    );
+                    return Err(error(here, format!("model {:?}: {unknown}", entry.name)));
                 };
                 if p.kind == ProviderKind::Azure && t.deployment.is_none() {
                     return Err(error(
@@ -362,6 +372,16 @@ impl ModelTable {
         self.exact
             .iter()
             .filter_map(|(name, &i)| Some((name.as_str(), self.entries.get(i)?)))
+    }
+
+    /// The line provider `name`'s table starts on.
+    pub fn provider_line(&self, name: &str) -> Option<usize> {
+        self.provider_lines.get(name).copied()
+    }
+
+    /// The entries named by a glob (`claude-*`), in file order.
+    pub fn glob_entries(&self) -> impl Iterator<Item = &ModelEntry> {
+        self.globs.iter().filter_map(|&i| self.entries.get(i))
     }
 
     /// The entry serving `model`: an exact name or alias first, then the first glob.
@@ -550,6 +570,11 @@ targets = [{ provider = "gemini" }]
         let cases = [
             // An entry's errors point at its `[[models]]` line.
             ("[[models]]\nname = \"x\"\ntargets = [{ provider = \"nope\" }]\n", 1, "unknown provider"),
+            (
+                "[providers.openai]\nkind = \"openai\"\nkey = \"k\"\n[[models]]\nname = \"x\"\ntargets = [{ provider = \"opnai\" }]\n",
+                4,
+                "did you mean openai",
+            ),
             ("\n[[models]]\nname = \"x\"\ntargets = []\n", 2, "no targets"),
             ("[providers.a]\nkind = \"azure\"\nbase_url = \"https://a\"\nkey = \"k\"\n", 1, "api_version"),
             ("[providers.a]\nkind = \"azure\"\napi_version = \"1\"\nkey = \"k\"\n", 1, "base_url"),

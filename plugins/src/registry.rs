@@ -107,8 +107,9 @@ pub enum BuildError {
         plugin: &'static str,
         reason: String,
     },
-    #[error("secret {0:?} is not declared under [secrets]")]
-    UnknownSecret(String),
+    /// A secret no `[secrets]` table declares: its name, and the nearest declared ones.
+    #[error("secret {0:?} is not declared under [secrets]{1}")]
+    UnknownSecret(String, String),
     #[error("secret {0:?} has no usable value (unset, empty or a placeholder)")]
     EmptySecret(String),
     /// A secret whose source could not be read; the message names the source, never a value.
@@ -287,7 +288,7 @@ pub(crate) mod tests {
             let value = match name {
                 "origin" => "s3cret-origin",
                 "admin" => "s3cret-admin",
-                other => return Err(BuildError::UnknownSecret(other.to_string())),
+                other => return Err(BuildError::UnknownSecret(other.to_string(), String::new())),
             };
             Ok(SharedSecret::new(
                 name,

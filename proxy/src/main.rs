@@ -96,6 +96,9 @@ fn main() -> ExitCode {
         // Pingora's debug and trace logs print whole request headers (bearer tokens,
         // cookies, shared secrets): never below info, whatever RUST_LOG says.
         .filter_module("pingora", log::LevelFilter::Info)
+        // Its health-check warnings carry the whole error context (some 1,500 characters);
+        // rampart logs each change of a replica's health in one short line instead.
+        .filter_module("pingora_load_balancing", log::LevelFilter::Error)
         .target(env_logger::Target::Stderr)
         .init();
     let cli = Cli::parse();

@@ -67,16 +67,16 @@ impl Metrics {
         let plugin_verdicts = IntCounterVec::new(
             Opts::new(
                 "rampart_plugin_verdicts_total",
-                "Plugin matches, by plugin, rule id and the action taken (block or count).",
+                "Plugin matches, by listener, plugin, rule id and the action taken (block or count).",
             ),
-            &["plugin", "rule", "action"],
+            &["listener", "plugin", "rule", "action"],
         )?;
         let rule_matches = IntCounterVec::new(
             Opts::new(
                 "rampart_rule_matches_total",
-                "Rules that matched inside a plugin (WAF rules), by plugin, rule label and action.",
+                "Rules that matched inside a plugin (WAF rules), by listener, plugin, rule label and action.",
             ),
-            &["plugin", "rule", "action"],
+            &["listener", "plugin", "rule", "action"],
         )?;
         let reloads = IntCounterVec::new(
             Opts::new(

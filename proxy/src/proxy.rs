@@ -130,6 +130,8 @@ pub struct RequestCtx {
     refused: Option<(&'static str, Cow<'static, str>)>,
     /// Matches in count mode: (plugin, rule), at most [`COUNTED_KEPT`], for the access log.
     counted: Vec<(&'static str, String)>,
+    /// A replica of the route's pool was asked for (the request went upstream).
+    upstream_tried: bool,
     /// Headers the refusal carries (a 429's `Retry-After`).
     refused_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     upstream_error: Option<&'static str>,
@@ -178,6 +180,16 @@ impl RequestCtx {
     }
 
     /// The upstream pool, or for a provider route the provider that answered or was tried last.
+    /// The upstream the request went to, for the access log: none when it was refused
+    /// before one was tried (a pool route's replica chosen, a provider called).
+    fn upstream_contacted(&self) -> Option<&str> {
+        let route = self.route.as_ref()?;
+        match route.pool() {
+            Some(pool) => self.upstream_tried.then_some(pool.name.as_str()),
+            None => self.llm.as_ref()?.provider.as_deref(),
+        }
+    }
+
     fn upstream_name(&self) -> Option<&str> {
         let route = self.route.as_ref()?;
         match route.pool() {
@@ -361,12 +373,12 @@ impl RampartProxy {
                 match hit.finding {
                 None => metrics
                     .plugin_verdicts
-                    .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
+                    .with_label_values(&[listener, hit.plugin, hit.rule, hit.action.as_str()])
                     .inc(),
                 Some(f) => {
                     metrics
                         .rule_matches
-                        .with_label_values(&[hit.plugin, hit.rule, hit.action.as_str()])
+                        .with_label_values(&[listener, hit.plugin, hit.rule, hit.action.as_str()])
                         .inc();
                     if first_block.is_none() && hit.action == rampart_plugins::Action::Block {
                         let excerpt = redact(f.location, f.excerpt, rules.chain.consumed_headers());
@@ -525,6 +537,7 @@ impl RampartProxy {
             metrics: &self.gateway.metrics,
             target,
             rest: &path[route.prefix.trim_end_matches('/').len()..],
+            prefix: &route.prefix,
             caller: rampart_plugins::token_budget::Caller {
                 identity: ctx.identity.as_deref(),
                 client: ctx.client,
@@ -627,6 +640,7 @@ impl ProxyHttp for RampartProxy {
             client: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             refused: None,
             counted: Vec::new(),
+            upstream_tried: false,
             refused_headers: Vec::new(),
             upstream_error: None,
             request_id: new_request_id(),
@@ -838,6 +852,7 @@ impl ProxyHttp for RampartProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_tried = true;
         let pool =
             ctx.route.as_ref().and_then(|r| r.pool()).ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "no upstream pool chosen")
@@ -1070,7 +1085,7 @@ impl ProxyHttp for RampartProxy {
         access_log::write(&access_log::Entry {
             listener: &self.listener,
             route,
-            upstream: ctx.upstream_name(),
+            upstream: ctx.upstream_contacted(),
             method: session.req_header().method.as_str(),
             path: session.req_header().uri.path(),
             status,

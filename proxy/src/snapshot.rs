@@ -311,7 +311,7 @@ fn build_llm(source: &SourceFile, ctx: &SnapshotContext<'_>) -> Result<LlmRules,
         };
         let key = ctx.provider_key(key_name).map_err(|message| ConfigError {
             file: path.clone(),
-            line: None,
+            line: table.provider_line(name),
             message: format!("provider {name:?}: {message}"),
         })?;
         keys.insert(name.clone(), key);
@@ -697,11 +697,14 @@ impl SnapshotContext<'_> {
     /// A provider's key. Unlike a plugin's secret it may have no value yet: the provider's
     /// requests are then refused (503) while everything else is served.
     fn provider_key(&self, name: &str) -> Result<SharedSecret, String> {
-        let spec = self
-            .config
-            .secrets
-            .get(name)
-            .ok_or_else(|| format!("key {name:?} is not a [secrets] entry"))?;
+        let spec = self.config.secrets.get(name).ok_or_else(|| {
+            let known = rampart_plugins::names::unknown(
+                "secret",
+                name,
+                self.config.secrets.keys().map(String::as_str),
+            );
+            format!("key: {known} (a [secrets] entry of gateway.toml)")
+        })?;
         self.read_secret(name, spec, false)
             .map_err(|e| e.to_string())
     }
@@ -756,11 +759,18 @@ impl BuildContext for SnapshotContext<'_> {
         if let Some(s) = self.resolved.borrow().get(name) {
             return Ok(s.clone());
         }
-        let spec = self
-            .config
-            .secrets
-            .get(name)
-            .ok_or_else(|| BuildError::UnknownSecret(name.to_string()))?;
+        let spec = self.config.secrets.get(name).ok_or_else(|| {
+            let near = rampart_plugins::names::nearest(
+                name,
+                self.config.secrets.keys().map(String::as_str),
+            );
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!("; did you mean {}?", near.join(", "))
+            };
+            BuildError::UnknownSecret(name.to_string(), hint)
+        })?;
         let shared = self.read_secret(name, spec, true)?;
         self.resolved
             .borrow_mut()
@@ -839,5 +849,32 @@ fn unreadable(file: &Path, e: std::io::Error) -> BuildError {
         file: file.display().to_string(),
         line: None,
         message: format!("cannot read: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model table naming a key that is no `[secrets]` entry: the error names the model
+    /// table's line and the nearest secret.
+    #[test]
+    fn a_provider_key_that_is_no_secret_is_refused_at_its_line_with_the_nearest_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let gateway = "[secrets.openai-api-key]\nenv = [\"RAMPART_TEST_UNSET_KEY\"]\n\n\
+            [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\n\
+            [[listeners.routes]]\nprefix = \"/v1/\"\nmodels = true\n";
+        let models =
+            "# a comment\n\n[providers.openai]\nkind = \"openai\"\nkey = \"openai-api-kee\"\n\n\
+            [[models]]\nname = \"gpt-*\"\ntargets = [{ provider = \"openai\" }]\n";
+        std::fs::write(dir.path().join("gateway.toml"), gateway).expect("write");
+        std::fs::write(dir.path().join("models.toml"), models).expect("write");
+        let e = match RuleSnapshot::load(dir.path(), 1, None, &Carried::default()) {
+            Ok(_) => panic!("a key that is no secret loads"),
+            Err(e) => e,
+        };
+        assert!(e.file.ends_with("models.toml"), "{e}");
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.contains("did you mean openai-api-key"), "{e}");
     }
 }

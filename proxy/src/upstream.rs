@@ -121,8 +121,34 @@ impl UpstreamPool {
             }
         };
         if due {
+            let before = self.replica_health();
             self.lb.backends().run_health_check(true).await;
+            // One short line per change; Pingora's own (its module's warnings are filtered
+            // out in main) prints the whole error context, some 1,500 characters a line.
+            let after = self.replica_health();
+            let healthy = after.iter().filter(|(_, up)| *up).count();
+            for (addr, up) in &after {
+                let was = before.iter().find(|(a, _)| a == addr).map(|(_, u)| *u);
+                if was.is_some_and(|was| was != *up) {
+                    let state = if *up { "healthy again" } else { "unhealthy" };
+                    log::warn!(
+                        "upstream {}: replica {addr} is {state} ({healthy} of {} healthy)",
+                        self.name,
+                        after.len()
+                    );
+                }
+            }
         }
+    }
+
+    /// Each replica's address and whether its health check passes.
+    fn replica_health(&self) -> Vec<(String, bool)> {
+        let backends = self.lb.backends();
+        backends
+            .get_backend()
+            .iter()
+            .map(|b| (b.addr.to_string(), backends.ready(b)))
+            .collect()
     }
 
     /// (healthy, total) replicas.

@@ -76,7 +76,7 @@ impl BuildContext for RulesDir {
                 name,
                 SecretValues::new([v.as_bytes().to_vec()]),
             )),
-            None => Err(BuildError::UnknownSecret(name.into())),
+            None => Err(BuildError::UnknownSecret(name.into(), String::new())),
         }
     }
 

@@ -78,6 +78,8 @@ pub struct Exchange<'a> {
     pub target: &'a LlmTarget,
     /// The path below the route's prefix (`/chat/completions`).
     pub rest: &'a str,
+    /// The route's prefix (`/v1/`), for messages that name a path.
+    pub prefix: &'a str,
     pub caller: Caller<'a>,
     /// Headers plugins consumed (credentials for rampart), never sent on.
     pub consumed: &'a [HeaderName],
@@ -304,8 +306,9 @@ async fn serve_admitted(
             let Some(entry) = rules.table.resolve(&request.model) else {
                 outcome.refused = Some("llm.unknown_model".into());
                 let message = format!(
-                    "The model `{}` does not exist or is not served here; GET /v1/models lists the models.",
-                    request.model
+                    "The model `{}` does not exist or is not served here; GET {}/models lists the models.",
+                    request.model,
+                    ex.prefix.trim_end_matches('/')
                 );
                 let body = openai_error("invalid_request_error", "model_not_found", &message);
                 return write_json(session, 400, body, &[]).await;
@@ -475,8 +478,14 @@ async fn serve_admitted(
             let mut resp = ResponseHeader::build(status, Some(headers.len() + 1))?;
             copy_answer_headers(&headers, &mut resp)?;
             resp.insert_header("content-length", body.len().to_string())?;
-            session.write_response_header(Box::new(resp), false).await?;
-            session.write_response_body(Some(body), true).await
+            session
+                .write_response_header(Box::new(resp), false)
+                .await
+                .map_err(Error::into_down)?;
+            session
+                .write_response_body(Some(body), true)
+                .await
+                .map_err(Error::into_down)
         }
         Some(Failure::KeyMissing { provider }) => {
             outcome.refused = Some("llm.key_missing".into());
@@ -514,7 +523,8 @@ async fn serve_admitted(
 }
 
 /// One try at one target. `None` when it answered (and the answer went to the client),
-/// the failure when the next target may be tried.
+/// the failure when the next target may be tried. A write to the client that fails is the
+/// client's doing (it hung up): marked so, it is not counted as the provider's error.
 async fn call(
     session: &mut Session,
     ex: &Exchange<'_>,
@@ -648,7 +658,10 @@ async fn call(
     let cuttable = length.is_none();
     let mut edges = EventEdges::default();
     let mut spent = None;
-    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .map_err(Error::into_down)?;
     // An error answer generated nothing: the admission's estimate comes back.
     outcome.answered = status < 400;
     let mut next = first;
@@ -676,7 +689,10 @@ async fn call(
         if meter.on() {
             edges.advance(&chunk);
         }
-        session.write_response_body(Some(chunk), false).await?;
+        session
+            .write_response_body(Some(chunk), false)
+            .await
+            .map_err(Error::into_down)?;
         if !first_written {
             first_written = true;
             ex.metrics
@@ -693,7 +709,10 @@ async fn call(
         }
         if let Some(e) = spent.as_ref().filter(|_| edges.at_edge()) {
             let last = metering::budget_event(attempt.native, attempt.provider.kind, e);
-            session.write_response_body(Some(last), true).await?;
+            session
+                .write_response_body(Some(last), true)
+                .await
+                .map_err(Error::into_down)?;
             outcome.refused = Some(Cow::Owned(format!("token_limit.{}", e.limit)));
             ex.metrics
                 .llm_budget_cuts
@@ -711,7 +730,10 @@ async fn call(
             Err(_) => return Err(broken_stream(ex, attempt, outcome, "idle timeout")),
         };
     }
-    session.write_response_body(None, true).await?;
+    session
+        .write_response_body(None, true)
+        .await
+        .map_err(Error::into_down)?;
     ex.metrics
         .llm_duration
         .with_label_values(&labels)
@@ -1013,10 +1035,17 @@ async fn list_models(
             }
         },
         None => {
-            let data: Vec<_> = table
+            // Exact names and aliases, then the globs (`claude-*`) as they are written, marked
+            // so that a client can tell a pattern from a model id.
+            let mut data: Vec<_> = table
                 .model_ids()
                 .map(|(name, entry)| model(name, &owner(entry)))
                 .collect();
+            data.extend(table.glob_entries().map(|entry| {
+                let mut m = model(&entry.name, &owner(entry));
+                m["pattern"] = serde_json::Value::Bool(true);
+                m
+            }));
             serde_json::json!({ "object": "list", "data": data })
         }
     };
