@@ -144,12 +144,8 @@ fn rules_with_everything(
             let limit = "limits = [{ name = \"RateLimitPerIP\"";
             assert!(text.contains(limit));
             *text = text.replacen(limit, &format!("shared = true\n{limit}"), 1);
-            // The shipped key secret, read from the test's variable.
-            let key = "env = [\"OPENAI_API_KEY\"]";
-            assert!(text.contains(key), "the shipped provider key moved");
-            *text = text.replacen(key, "env = [\"TEST_OPENAI_KEY\"]", 1);
             text.push_str(&format!(
-                "\n[rate_limit_store]\nredis = \"redis://127.0.0.1:{}\"\n",
+                "\n[secrets.openai-api-key]\nenv = [\"TEST_OPENAI_KEY\"]\n\n[rate_limit_store]\nredis = \"redis://127.0.0.1:{}\"\n",
                 free_port()
             ));
         }

@@ -409,8 +409,9 @@ fn uncomment(text: &str, (first, last): (usize, usize)) -> String {
 }
 
 /// Every commented example in the shipped rules passes `rampart check` once uncommented as it
-/// stands, with placeholder secrets (as a CI pipeline without the secrets would run it). An
-/// example in models.toml is checked with the provider routes uncommented, which read it.
+/// stands, with placeholder secrets (as a CI pipeline without the secrets would run it). The
+/// provider routes are uncommented with the providers' keys, as their comment says; an example
+/// in models.toml is checked with both, which make the model table read.
 #[tokio::test]
 async fn every_shipped_example_works_when_uncommented() {
     let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../rules"));
@@ -428,18 +429,36 @@ async fn every_shipped_example_works_when_uncommented() {
                 .any(|l| l.contains("models = true"))
         })
         .expect("the provider routes example");
+    let provider_keys = gateway_examples
+        .iter()
+        .copied()
+        .find(|&(a, b)| {
+            gateway
+                .lines()
+                .skip(a)
+                .take(b - a + 1)
+                .any(|l| l.contains("[secrets.openai-api-key]"))
+        })
+        .expect("the providers' keys example");
+    // As the routes' comment says: the keys are uncommented with them.
+    let with_providers = uncomment(&uncomment(&gateway, provider_keys), provider_routes);
     let mut cases: Vec<(String, String, String)> = Vec::new();
     for &block in &gateway_examples {
+        let text = if block == provider_routes {
+            with_providers.clone()
+        } else {
+            uncomment(&gateway, block)
+        };
         cases.push((
             format!("gateway.toml:{}", block.0 + 1),
-            uncomment(&gateway, block),
+            text,
             models.clone(),
         ));
     }
     for block in commented_examples(&models) {
         cases.push((
             format!("models.toml:{}", block.0 + 1),
-            uncomment(&gateway, provider_routes),
+            with_providers.clone(),
             uncomment(&models, block),
         ));
     }
