@@ -418,28 +418,21 @@ async fn every_shipped_example_works_when_uncommented() {
     let gateway = std::fs::read_to_string(shipped.join("gateway.toml")).expect("gateway.toml");
     let models = std::fs::read_to_string(shipped.join("models.toml")).expect("models.toml");
     let gateway_examples = commented_examples(&gateway);
-    let provider_routes = gateway_examples
-        .iter()
-        .copied()
-        .find(|&(a, b)| {
-            gateway
-                .lines()
-                .skip(a)
-                .take(b - a + 1)
-                .any(|l| l.contains("models = true"))
-        })
-        .expect("the provider routes example");
-    let provider_keys = gateway_examples
-        .iter()
-        .copied()
-        .find(|&(a, b)| {
-            gateway
-                .lines()
-                .skip(a)
-                .take(b - a + 1)
-                .any(|l| l.contains("[secrets.openai-api-key]"))
-        })
-        .expect("the providers' keys example");
+    let example_holding = |needle: &str| {
+        gateway_examples
+            .iter()
+            .copied()
+            .find(|&(a, b)| {
+                gateway
+                    .lines()
+                    .skip(a)
+                    .take(b - a + 1)
+                    .any(|l| l.contains(needle))
+            })
+            .unwrap_or_else(|| panic!("no shipped example holds {needle:?}"))
+    };
+    let provider_routes = example_holding("models = true");
+    let provider_keys = example_holding("[secrets.openai-api-key]");
     // As the routes' comment says: the keys are uncommented with them.
     let with_providers = uncomment(&uncomment(&gateway, provider_keys), provider_routes);
     let mut cases: Vec<(String, String, String)> = Vec::new();
