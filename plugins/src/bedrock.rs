@@ -180,7 +180,7 @@ pub fn openai_error(bedrock: &[u8], status: u16, kind: Option<&str>) -> Vec<u8> 
         400..=499 => "invalid_request_error",
         _ => "server_error",
     };
-    json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })
+    crate::llm_request::openai_error(kind, code, &message)
         .to_string()
         .into_bytes()
 }
@@ -340,8 +340,7 @@ impl StreamTranslator {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("Bedrock ended the stream with an error");
-                let error = json!({ "error": { "message": message, "type": "server_error",
-                                               "param": null, "code": frame.kind } });
+                let error = crate::llm_request::openai_error("server_error", &frame.kind, message);
                 out.push_str(&format!("data: {error}\n\n"));
                 self.done = true;
                 continue;

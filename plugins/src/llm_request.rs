@@ -9,6 +9,15 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+/// An error in OpenAI's shape, which the OpenAI SDKs raise as their exceptions: the one
+/// shape of every error rampart answers on OpenAI-style routes, whole or as a stream's last
+/// event.
+pub fn openai_error(kind: &str, code: &str, message: &str) -> Value {
+    serde_json::json!({
+        "error": { "message": message, "type": kind, "param": null, "code": code }
+    })
+}
+
 /// A request body rampart cannot route.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

@@ -119,6 +119,13 @@ impl Provider {
         }
     }
 
+    /// The region requests are signed for: a Bedrock provider's, no other's (they carry keys).
+    pub fn signing_region(&self) -> Option<&str> {
+        self.region
+            .as_deref()
+            .filter(|_| self.kind == ProviderKind::Bedrock)
+    }
+
     /// The Converse URL of Bedrock model `model_id` (`converse-stream` for a stream).
     pub fn bedrock_url(&self, model_id: &str, stream: bool) -> String {
         let action = if stream {

@@ -220,28 +220,27 @@ impl TokenBudget {
             return Ok(());
         }
         let amount = u32::try_from(estimate).unwrap_or(u32::MAX);
-        if let Some(store) = self.store() {
-            if let Ok(states) = store.hit(&self.hits(tab, i64::from(amount))).await {
-                if states.len() == tab.entries.len() {
-                    if let Some(spent) = self.spent(tab, &states) {
-                        return Err(BudgetRefusal::Spent(spent));
-                    }
-                    for &(i, key) in &tab.entries {
-                        self.limits[i].window.charge(key, now, i64::from(amount));
-                    }
-                    tab.charged = u64::from(amount);
-                    return Ok(());
-                }
+        // The store counts the estimate when every budget has room (all or none); the
+        // local counters decide when it cannot answer, unless the operator said refuse.
+        let shared = match self.store() {
+            Some(store) => store
+                .hit(&self.hits(tab, i64::from(amount)))
+                .await
+                .ok()
+                .filter(|states| states.len() == tab.entries.len()),
+            None => None,
+        };
+        let states = match shared {
+            Some(states) => states,
+            None if self.store.is_some() && self.fallback == StoreFallback::Refuse => {
+                return Err(BudgetRefusal::StoreUnavailable);
             }
-        }
-        if self.store.is_some() && self.fallback == StoreFallback::Refuse {
-            return Err(BudgetRefusal::StoreUnavailable);
-        }
-        let states: Vec<WindowState> = tab
-            .entries
-            .iter()
-            .map(|&(i, key)| self.limits[i].window.peek(key, now))
-            .collect();
+            None => tab
+                .entries
+                .iter()
+                .map(|&(i, key)| self.limits[i].window.peek(key, now))
+                .collect(),
+        };
         if let Some(spent) = self.spent(tab, &states) {
             return Err(BudgetRefusal::Spent(spent));
         }

@@ -7,9 +7,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use rampart_plugins::chain::Action;
 use rampart_plugins::path::{has_segment_prefix, normalize};
-use rampart_plugins::{RequestView, Verdict};
+use rampart_plugins::{now_or_never, Chain, RequestView, Stage};
 use thiserror::Error;
 
 use crate::snapshot::explain_chain;
@@ -138,45 +137,34 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<Explained, E
             }
         }
     }
-    // The answer, as the proxy's chain decides it: the first blocking refusal ends it; a
-    // counted one is only noted; an identity a plugin verified is seen by those after it.
-    let mut identity = None;
-    let mut refusal = None;
-    for (kind, entry) in &chain.plugins {
-        let Ok(entry) = entry else { continue };
-        if !entry.judges(peer) {
-            continue;
-        }
-        let verdict = {
-            let mut v = view;
-            v.identity = identity.as_deref();
-            entry.plugin.check(&v)
-        };
-        match verdict {
-            Verdict::Authenticated(who) if identity.is_none() => identity = Some(who),
-            Verdict::Deny(deny) if entry.action == Action::Block => {
-                refusal = Some((kind.clone(), deny));
-                break;
-            }
-            _ => {}
-        }
-    }
-    match &refusal {
-        Some((kind, deny)) => {
+    // The answer, decided by the proxy's own chain evaluation over the plugins that built
+    // (the first blocking refusal ends it; counted ones only count; a verified identity is
+    // seen by the plugins after it). Nothing here waits: a shared store is not connected.
+    let entries = chain
+        .plugins
+        .into_iter()
+        .filter_map(|(_, e)| e.ok())
+        .collect();
+    let chain = Chain::new(entries);
+    let judgement = now_or_never(chain.evaluate(&view, Stage::All, |_| {}));
+    let refused = match judgement.as_ref().and_then(|j| j.denied.as_ref()) {
+        Some((plugin, deny)) => {
             let _ = writeln!(
                 out,
-                "answer: {} from {kind} ({}), the upstream sees nothing",
+                "answer: {} from {plugin} ({}), the upstream sees nothing",
                 deny.status,
                 deny.reason()
             );
+            true
         }
         None => {
             let _ = writeln!(out, "answer: passed on to route {route}");
+            false
         }
-    }
+    };
     Ok(Explained {
         report: out,
-        refused: refusal.is_some(),
+        refused,
     })
 }
 

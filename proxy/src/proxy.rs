@@ -342,55 +342,50 @@ impl RampartProxy {
         };
         let metrics = &self.gateway.metrics;
         let mut first_block: Option<(&'static str, String, String, String)> = None;
-        let log_counted = sampled(&ctx.request_id, rules.block_log_sample);
         let counted = &mut ctx.counted;
-        let (request_id, listener, route_name) = (&ctx.request_id, &*self.listener, &route.name);
-        let client = ctx.client;
+        let block_log = BlockLog {
+            request_id: &ctx.request_id,
+            listener: &self.listener,
+            route: &route.name,
+            client: ctx.client,
+        };
+        let consumed = rules.chain.consumed_headers();
         let judgement = rules
             .chain
             .evaluate(&view, stage, |hit| {
-                // A counted match is logged like a block, so that a rollout in count mode can
-                // be reviewed request by request.
-                if hit.action == rampart_plugins::Action::Count {
-                    if counted.len() < COUNTED_KEPT {
-                        counted.push((hit.plugin, hit.rule.to_string()));
-                    }
-                    if log_counted {
-                        let (location, excerpt) = hit.finding.map_or((String::new(), String::new()), |f| {
-                            (f.location.to_string(), redact(f.location, f.excerpt, rules.chain.consumed_headers()))
-                        });
-                        log::warn!(
-                            target: "rampart::blocked",
-                            "{}",
-                            serde_json::json!({
-                                "request_id": request_id, "listener": listener, "route": route_name,
-                                "client": client.to_string(), "plugin": hit.plugin, "rule": hit.rule,
-                                "action": "count", "location": location, "matched": excerpt,
-                            })
-                        );
-                    }
-                }
+                let labels = [&*self.listener, hit.plugin, hit.rule, hit.action.as_str()];
                 match hit.finding {
-                None => metrics
-                    .plugin_verdicts
-                    .with_label_values(&[listener, hit.plugin, hit.rule, hit.action.as_str()])
-                    .inc(),
-                Some(f) => {
-                    metrics
-                        .rule_matches
-                        .with_label_values(&[listener, hit.plugin, hit.rule, hit.action.as_str()])
-                        .inc();
-                    if first_block.is_none() && hit.action == rampart_plugins::Action::Block {
-                        let excerpt = redact(f.location, f.excerpt, rules.chain.consumed_headers());
-                        first_block = Some((
-                            hit.plugin,
-                            hit.rule.to_string(),
-                            f.location.to_string(),
-                            excerpt,
-                        ));
+                    None => metrics.plugin_verdicts.with_label_values(&labels).inc(),
+                    Some(_) => metrics.rule_matches.with_label_values(&labels).inc(),
+                }
+                let located = || {
+                    hit.finding.map_or((String::new(), String::new()), |f| {
+                        let excerpt = redact(f.location, f.excerpt, consumed);
+                        (f.location.to_string(), excerpt)
+                    })
+                };
+                match hit.action {
+                    // A counted match is logged like a block, so that a rollout in count mode
+                    // can be reviewed request by request.
+                    rampart_plugins::Action::Count => {
+                        if counted.len() < COUNTED_KEPT {
+                            counted.push((hit.plugin, hit.rule.to_string()));
+                        }
+                        if sampled(&ctx.request_id, rules.block_log_sample) {
+                            let (location, excerpt) = located();
+                            block_log
+                                .write(hit.plugin, hit.rule, "count", None, &location, &excerpt);
+                        }
+                    }
+                    rampart_plugins::Action::Block => {
+                        if first_block.is_none() && hit.finding.is_some() {
+                            let (location, excerpt) = located();
+                            first_block =
+                                Some((hit.plugin, hit.rule.to_string(), location, excerpt));
+                        }
                     }
                 }
-            }})
+            })
             .await;
         if let Some((plugin, deny)) = &judgement.denied {
             if sampled(&ctx.request_id, rules.block_log_sample) {
@@ -400,19 +395,50 @@ impl RampartProxy {
                     String::new(),
                     String::new(),
                 ));
-                log::warn!(
-                    target: "rampart::blocked",
-                    "{}",
-                    serde_json::json!({
-                        "request_id": ctx.request_id, "listener": &*self.listener, "route": route.name,
-                        "client": ctx.client.to_string(), "plugin": rule_plugin, "rule": rule,
-                        "action": "block", "decided_by": deny.rule, "location": location,
-                        "matched": excerpt,
-                    })
+                block_log.write(
+                    rule_plugin,
+                    &rule,
+                    "block",
+                    Some(&deny.rule),
+                    &location,
+                    &excerpt,
                 );
             }
         }
         judgement
+    }
+}
+
+/// The block log (stderr, target `rampart::blocked`) of one request: a line per refusal,
+/// and per match in count mode.
+struct BlockLog<'a> {
+    request_id: &'a str,
+    listener: &'a str,
+    route: &'a str,
+    client: IpAddr,
+}
+
+impl BlockLog<'_> {
+    /// A line: the rule that matched, the action taken, the rule the client was told (for
+    /// a refusal), where it matched and the redacted excerpt.
+    fn write(
+        &self,
+        plugin: &str,
+        rule: &str,
+        action: &str,
+        decided_by: Option<&str>,
+        location: &str,
+        matched: &str,
+    ) {
+        let mut line = serde_json::json!({
+            "request_id": self.request_id, "listener": self.listener, "route": self.route,
+            "client": self.client.to_string(), "plugin": plugin, "rule": rule,
+            "action": action, "location": location, "matched": matched,
+        });
+        if let Some(rule) = decided_by {
+            line["decided_by"] = rule.into();
+        }
+        log::warn!(target: "rampart::blocked", "{line}");
     }
 }
 

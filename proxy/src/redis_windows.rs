@@ -151,15 +151,37 @@ impl RedisWindows {
         StoreError(format!("rate-limit store: {kind}"))
     }
 
+    /// One call to Redis on the shared connection, given up after the timeout; a failure is
+    /// counted and rests the store, a success marks it up.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let Some(connection) = self.connection.load_full() else {
+            return Err(self.failed("not_connected"));
+        };
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        match tokio::time::timeout(timeout, op(ConnectionManager::clone(&connection))).await {
+            Err(_) => Err(self.failed("timeout")),
+            Ok(Err(e)) => {
+                log::debug!("rate-limit store: {e}");
+                Err(self.failed("error"))
+            }
+            Ok(Ok(value)) => {
+                if let Some(m) = &self.metrics {
+                    m.up.set(1);
+                }
+                Ok(value)
+            }
+        }
+    }
+
     async fn call(
         &self,
         hits: &[SharedHit],
         enforce: bool,
     ) -> Result<Vec<WindowState>, StoreError> {
-        let Some(connection) = self.connection.load_full() else {
-            return Err(self.failed("not_connected"));
-        };
-        let mut connection = ConnectionManager::clone(&connection);
         let mut invocation = self.script.prepare_invoke();
         for hit in hits {
             invocation.key(&hit.key);
@@ -169,23 +191,11 @@ impl RedisWindows {
                 .arg(hit.amount);
         }
         invocation.arg(BUCKETS).arg(u8::from(enforce));
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        let reply = tokio::time::timeout(
-            timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut connection),
-        )
-        .await;
-        let values = match reply {
-            Err(_) => return Err(self.failed("timeout")),
-            Ok(Err(e)) => {
-                log::debug!("rate-limit store: {e}");
-                return Err(self.failed("error"));
-            }
-            Ok(Ok(values)) if values.len() == 3 * hits.len() => values,
-            Ok(Ok(_)) => return Err(self.failed("bad_reply")),
-        };
-        if let Some(m) = &self.metrics {
-            m.up.set(1);
+        let values: Vec<i64> = self
+            .run(|mut connection| async move { invocation.invoke_async(&mut connection).await })
+            .await?;
+        if values.len() != 3 * hits.len() {
+            return Err(self.failed("bad_reply"));
         }
         Ok(values
             .chunks_exact(3)
@@ -205,19 +215,8 @@ impl RedisWindows {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        let Some(connection) = self.connection.load_full() else {
-            return Err(self.failed("not_connected"));
-        };
-        let mut connection = ConnectionManager::clone(&connection);
-        let timeout = Duration::from_millis(self.config.timeout_ms);
-        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut connection)).await {
-            Err(_) => Err(self.failed("timeout")),
-            Ok(Err(e)) => {
-                log::debug!("rate-limit store: {e}");
-                Err(self.failed("error"))
-            }
-            Ok(Ok(value)) => Ok(value),
-        }
+        self.run(|mut connection| async move { cmd.query_async(&mut connection).await })
+            .await
     }
 
     /// Says that `target` rests until `until_ms` (Unix milliseconds).

@@ -212,8 +212,10 @@ impl RuleSnapshot {
         if let Some(llm) = &llm {
             secrets.extend(llm.keys.values().cloned());
         }
+        // A file two plugins read is one source.
         let mut sources = ctx.sources.take();
-        sources.dedup_by(|a, b| a.path == b.path);
+        let mut seen = HashSet::new();
+        sources.retain(|s| seen.insert(s.path.clone()));
         Ok(RuleSnapshot {
             generation,
             sources,

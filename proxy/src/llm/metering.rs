@@ -16,6 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rampart_plugins::llm_request::openai_error;
 use rampart_plugins::llm_usage::Usage;
 use rampart_plugins::models::ProviderKind;
 use rampart_plugins::token_budget::Exhausted;
@@ -155,9 +156,7 @@ pub fn budget_event(native: bool, kind: ProviderKind, spent: &Exhausted) -> Byte
         });
         format!("event: error\ndata: {error}\n\n")
     } else {
-        let error = serde_json::json!({
-            "error": { "message": message, "type": "tokens", "code": "rate_limit_exceeded", "param": null },
-        });
+        let error = openai_error("tokens", "rate_limit_exceeded", &message);
         format!("data: {error}\n\n")
     };
     Bytes::from(event)

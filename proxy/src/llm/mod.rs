@@ -102,12 +102,7 @@ pub struct Outcome {
 
 /// An answer in OpenAI's error shape, which the OpenAI SDKs turn into their exceptions.
 fn openai_error(kind: &str, code: &str, message: &str) -> Bytes {
-    Bytes::from(
-        serde_json::json!({
-            "error": { "message": message, "type": kind, "param": null, "code": code }
-        })
-        .to_string(),
-    )
+    Bytes::from(rampart_plugins::llm_request::openai_error(kind, code, message).to_string())
 }
 
 /// What a target is: its provider, where to send, what to send, and how it is labelled.
@@ -314,6 +309,7 @@ async fn serve_admitted(
                 return write_json(session, 400, body, &[]).await;
             };
             let mut plan = Vec::with_capacity(entry.targets.len());
+            let mut converse: Option<Bytes> = None;
             for target in &entry.targets {
                 let Some(provider) = rules.table.providers.get(&target.provider) else {
                     continue;
@@ -323,54 +319,55 @@ async fn serve_admitted(
                     .as_deref()
                     .or(target.model.as_deref())
                     .unwrap_or(&request.model);
-                if provider.kind == ProviderKind::Bedrock {
+                let bedrock = provider.kind == ProviderKind::Bedrock;
+                let (url, body, translate) = if bedrock {
                     if endpoint != Endpoint::ChatCompletions {
                         continue;
                     }
-                    let converse = match bedrock_api::converse_request(&body) {
-                        Ok(converse) => converse,
-                        Err(e) => {
-                            outcome.refused = Some("llm.untranslatable".into());
-                            let body = openai_error(
-                                "invalid_request_error",
-                                "unsupported_for_bedrock",
-                                &e.to_string(),
-                            );
-                            return write_json(session, 400, body, &[]).await;
+                    // Translated once, whatever the number of Bedrock targets.
+                    if converse.is_none() {
+                        match bedrock_api::converse_request(&body) {
+                            Ok(translated) => converse = Some(Bytes::from(translated)),
+                            Err(e) => {
+                                outcome.refused = Some("llm.untranslatable".into());
+                                let body = openai_error(
+                                    "invalid_request_error",
+                                    "unsupported_for_bedrock",
+                                    &e.to_string(),
+                                );
+                                return write_json(session, 400, body, &[]).await;
+                            }
                         }
+                    }
+                    let translate = if request.stream {
+                        Translate::BedrockStream
+                    } else {
+                        Translate::BedrockWhole
                     };
-                    plan.push(Attempt {
-                        provider_name: &target.provider,
-                        provider,
-                        native: false,
-                        url: provider.bedrock_url(served_as, request.stream),
-                        body: Bytes::from(converse),
-                        target_id: format!("{}/{served_as}", target.provider),
-                        model_label: &entry.name,
-                        signing_region: provider.region.as_deref(),
-                        translate: if request.stream {
-                            Translate::BedrockStream
-                        } else {
-                            Translate::BedrockWhole
-                        },
-                        answer_model: request.model.clone(),
-                    });
-                    continue;
-                }
+                    let url = provider.bedrock_url(served_as, request.stream);
+                    (url, converse.clone().unwrap_or_default(), translate)
+                } else {
+                    let body = match request.body_for(target.model.as_deref()) {
+                        Cow::Borrowed(_) => body.clone(),
+                        Cow::Owned(rebuilt) => Bytes::from(rebuilt),
+                    };
+                    (provider.url(endpoint, target), body, Translate::None)
+                };
                 plan.push(Attempt {
                     provider_name: &target.provider,
                     provider,
                     native: false,
-                    url: provider.url(endpoint, target),
-                    body: match request.body_for(target.model.as_deref()) {
-                        Cow::Borrowed(_) => body.clone(),
-                        Cow::Owned(rebuilt) => Bytes::from(rebuilt),
-                    },
+                    url,
+                    body,
                     target_id: format!("{}/{served_as}", target.provider),
                     model_label: &entry.name,
-                    signing_region: None,
-                    translate: Translate::None,
-                    answer_model: String::new(),
+                    signing_region: provider.signing_region(),
+                    translate,
+                    answer_model: if bedrock {
+                        request.model.clone()
+                    } else {
+                        String::new()
+                    },
                 });
             }
             plan
@@ -394,10 +391,7 @@ async fn serve_admitted(
                 body,
                 target_id: format!("{name}/native"),
                 model_label: "native",
-                signing_region: provider
-                    .region
-                    .as_deref()
-                    .filter(|_| provider.kind == ProviderKind::Bedrock),
+                signing_region: provider.signing_region(),
                 translate: Translate::None,
                 answer_model: String::new(),
             }]
@@ -562,7 +556,7 @@ async fn call(
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
             body = bedrock_api::openai_error(&body, status, kind.as_deref()).into();
-            headers = json_headers();
+            headers = content_type_only("application/json");
         }
         if status == 429 || status >= 500 {
             return Ok(Some(Failure::Answered {
@@ -630,15 +624,8 @@ async fn call(
 
     let answer_headers = match attempt.translate {
         Translate::None => answer.headers().clone(),
-        Translate::BedrockWhole => json_headers(),
-        Translate::BedrockStream => {
-            let mut h = HeaderMap::new();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h
-        }
+        Translate::BedrockWhole => content_type_only("application/json"),
+        Translate::BedrockStream => content_type_only("text/event-stream"),
     };
     let mut resp = ResponseHeader::build(status, Some(answer_headers.len() + 1))?;
     copy_answer_headers(&answer_headers, &mut resp)?;
@@ -673,11 +660,9 @@ async fn call(
             Some(Err(e)) => return Err(broken_stream(ex, attempt, outcome, &e.to_string())),
         };
         if chunk.is_empty() {
-            next = match tokio::time::timeout(idle, answer.chunk()).await {
-                Ok(Ok(next)) => next,
-                Ok(Err(e)) => return Err(broken_stream(ex, attempt, outcome, &e.to_string())),
-                Err(_) => return Err(broken_stream(ex, attempt, outcome, "idle timeout")),
-            };
+            next = next_chunk(&mut answer, idle)
+                .await
+                .map_err(|why| broken_stream(ex, attempt, outcome, &why))?;
             continue;
         }
         if spent.is_some() {
@@ -724,11 +709,9 @@ async fn call(
             }
             return Ok(None);
         }
-        next = match tokio::time::timeout(idle, answer.chunk()).await {
-            Ok(Ok(next)) => next,
-            Ok(Err(e)) => return Err(broken_stream(ex, attempt, outcome, &e.to_string())),
-            Err(_) => return Err(broken_stream(ex, attempt, outcome, "idle timeout")),
-        };
+        next = next_chunk(&mut answer, idle)
+            .await
+            .map_err(|why| broken_stream(ex, attempt, outcome, &why))?;
     }
     session
         .write_response_body(None, true)
@@ -826,6 +809,18 @@ async fn request_headers(
     Ok(headers)
 }
 
+/// The answer's next chunk, within the idle timeout; the reason when the stream broke.
+async fn next_chunk(
+    answer: &mut reqwest::Response,
+    idle: Duration,
+) -> std::result::Result<Option<Bytes>, String> {
+    match tokio::time::timeout(idle, answer.chunk()).await {
+        Ok(Ok(next)) => Ok(next),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("idle timeout".to_string()),
+    }
+}
+
 /// An answer's body, read up to `limit` bytes (what is left is not read).
 async fn read_bounded(answer: &mut reqwest::Response, idle: Duration, limit: usize) -> Bytes {
     let mut body = BytesMut::new();
@@ -838,11 +833,12 @@ async fn read_bounded(answer: &mut reqwest::Response, idle: Duration, limit: usi
     body.freeze()
 }
 
-fn json_headers() -> HeaderMap {
+/// The headers of a translated answer: its content type, nothing of the provider's.
+fn content_type_only(content_type: &'static str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
     h
 }
