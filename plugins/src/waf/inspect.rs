@@ -1,12 +1,13 @@
 //! What the WAF looks at: every part of a request as named fields, each decoded once into
 //! the forms rules match against.
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::sync::OnceLock;
 
 use http::HeaderName;
 
+use hashbrown::HashTable;
 use serde::Deserialize;
 
 use super::decode;
@@ -14,7 +15,6 @@ use super::json::{self, JsonPath, JsonScalar, JsonVisitor};
 use super::otlp::{self, Signal};
 use super::parse;
 use super::urls;
-use crate::prehashed::Prehashed;
 use crate::RequestView;
 
 /// Which parts of a request a rule reads.
@@ -526,29 +526,54 @@ enum Named<'a> {
 /// links a coding agent's tool results share) thousands of times, and a rule's verdict on
 /// one is its verdict on all (a rule counts once per request, wherever it matched first).
 struct Distinct {
-    /// Keyed hashes (SipHash) of (target, path, value) kept so far. The keys are random per
-    /// process, so nobody outside can make two fields collide and one of them go unjudged.
-    seen: HashSet<u64, Prehashed>,
-    keys: RandomState,
+    /// The fields kept so far, by a hash of (target, path, value). A field is a repeat only
+    /// when it equals a kept one byte for byte, so a collision costs a comparison, never a
+    /// field left unjudged: a fast hasher is enough, seeded per process against floods.
+    seen: HashTable<Kept>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// A field [`Distinct`] kept: where it is among the fields, and its path's number.
+struct Kept {
+    hash: u64,
+    path: u32,
+    index: usize,
 }
 
 impl Distinct {
     fn new() -> Self {
         Distinct {
-            seen: HashSet::default(),
-            keys: RandomState::new(),
+            seen: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    /// Whether (target, path, value) is new to this body; `path` is the number the body's
-    /// reader gave the path. Target and path go in as one word and the value after it, in
-    /// two writes: most values are short, and each write costs the hasher a round of
-    /// buffering.
-    fn first(&mut self, target: Target, path: u32, value: &[u8]) -> bool {
-        let mut h = self.keys.build_hasher();
-        h.write_u64((target as u64) << 32 | u64::from(path));
+    /// Adds (target, path, value) to `fields` unless it is there already; `id` is the
+    /// number the body's reader gave the path, `path` its text.
+    fn keep(&mut self, fields: &mut Vec<Field>, target: Target, id: u32, path: &str, value: &[u8]) {
+        let mut h = self.hasher.build_hasher();
+        h.write_u64((target as u64) << 32 | u64::from(id));
         h.write(value);
-        self.seen.insert(h.finish())
+        let hash = h.finish();
+        let same = |k: &Kept| {
+            k.hash == hash
+                && k.path == id
+                && fields[k.index].target == target
+                && fields[k.index].raw() == value
+        };
+        if self.seen.find(hash, same).is_some() {
+            return;
+        }
+        self.seen.insert_unique(
+            hash,
+            Kept {
+                hash,
+                path: id,
+                index: fields.len(),
+            },
+            |k| k.hash,
+        );
+        fields.push(Field::new(target, Source::Body, path, value.to_vec()));
     }
 }
 
@@ -593,11 +618,7 @@ impl<'f> StructuredFields<'f> {
             return;
         }
         let (fields, distinct) = (&mut *self.fields, &mut self.distinct);
-        let url = |url: &[u8]| {
-            if distinct.first(Target::Urls, id, url) {
-                fields.push(Field::new(Target::Urls, Source::Body, path, url.to_vec()));
-            }
-        };
+        let url = |url: &[u8]| distinct.keep(fields, Target::Urls, id, path, url);
         match named {
             Named::Value(value) if reading.prose => urls::each_url(value, url),
             Named::Escaped(text) => {
@@ -606,13 +627,8 @@ impl<'f> StructuredFields<'f> {
                 }
             }
             Named::Name(_) if reading.prose => {}
-            Named::Name(key) if distinct.first(Target::ArgNames, id, key) => fields.push(
-                Field::new(Target::ArgNames, Source::Body, path, key.to_vec()),
-            ),
-            Named::Value(value) if distinct.first(Target::Args, id, value) => {
-                fields.push(Field::new(Target::Args, Source::Body, path, value.to_vec()))
-            }
-            Named::Name(_) | Named::Value(_) => {}
+            Named::Name(key) => distinct.keep(fields, Target::ArgNames, id, path, key),
+            Named::Value(value) => distinct.keep(fields, Target::Args, id, path, value),
         }
     }
 }
@@ -1066,5 +1082,38 @@ mod tests {
             of(Target::Body).is_empty(),
             "the raw JSON body is not inspected as text"
         );
+    }
+
+    /// A field that repeats (same target, path and bytes) is kept once; the same bytes as a
+    /// key and as a value, at another path, or differing in one byte are fields of their own.
+    #[test]
+    fn repeated_fields_are_kept_once_and_only_exact_repeats() {
+        let profile = Profile {
+            prose_fields: vec!["m[].text".into()],
+            ..Profile::default()
+        };
+        let body =
+            br#"{"m":[{"role":"user","text":"see http://a.example/x and http://a.example/x"},
+            {"role":"user","text":"again http://a.example/x, then http://a.example/y"},
+            {"role":"users","user":"role"}],"role":"user"}"#;
+        let fields = fields_of(&profile, "application/json", body);
+        let count = |t: Target, name: &str, raw: &str| {
+            fields
+                .iter()
+                .filter(|f| f.0 == t && f.1 == name && f.2 == raw)
+                .count()
+        };
+        assert_eq!(count(Target::Args, "m[].role", "user"), 1, "{fields:?}");
+        assert_eq!(count(Target::Args, "m[].role", "users"), 1);
+        assert_eq!(count(Target::Args, "role", "user"), 1, "another path");
+        assert_eq!(count(Target::Args, "m[].user", "role"), 1);
+        assert_eq!(count(Target::ArgNames, "m[].role", "role"), 1);
+        assert_eq!(
+            count(Target::ArgNames, "m[].user", "user"),
+            1,
+            "a key, not the value"
+        );
+        assert_eq!(count(Target::Urls, "m[].text", "http://a.example/x"), 1);
+        assert_eq!(count(Target::Urls, "m[].text", "http://a.example/y"), 1);
     }
 }

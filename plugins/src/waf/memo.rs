@@ -16,7 +16,7 @@
 //! asked about. A memo belongs to one WAF instance, whose rules, paranoia and overrides
 //! never change; a reload builds a new one.
 
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -53,7 +53,10 @@ impl Entry {
 }
 
 pub struct FieldMemo {
-    hasher: RandomState,
+    /// Chooses a field's slot. A hash only points at a slot (an entry is used only once
+    /// compared byte for byte), so colliding fields cost their rules' run, never a verdict:
+    /// a fast hasher, seeded per process, is enough here.
+    hasher: foldhash::fast::RandomState,
     /// Per slot, the hash of the field it holds (0 for none), in a small table of their own:
     /// a field that is not remembered (most of a new conversation's) is found out by one
     /// read here, without touching (or locking) the entries. Only a hint: an entry is used
@@ -69,7 +72,7 @@ impl FieldMemo {
     pub fn new(slots: usize) -> Self {
         let n = slots.max(1).next_power_of_two();
         FieldMemo {
-            hasher: RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             tags: (0..n).map(|_| AtomicU64::new(0)).collect(),
             last_miss: (0..n).map(|_| AtomicU64::new(0)).collect(),
             entries: (0..n).map(|_| Mutex::default()).collect(),
