@@ -292,6 +292,39 @@ fn frame(mut headers: &[u8], payload: &[u8]) -> Result<Frame, FrameError> {
     Ok(frame)
 }
 
+/// An event-stream frame as Bedrock sends it (`:message-type`, its kind, `:content-type` and
+/// the payload, both checksums): what [`FrameReader`] reads, for tests, fakes and fuzzing.
+pub fn encode_frame(message_type: &str, kind: &str, payload: &[u8]) -> Vec<u8> {
+    let kind_header = if message_type == "event" {
+        ":event-type"
+    } else {
+        ":exception-type"
+    };
+    let mut headers = Vec::new();
+    for (name, value) in [
+        (":message-type", message_type),
+        (kind_header, kind),
+        (":content-type", "application/json"),
+    ] {
+        headers.push(name.len() as u8);
+        headers.extend_from_slice(name.as_bytes());
+        headers.push(7);
+        headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        headers.extend_from_slice(value.as_bytes());
+    }
+    let total = 12 + headers.len() + payload.len() + 4;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(total as u32).to_be_bytes());
+    frame.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+    let prelude_crc = crc32fast::hash(&frame);
+    frame.extend_from_slice(&prelude_crc.to_be_bytes());
+    frame.extend_from_slice(&headers);
+    frame.extend_from_slice(payload);
+    let crc = crc32fast::hash(&frame);
+    frame.extend_from_slice(&crc.to_be_bytes());
+    frame
+}
+
 /// Turns ConverseStream's frames into OpenAI's server-sent `chat.completion.chunk`s, the
 /// usage in a last chunk of its own (as `stream_options.include_usage` asks) and `[DONE]`.
 #[derive(Debug)]
@@ -382,38 +415,6 @@ impl StreamTranslator {
 mod tests {
     use super::*;
 
-    /// An event-stream frame, encoded as Bedrock sends it.
-    pub(crate) fn encode(message_type: &str, kind: &str, payload: &[u8]) -> Vec<u8> {
-        let kind_header = if message_type == "event" {
-            ":event-type"
-        } else {
-            ":exception-type"
-        };
-        let mut headers = Vec::new();
-        for (name, value) in [
-            (":message-type", message_type),
-            (kind_header, kind),
-            (":content-type", "application/json"),
-        ] {
-            headers.push(name.len() as u8);
-            headers.extend_from_slice(name.as_bytes());
-            headers.push(7);
-            headers.extend_from_slice(&(value.len() as u16).to_be_bytes());
-            headers.extend_from_slice(value.as_bytes());
-        }
-        let total = 12 + headers.len() + payload.len() + 4;
-        let mut frame = Vec::new();
-        frame.extend_from_slice(&(total as u32).to_be_bytes());
-        frame.extend_from_slice(&(headers.len() as u32).to_be_bytes());
-        let prelude_crc = crc32fast::hash(&frame);
-        frame.extend_from_slice(&prelude_crc.to_be_bytes());
-        frame.extend_from_slice(&headers);
-        frame.extend_from_slice(payload);
-        let crc = crc32fast::hash(&frame);
-        frame.extend_from_slice(&crc.to_be_bytes());
-        frame
-    }
-
     fn conversation() -> Vec<u8> {
         let mut stream = Vec::new();
         for (kind, payload) in [
@@ -433,7 +434,7 @@ mod tests {
                 r#"{"usage":{"inputTokens":12,"outputTokens":2,"totalTokens":14},"metrics":{"latencyMs":40}}"#,
             ),
         ] {
-            stream.extend(encode("event", kind, payload.as_bytes()));
+            stream.extend(encode_frame("event", kind, payload.as_bytes()));
         }
         stream
     }
@@ -543,14 +544,14 @@ mod tests {
 
     #[test]
     fn a_broken_stream_is_an_error_and_an_exception_ends_it() {
-        let mut frame = encode("event", "contentBlockDelta", br#"{"delta":{"text":"x"}}"#);
+        let mut frame = encode_frame("event", "contentBlockDelta", br#"{"delta":{"text":"x"}}"#);
         let last = frame.len() - 1;
         frame[last] ^= 1;
         assert_eq!(
             FrameReader::default().feed(&frame),
             Err(FrameError::Checksum)
         );
-        let mut prelude = encode("event", "x", b"{}");
+        let mut prelude = encode_frame("event", "x", b"{}");
         prelude[11] ^= 1;
         assert_eq!(
             FrameReader::default().feed(&prelude),
@@ -561,7 +562,7 @@ mod tests {
             FrameReader::default().feed(&huge),
             Err(FrameError::Length(_))
         ));
-        let mut truncated = encode("event", "messageStart", b"{}");
+        let mut truncated = encode_frame("event", "messageStart", b"{}");
         truncated.truncate(20);
         assert_eq!(
             FrameReader::default().feed(&truncated),
@@ -570,13 +571,13 @@ mod tests {
         );
 
         let mut t = StreamTranslator::new("m", "i", 0);
-        let mut stream = encode("event", "messageStart", br#"{"role":"assistant"}"#);
-        stream.extend(encode(
+        let mut stream = encode_frame("event", "messageStart", br#"{"role":"assistant"}"#);
+        stream.extend(encode_frame(
             "exception",
             "throttlingException",
             br#"{"message":"Too many requests"}"#,
         ));
-        stream.extend(encode(
+        stream.extend(encode_frame(
             "event",
             "contentBlockDelta",
             br#"{"delta":{"text":"late"}}"#,
