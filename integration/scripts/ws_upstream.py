@@ -9,6 +9,7 @@ back prefixed "echo:", and a "tick N" is pushed every second (except on a path e
 """
 import asyncio
 import json
+import logging
 import sys
 
 from websockets.asyncio.server import serve
@@ -36,7 +37,19 @@ async def handler(ws):
         ticker.cancel()
 
 
+class HealthCheckConnects(logging.Filter):
+    """rampart's TCP health checks connect and close without a request; websockets logs each
+    as a failed handshake with its traceback. Those (a connection closed before any request
+    byte) are dropped; every other handshake failure is still logged."""
+
+    def filter(self, record):
+        cause = record.exc_info[1] if record.exc_info else None
+        closed_early = cause is not None and isinstance(cause.__cause__, EOFError)
+        return not (record.getMessage() == "opening handshake failed" and closed_early)
+
+
 async def main():
+    logging.getLogger("websockets.server").addFilter(HealthCheckConnects())
     async with serve(handler, "127.0.0.1", int(sys.argv[1]), ping_interval=None):
         print("ready", flush=True)
         await asyncio.Future()
