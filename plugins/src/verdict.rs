@@ -15,17 +15,18 @@ pub trait Plugin: Send + Sync {
     /// The plugin's type name, as written in config and used as a metrics label.
     fn name(&self) -> &'static str;
 
-    /// Judge the request.
-    fn check(&self, req: &RequestView<'_>) -> Verdict;
-
     /// Judge the request, reporting each rule that matched on the way (for metrics and the
-    /// block log). Plugins without rules of their own need not implement it.
+    /// block log, count-mode matches included); plugins without rules of their own report
+    /// nothing.
     fn check_reporting(
         &self,
         req: &RequestView<'_>,
-        _report: &mut dyn FnMut(&Finding<'_>),
-    ) -> Verdict {
-        self.check(req)
+        report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict;
+
+    /// Judge the request, with no one listening for the rules that matched.
+    fn check(&self, req: &RequestView<'_>) -> Verdict {
+        self.check_reporting(req, &mut |_| {})
     }
 
     /// A decision that needs a store shared with other instances (cluster rate limits): the

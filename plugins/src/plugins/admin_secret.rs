@@ -9,7 +9,7 @@ use serde::Deserialize;
 use crate::path::has_segment_prefix;
 use crate::registry::{BuildContext, BuildError};
 use crate::secret::{SecretHeader, SecretPresence};
-use crate::{Deny, Plugin, RequestView, Verdict};
+use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,7 +70,11 @@ impl Plugin for AdminSecret {
         "admin_secret"
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
+    fn check_reporting(
+        &self,
+        req: &RequestView<'_>,
+        _report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict {
         if !self.covers(req.path) {
             return Verdict::Continue;
         }

@@ -326,10 +326,6 @@ impl Plugin for BotControl {
         "bot_control"
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
-        self.check_reporting(req, &mut |_| {})
-    }
-
     fn check_reporting(
         &self,
         req: &RequestView<'_>,

@@ -146,10 +146,6 @@ impl Plugin for Geo {
         "geo"
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
-        self.check_reporting(req, &mut |_| {})
-    }
-
     fn check_reporting(
         &self,
         req: &RequestView<'_>,

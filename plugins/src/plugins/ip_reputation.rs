@@ -129,10 +129,6 @@ impl Plugin for IpReputation {
         "ip_reputation"
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
-        self.check_reporting(req, &mut |_| {})
-    }
-
     fn check_reporting(
         &self,
         req: &RequestView<'_>,

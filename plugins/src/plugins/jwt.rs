@@ -21,7 +21,7 @@ use crate::path::has_segment_prefix;
 use crate::registry::{parse_rule_file, BuildContext, BuildError};
 use crate::request::Identity;
 use crate::verdict::VerdictFuture;
-use crate::{Deny, Plugin, RequestView, Verdict};
+use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -467,7 +467,11 @@ impl Plugin for Jwt {
     }
 
     /// Decides without fetching keys: a token naming an unknown key is refused.
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
+    fn check_reporting(
+        &self,
+        req: &RequestView<'_>,
+        _report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict {
         match self.decide(req, unix_now()) {
             Decision::Done(v) => v,
             Decision::UnknownKid(_) => invalid("jwt.unknown_kid"),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::net::NetSet;
 use crate::registry::{BuildContext, BuildError};
 use crate::secret::{SecretHeader, SecretPresence};
-use crate::{Deny, Plugin, RequestView, Verdict};
+use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -88,7 +88,11 @@ impl Plugin for OriginVerify {
         "origin_verify"
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
+    fn check_reporting(
+        &self,
+        req: &RequestView<'_>,
+        _report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict {
         if self.internal.as_ref().is_some_and(|n| n.contains(req.peer)) {
             return Verdict::Continue;
         }

@@ -427,10 +427,6 @@ impl Plugin for Waf {
         lines
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
-        self.check_reporting(req, &mut |_| {})
-    }
-
     fn check_reporting(
         &self,
         req: &RequestView<'_>,

@@ -16,7 +16,7 @@ use crate::net::canonical;
 use crate::rate_window::{now_ms, RateWindow, SharedHit, SharedWindows, WindowSpec, WindowState};
 use crate::registry::{BuildContext, BuildError};
 use crate::verdict::VerdictFuture;
-use crate::{Deny, Plugin, RequestView, Verdict};
+use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,7 +311,11 @@ impl Plugin for RateLimit {
         "rate_limit"
     }
 
-    fn check(&self, req: &RequestView<'_>) -> Verdict {
+    fn check_reporting(
+        &self,
+        req: &RequestView<'_>,
+        _report: &mut dyn FnMut(&Finding<'_>),
+    ) -> Verdict {
         self.check_local(req, now_ms())
     }
 
