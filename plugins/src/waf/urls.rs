@@ -7,8 +7,9 @@
 //!
 //! Prompts are large (a coding agent sends a megabyte of source files) and always hold some
 //! URLs, so the finder starts from the two marks every URL has, `://` and `data:`, found
-//! from the colons a vectorised search turns up, and reads outwards from each by hand. A regex over the whole text
-//! paid for its word boundaries at every byte, and its prefilter never skipped agent prose.
+//! from the colons a vectorised search turns up, and reads outwards from each by hand. A
+//! regex over the whole text paid for its word boundaries at every byte, and its prefilter
+//! never skipped agent prose.
 //! The grammar is ASCII, so the reading is too: a scheme is the ASCII letters, digits, `+`,
 //! `.` and `-` before `://` (at most 16, starting with a letter), with no word boundary asked
 //! for, so `xhttp://` is inspected as `http://` rather than passed over.
@@ -83,14 +84,8 @@ fn find(text: &[u8], form: Text, mut each: impl FnMut(usize, usize)) {
         if colon < done {
             continue;
         }
-        let scheme = text[colon + 1..]
-            .starts_with(b"//")
-            .then(|| Mark::Scheme(colon).url_start(text, form, done))
-            .flatten();
-        let data = colon
-            .checked_sub(4)
-            .filter(|&d| text[d..colon].eq_ignore_ascii_case(b"data"))
-            .and_then(|d| Mark::Data(d).url_start(text, form, done));
+        let scheme = scheme_url(text, form, colon, done);
+        let data = data_url(text, colon, done);
         // At one colon, the URL that starts first (a scheme begins before its mark, so
         // `httpdata://` is one URL, not the `data:` inside it).
         let (start, body) = match (scheme, data) {
@@ -105,46 +100,41 @@ fn find(text: &[u8], form: Text, mut each: impl FnMut(usize, usize)) {
     }
 }
 
-/// Where a URL may begin: `://` after its scheme, or the `d` of `data:`.
-#[derive(Clone, Copy)]
-enum Mark {
-    Scheme(usize),
-    Data(usize),
+/// The URL whose scheme ends at `colon` (followed by `//`): its first byte and where its
+/// body (what runs to a stop byte) begins; `None` if there is no `//` or no scheme, or the
+/// scheme would reach into the URL before (which ended at `done`).
+fn scheme_url(text: &[u8], form: Text, colon: usize, done: usize) -> Option<(usize, usize)> {
+    if !text[colon + 1..].starts_with(b"//") {
+        return None;
+    }
+    let reach = colon.saturating_sub(MAX_SCHEME).max(done);
+    let mut start = colon;
+    while start > reach
+        && is_scheme_byte(text[start - 1])
+        && !(form == Text::JsonEscaped && escaped_at(text, start - 1))
+    {
+        start -= 1;
+    }
+    // A scheme begins with a letter.
+    while start < colon && !text[start].is_ascii_alphabetic() {
+        start += 1;
+    }
+    (start < colon).then_some((start, colon + 3))
 }
 
-impl Mark {
-    /// The URL's first byte, and where its body (what runs to a stop byte) begins; `None` if
-    /// the mark begins no URL, or lies inside the one before (which ended at `done`).
-    fn url_start(self, text: &[u8], form: Text, done: usize) -> Option<(usize, usize)> {
-        match self {
-            Mark::Scheme(at) => {
-                let reach = at.saturating_sub(MAX_SCHEME).max(done);
-                let mut start = at;
-                while start > reach
-                    && is_scheme_byte(text[start - 1])
-                    && !(form == Text::JsonEscaped && escaped_at(text, start - 1))
-                {
-                    start -= 1;
-                }
-                // A scheme begins with a letter.
-                while start < at && !text[start].is_ascii_alphabetic() {
-                    start += 1;
-                }
-                (start < at).then_some((start, at + 3))
-            }
-            Mark::Data(at) => {
-                if at < done {
-                    return None;
-                }
-                // `data:` and a media type (`[a-z/]*`) closed by `;` or `,`.
-                let after = at + 5;
-                let kind = text[after..]
-                    .iter()
-                    .position(|&b| !(b.is_ascii_alphabetic() || b == b'/'))?;
-                matches!(text[after + kind], b';' | b',').then_some((at, after + kind + 1))
-            }
-        }
+/// The `data:` URL (any case) whose colon is at `colon`: `data:` and a media type
+/// (`[a-z/]*`) closed by `;` or `,`. `None` if there is none, or its `d` lies inside the URL
+/// before (which ended at `done`).
+fn data_url(text: &[u8], colon: usize, done: usize) -> Option<(usize, usize)> {
+    let at = colon.checked_sub(4).filter(|&d| d >= done)?;
+    if !text[at..colon].eq_ignore_ascii_case(b"data") {
+        return None;
     }
+    let after = colon + 1;
+    let kind = text[after..]
+        .iter()
+        .position(|&b| !(b.is_ascii_alphabetic() || b == b'/'))?;
+    matches!(text[after + kind], b';' | b',').then_some((at, after + kind + 1))
 }
 
 fn is_scheme_byte(b: u8) -> bool {
