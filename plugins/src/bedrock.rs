@@ -294,6 +294,8 @@ fn frame(mut headers: &[u8], payload: &[u8]) -> Result<Frame, FrameError> {
 
 /// An event-stream frame as Bedrock sends it (`:message-type`, its kind, `:content-type` and
 /// the payload, both checksums): what [`FrameReader`] reads, for tests, fakes and fuzzing.
+/// The format bounds a header value to 65,535 bytes and a frame to 4 GiB; callers stay
+/// within them (the lengths are written as the format's u16 and u32).
 pub fn encode_frame(message_type: &str, kind: &str, payload: &[u8]) -> Vec<u8> {
     let kind_header = if message_type == "event" {
         ":event-type"
