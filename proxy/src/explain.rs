@@ -8,7 +8,7 @@ use std::path::Path;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rampart_plugins::path::{has_segment_prefix, normalize};
-use rampart_plugins::{now_or_never, Chain, RequestView, Stage};
+use rampart_plugins::{now_or_never, Chain, Judgement, RequestView, Stage};
 use thiserror::Error;
 
 use crate::snapshot::explain_chain;
@@ -73,10 +73,20 @@ fn parse(file: &str, bytes: &[u8]) -> Result<RawRequest, ExplainError> {
 }
 
 /// The report for one request file.
-/// What `rules test` found for one request: the report, and whether the client is refused.
+/// What `rules test` found for one request: the report, and the client's answer.
 pub struct Explained {
     pub report: String,
-    pub refused: bool,
+    pub answer: Answer,
+}
+
+/// The client's answer, as the chain decides it without waiting for anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    Passed,
+    Refused,
+    /// A plugin would wait to decide (a key fetch for an unknown `kid`, a shared store),
+    /// which `rules test` does not do: neither answer can be said.
+    Undecided,
 }
 
 pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<Explained, ExplainError> {
@@ -147,7 +157,24 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<Explained, E
         .collect();
     let chain = Chain::new(entries);
     let judgement = now_or_never(chain.evaluate(&view, Stage::All, |_| {}));
-    let refused = match judgement.as_ref().and_then(|j| j.denied.as_ref()) {
+    let answer = write_answer(&mut out, judgement.as_ref(), route);
+    Ok(Explained {
+        report: out,
+        answer,
+    })
+}
+
+/// The report's last line: the answer of a chain evaluation that finished, or that none did.
+fn write_answer(out: &mut String, judgement: Option<&Judgement>, route: &str) -> Answer {
+    let Some(judgement) = judgement else {
+        let _ = writeln!(
+            out,
+            "answer: undecided: a plugin waits to decide (a key fetch or a shared store), \
+             which rules test does not do"
+        );
+        return Answer::Undecided;
+    };
+    match &judgement.denied {
         Some((plugin, deny)) => {
             let _ = writeln!(
                 out,
@@ -155,17 +182,13 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<Explained, E
                 deny.status,
                 deny.reason()
             );
-            true
+            Answer::Refused
         }
         None => {
             let _ = writeln!(out, "answer: passed on to route {route}");
-            false
+            Answer::Passed
         }
-    };
-    Ok(Explained {
-        report: out,
-        refused,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -181,5 +204,15 @@ mod tests {
         assert_eq!(r.body, b"{\"a\":1}");
         assert!(parse("x", b"").is_err());
         assert!(parse("x", b"GET / HTTP/1.1\nbroken header\n\n").is_err());
+    }
+
+    /// A chain that did not finish (a plugin waiting on a key fetch) is neither a pass nor
+    /// a refusal.
+    #[test]
+    fn an_unfinished_evaluation_is_undecided_not_passed() {
+        let mut out = String::new();
+        assert_eq!(write_answer(&mut out, None, "litellm"), Answer::Undecided);
+        assert!(out.starts_with("answer: undecided"), "{out}");
+        assert!(!out.contains("passed"), "{out}");
     }
 }

@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use rampart::explain::Answer;
 use rampart::server::{self, RunOptions};
 use rampart::snapshot::{Carried, RuleSnapshot};
 
@@ -141,7 +142,8 @@ fn main() -> ExitCode {
                 match rampart::explain::explain(&rules, &listener, &file) {
                     Ok(explained) => {
                         print!("{}", explained.report);
-                        refused |= explained.refused;
+                        refused |= explained.answer == Answer::Refused;
+                        failed |= explained.answer == Answer::Undecided;
                     }
                     Err(e) => {
                         eprintln!("{e}");
