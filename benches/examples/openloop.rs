@@ -11,7 +11,7 @@
 //! `openloop ADDR REQUEST_FILE RATE SECONDS CONNECTIONS` prints one JSON line:
 //! `{"sent":..,"ok":..,"errors":..,"p50_us":..,"p90_us":..,"p99_us":..,"max_us":..}`.
 //! REQUEST_FILE holds one whole HTTP/1.1 request (keep-alive); answers must carry
-//! Content-Length.
+//! Content-Length. A connection that breaks counts one error and is opened again.
 
 use std::time::{Duration, Instant};
 
@@ -83,12 +83,22 @@ async fn drive(
         // own lateness is the client's.
         let sent = Instant::now();
         let began = if last_done > due { due } else { sent };
-        conn.write_all(&request).await?;
-        let status = read_response(&mut conn, &mut buf).await?;
+        let answer = match conn.write_all(&request).await {
+            Ok(()) => read_response(&mut conn, &mut buf).await,
+            Err(e) => Err(e.into()),
+        };
         last_done = Instant::now();
-        match status {
-            200..=299 => latencies.push(last_done.duration_since(began).as_micros() as u64),
-            _ => errors += 1,
+        match answer {
+            Ok(200..=299) => latencies.push(last_done.duration_since(began).as_micros() as u64),
+            Ok(_) => errors += 1,
+            // A server may close a connection after an error answer; that request counts as
+            // an error and the connection is opened again, as a client's pool would.
+            Err(_) => {
+                errors += 1;
+                conn = TcpStream::connect(&addr).await?;
+                conn.set_nodelay(true)?;
+                buf.clear();
+            }
         }
     }
     Ok((latencies, errors))

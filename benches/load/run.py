@@ -277,6 +277,17 @@ class Proc:
                 pass
         return total / CLK_TCK
 
+    def run_delay_ms(self):
+        """Milliseconds its threads have waited, runnable, for the core (schedstat's second field)."""
+        total = 0
+        for pid in self.pids():
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    total += int((task / "schedstat").read_text().split()[1])
+                except (OSError, IndexError, ValueError):
+                    pass
+        return total / 1e6
+
     def rss_kib(self):
         total = 0
         for pid in self.pids():
@@ -467,20 +478,29 @@ def saturation(procs, reqs):
     return table
 
 
-def latency(reqs, table):
-    """Open-loop latency at half of `full`'s saturation, contenders alternating, LATENCY_ROUNDS times."""
+def latency(procs, reqs, table):
+    """Open-loop latency at half of `full`'s saturation, contenders alternating, LATENCY_ROUNDS
+    times. Beside each run, how long the proxy's threads waited for their core while runnable:
+    a tail that is queueing on the core shows there, one inside the process does not."""
     out = {}
     for req_name in ("get", "chat_16k"):
         rate = int(table[req_name]["full"]["rps"] / 2)
         for r in range(LATENCY_ROUNDS):
-            for name in ["direct", "nginx", "bare", "full"]:
+            for name in ["direct", "nginx", "pingora", "bare", "full"]:
+                if (name, req_name) in UNSERVED:
+                    continue
                 port = PORTS["upstream" if name == "direct" else name]
+                proc = procs.get(name)
+                waited = proc.run_delay_ms() if proc else 0
                 res = openloop(port, reqs[req_name], rate, SECONDS)
+                res["run_delay_ms"] = proc.run_delay_ms() - waited if proc else 0
                 out.setdefault(req_name, {}).setdefault(name, []).append(res)
-                log(f"fixed {rate}/s {req_name:9} {name:8} p50 {res['p50_us']} us  p99 {res['p99_us']} us  errors {res['errors']}")
+                log(f"fixed {rate}/s {req_name:9} {name:8} p50 {res['p50_us']} us  p99 {res['p99_us']} us  "
+                    f"errors {res['errors']}  waited for the core {res['run_delay_ms']:.1f} ms")
         for name, rs in out[req_name].items():
             out[req_name][name] = {"rate": rate,
-                                   **{k: statistics.median(x[k] for x in rs) for k in ("p50_us", "p99_us", "max_us", "errors")},
+                                   **{k: statistics.median(x[k] for x in rs)
+                                      for k in ("p50_us", "p99_us", "max_us", "errors", "run_delay_ms")},
                                    "p99_runs": [x["p99_us"] for x in rs]}
     return out
 
@@ -760,14 +780,15 @@ def report(machine, sat, lat, idle, sse, ins, mem, proto=None):
     if lat:
         lines += ["## Latency at half of full's saturation (open loop)", "",
                   f"Medians over {LATENCY_ROUNDS} alternating runs; the last column is each run's p99.", "",
-                  "| request | rate/s | contender | p50 µs | p99 µs | added p50 | added p99 | errors | p99 of each run |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| request | rate/s | contender | p50 µs | p99 µs | added p50 | added p99 | errors | waited for the core, ms a run | p99 of each run |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for req_name, row in lat.items():
             d = row["direct"]
             for name, r in row.items():
                 runs = ", ".join(str(v) for v in r.get("p99_runs", []))
                 lines.append(f"| {req_name} | {r['rate']} | {name} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
-                             f"{r['p50_us'] - d['p50_us']:.0f} | {r['p99_us'] - d['p99_us']:.0f} | {r['errors']:.0f} | {runs} |")
+                             f"{r['p50_us'] - d['p50_us']:.0f} | {r['p99_us'] - d['p99_us']:.0f} | {r['errors']:.0f} | "
+                             f"{r['run_delay_ms']:.1f} | {runs} |")
         lines.append("")
     if idle:
         lines += ["## Idle keep-alive connections (10,000, after one GET each)", "",
@@ -847,10 +868,15 @@ def main():
   server {{ listen 127.0.0.1:{PORTS['upstream']}; client_max_body_size 16m;
     location / {{ return 200 "ok\\n"; }}
     # A chat is read whole before the answer, as LiteLLM does (`return` alone answers first
-    # and the proxy in front may stop sending the body): nginx buffers it, then asks itself.
-    location /v1/chat/completions {{ proxy_pass http://127.0.0.1:{PORTS['upstream']}/read; }}
-    location /v1/messages {{ proxy_pass http://127.0.0.1:{PORTS['upstream']}/read; }}
-    location = /read {{ return 200 "ok\\n"; }} }}""")),
+    # and the proxy in front may stop sending the body): nginx buffers it, then asks itself,
+    # over kept-alive connections: a new one per chat ran the loopback out of ports (TIME_WAIT)
+    # and the upstream reset connections in the middle of a run.
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location /v1/chat/completions {{ proxy_pass http://self/read; }}
+    location /v1/messages {{ proxy_pass http://self/read; }}
+    location = /read {{ return 200 "ok\\n"; }} }}
+  upstream self {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 16; }}""")),
                                "-p", str(WORK / "upstream")], LOAD_CORE)
         wait_port(PORTS["upstream"])
         sse_up = Proc("sse-upstream", [sys.executable, str(ROOT / "benches/load/sse.py"), "serve",
@@ -879,7 +905,7 @@ def main():
                     continue
                 log(f"check {name:12} {req_name:9} ok {r['ok']} errors {r['errors']}")
         sat = saturation(procs, reqs)
-        lat = {} if "latency" in SKIP else latency(reqs, sat)
+        lat = {} if "latency" in SKIP else latency(procs, reqs, sat)
         sse = {} if "streams" in SKIP else streams(procs, token)
         idle = {} if "memory" in SKIP else idle_connections(procs, reqs)
         for name in ("pingora", "bare", "full", "nginx", "modsecurity"):
