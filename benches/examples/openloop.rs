@@ -60,6 +60,12 @@ async fn read_more(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), Failur
     Ok(())
 }
 
+async fn connect(addr: &str) -> Result<TcpStream, Failure> {
+    let conn = TcpStream::connect(addr).await?;
+    conn.set_nodelay(true)?;
+    Ok(conn)
+}
+
 /// One connection: each due time it is dealt, one request, until `end`.
 async fn drive(
     addr: String,
@@ -68,8 +74,7 @@ async fn drive(
     start: Instant,
     end: Instant,
 ) -> Result<(Vec<u64>, u64), Failure> {
-    let mut conn = TcpStream::connect(&addr).await?;
-    conn.set_nodelay(true)?;
+    let mut conn = connect(&addr).await?;
     let (mut latencies, mut errors) = (Vec::new(), 0);
     let mut buf = Vec::new();
     let mut last_done = start;
@@ -95,8 +100,7 @@ async fn drive(
             // an error and the connection is opened again, as a client's pool would.
             Err(_) => {
                 errors += 1;
-                conn = TcpStream::connect(&addr).await?;
-                conn.set_nodelay(true)?;
+                conn = connect(&addr).await?;
                 buf.clear();
             }
         }
