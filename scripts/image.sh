@@ -55,9 +55,11 @@ build_image() {
 # v1 hierarchy for it moves it off v2. And without CAP_SYS_RESOURCE, podman's default limits
 # (raised RLIMIT_NOFILE and RLIMIT_NPROC) cannot be set: the run lowers them instead.
 prepare_host() {
-  local unified=/sys/fs/cgroup/unified/cgroup.controllers
-  if [ -s "$unified" ] && [ "$(id -u)" -eq 0 ]; then
-    for c in $(cat "$unified"); do
+  # Read, not tested with -s: a cgroup file reports a size of 0 whatever it holds.
+  local controllers
+  controllers=$(cat /sys/fs/cgroup/unified/cgroup.controllers 2>/dev/null || true)
+  if [ -n "$controllers" ] && [ "$(id -u)" -eq 0 ]; then
+    for c in $controllers; do
       echo "image: moving cgroup controller $c from the v2 hierarchy to a v1 one (crun refuses hybrid mode)"
       mkdir -p "/sys/fs/cgroup/$c" && mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"
     done
