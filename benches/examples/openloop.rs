@@ -9,9 +9,15 @@
 //! queued in the proxy and put the queueing on every contender's latency.
 //!
 //! `openloop ADDR REQUEST_FILE RATE SECONDS CONNECTIONS` prints one JSON line:
-//! `{"sent":..,"ok":..,"errors":..,"p50_us":..,"p90_us":..,"p99_us":..,"max_us":..}`.
+//! `{"sent":..,"ok":..,"errors":..,"p50_us":..,"p90_us":..,"p99_us":..,"max_us":..,
+//! "pacer_late_max_us":..,"pacer_late_over_1ms":..}`: the last two say how far the pacer
+//! itself fell behind (a late pacer sends what it owes in a burst).
 //! REQUEST_FILE holds one whole HTTP/1.1 request (keep-alive); answers must carry
 //! Content-Length. A connection that breaks counts one error and is opened again.
+//!
+//! With `OPENLOOP_SLOW_US=N` set, each request slower than N µs is also written to stderr as
+//! `slow MONOTONIC_SECONDS LATENCY_US`, its start on the clock `perf record -k CLOCK_MONOTONIC`
+//! stamps samples with: a stall can then be found in a profile taken beside the run.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,37 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// Requests slower than this are written out with their start (`OPENLOOP_SLOW_US`).
+struct SlowLog {
+    threshold_us: u64,
+    /// An instant and CLOCK_MONOTONIC's reading at it, to put an `Instant` on that clock.
+    origin: (Instant, Duration),
+}
+
+impl SlowLog {
+    fn from_env() -> Option<Self> {
+        let threshold_us = std::env::var("OPENLOOP_SLOW_US").ok()?.parse().ok()?;
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        let monotonic = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        Some(SlowLog {
+            threshold_us,
+            origin: (Instant::now(), monotonic),
+        })
+    }
+
+    fn note(&self, began: Instant, latency_us: u64) {
+        if latency_us > self.threshold_us {
+            let at = self.origin.1 + began.saturating_duration_since(self.origin.0);
+            eprintln!("slow {:.6} {latency_us}", at.as_secs_f64());
+        }
+    }
+}
 
 /// Reads one response with a Content-Length body from `conn`; `buf` keeps what follows.
 async fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16, Failure> {
@@ -73,6 +110,7 @@ async fn drive(
     mut dealt: mpsc::UnboundedReceiver<Instant>,
     start: Instant,
     end: Instant,
+    slow: std::sync::Arc<Option<SlowLog>>,
 ) -> Result<(Vec<u64>, u64), Failure> {
     let mut conn = connect(&addr).await?;
     let (mut latencies, mut errors) = (Vec::new(), 0);
@@ -94,7 +132,13 @@ async fn drive(
         };
         last_done = Instant::now();
         match answer {
-            Ok(200..=299) => latencies.push(last_done.duration_since(began).as_micros() as u64),
+            Ok(200..=299) => {
+                let latency = last_done.duration_since(began).as_micros() as u64;
+                if let Some(slow) = slow.as_ref() {
+                    slow.note(began, latency);
+                }
+                latencies.push(latency);
+            }
             Ok(_) => errors += 1,
             // A server may close a connection after an error answer; that request counts as
             // an error and the connection is opened again, as a client's pool would.
@@ -114,7 +158,7 @@ fn pace(
     start: Instant,
     interval: Duration,
     end: Instant,
-) {
+) -> PacerLateness {
     // The default slack lets a sleep end up to 50 µs late; at 15,000 a second requests
     // are 67 µs apart.
     // SAFETY: prctl with PR_SET_TIMERSLACK only sets this thread's timer slack.
@@ -122,16 +166,37 @@ fn pace(
         libc::prctl(libc::PR_SET_TIMERSLACK, 1_000);
     }
     let mut due = start;
+    let mut lateness = PacerLateness::default();
     for tx in connections.iter().cycle() {
         if due >= end {
             break;
         }
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        match due.checked_duration_since(Instant::now()) {
+            Some(wait) => std::thread::sleep(wait),
+            None => lateness.note(due.elapsed()),
         }
         // A connection that failed has hung up; the others go on.
         let _ = tx.send(due);
         due += interval;
+    }
+    lateness
+}
+
+/// How late the pacer dealt requests: a late pacer deals those it owes at once, a burst the
+/// server queues, so a run whose pacer fell far behind measured the client as well.
+#[derive(Default)]
+struct PacerLateness {
+    max: Duration,
+    /// Requests dealt more than a millisecond late.
+    over_1ms: u64,
+}
+
+impl PacerLateness {
+    fn note(&mut self, late: Duration) {
+        self.max = self.max.max(late);
+        if late > Duration::from_millis(1) {
+            self.over_1ms += 1;
+        }
     }
 }
 
@@ -147,6 +212,7 @@ async fn main() -> Result<(), Failure> {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + Duration::from_secs_f64(seconds.parse()?);
+    let slow = std::sync::Arc::new(SlowLog::from_env());
     let (mut tasks, mut senders) = (Vec::new(), Vec::new());
     for _ in 0..connections {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -157,6 +223,7 @@ async fn main() -> Result<(), Failure> {
             rx,
             start,
             end,
+            slow.clone(),
         )));
     }
     let pacer = std::thread::spawn(move || pace(senders, start, interval, end));
@@ -166,7 +233,7 @@ async fn main() -> Result<(), Failure> {
         all.extend(latencies);
         errors += e;
     }
-    pacer.join().map_err(|_| "the pacer panicked")?;
+    let late = pacer.join().map_err(|_| "the pacer panicked")?;
     all.sort_unstable();
     let pct = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
@@ -174,13 +241,15 @@ async fn main() -> Result<(), Failure> {
             .unwrap_or(0)
     };
     println!(
-        "{{\"sent\":{},\"ok\":{},\"errors\":{errors},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+        "{{\"sent\":{},\"ok\":{},\"errors\":{errors},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"max_us\":{},\"pacer_late_max_us\":{},\"pacer_late_over_1ms\":{}}}",
         all.len() as u64 + errors,
         all.len(),
         pct(0.5),
         pct(0.9),
         pct(0.99),
-        all.last().copied().unwrap_or(0)
+        all.last().copied().unwrap_or(0),
+        late.max.as_micros(),
+        late.over_1ms,
     );
     Ok(())
 }

@@ -277,16 +277,23 @@ class Proc:
                 pass
         return total / CLK_TCK
 
-    def run_delay_ms(self):
-        """Milliseconds its threads have waited, runnable, for the core (schedstat's second field)."""
+    def schedstat_ms(self, field):
+        """Summed over its threads, in ms: schedstat's field 0 (time on the core) or 1 (time
+        waited, runnable, for it)."""
         total = 0
         for pid in self.pids():
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 try:
-                    total += int((task / "schedstat").read_text().split()[1])
+                    total += int((task / "schedstat").read_text().split()[field])
                 except (OSError, IndexError, ValueError):
                     pass
         return total / 1e6
+
+    def on_cpu_ms(self):
+        return self.schedstat_ms(0)
+
+    def run_delay_ms(self):
+        return self.schedstat_ms(1)
 
     def rss_kib(self):
         total = 0
@@ -491,17 +498,23 @@ def latency(procs, reqs, table):
                     continue
                 port = PORTS["upstream" if name == "direct" else name]
                 proc = procs.get(name)
-                waited = proc.run_delay_ms() if proc else 0
+                waited, busy = (proc.run_delay_ms(), proc.on_cpu_ms()) if proc else (0, 0)
                 res = openloop(port, reqs[req_name], rate, SECONDS)
                 res["run_delay_ms"] = proc.run_delay_ms() - waited if proc else 0
+                # How much of its core the proxy used: the nearer to all of it, the longer
+                # any burst of arrivals queues.
+                res["busy_pct"] = (proc.on_cpu_ms() - busy) / (10 * SECONDS) if proc else 0
                 out.setdefault(req_name, {}).setdefault(name, []).append(res)
                 log(f"fixed {rate}/s {req_name:9} {name:8} p50 {res['p50_us']} us  p99 {res['p99_us']} us  "
-                    f"errors {res['errors']}  waited for the core {res['run_delay_ms']:.1f} ms")
+                    f"errors {res['errors']}  busy {res['busy_pct']:.0f}%  waited for the core {res['run_delay_ms']:.1f} ms  "
+                    f"pacer late by up to {res['pacer_late_max_us']} us")
         for name, rs in out[req_name].items():
             out[req_name][name] = {"rate": rate,
                                    **{k: statistics.median(x[k] for x in rs)
-                                      for k in ("p50_us", "p99_us", "max_us", "errors", "run_delay_ms")},
-                                   "p99_runs": [x["p99_us"] for x in rs]}
+                                      for k in ("p50_us", "p99_us", "max_us", "errors", "run_delay_ms", "busy_pct")},
+                                   "p99_runs": [x["p99_us"] for x in rs],
+                                   # The client's own lateness: it sends what it owes in a burst.
+                                   "pacer_late_max_us": max(x["pacer_late_max_us"] for x in rs)}
     return out
 
 
@@ -779,16 +792,20 @@ def report(machine, sat, lat, idle, sse, ins, mem, proto=None):
         lines.append("")
     if lat:
         lines += ["## Latency at half of full's saturation (open loop)", "",
-                  f"Medians over {LATENCY_ROUNDS} alternating runs; the last column is each run's p99.", "",
-                  "| request | rate/s | contender | p50 µs | p99 µs | added p50 | added p99 | errors | waited for the core, ms a run | p99 of each run |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"Medians over {LATENCY_ROUNDS} alternating runs, and each run's p99. Core busy: the share of "
+                  "its core the proxy used. Pacer late: how far the client's pacer fell behind at worst "
+                  "(it then sends what it owes at once, a burst).", "",
+                  "| request | rate/s | contender | p50 µs | p99 µs | added p50 | added p99 | errors | core busy | waited for the core, ms a run | p99 of each run | pacer late, max µs |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for req_name, row in lat.items():
             d = row["direct"]
             for name, r in row.items():
                 runs = ", ".join(str(v) for v in r.get("p99_runs", []))
+                # `direct` has no proxy process whose waiting could be read.
+                waited, busy = ("-", "-") if name == "direct" else (f"{r['run_delay_ms']:.1f}", f"{r['busy_pct']:.0f}%")
                 lines.append(f"| {req_name} | {r['rate']} | {name} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | "
                              f"{r['p50_us'] - d['p50_us']:.0f} | {r['p99_us'] - d['p99_us']:.0f} | {r['errors']:.0f} | "
-                             f"{r['run_delay_ms']:.1f} | {runs} |")
+                             f"{busy} | {waited} | {runs} | {r['pacer_late_max_us']} |")
         lines.append("")
     if idle:
         lines += ["## Idle keep-alive connections (10,000, after one GET each)", "",
