@@ -292,3 +292,127 @@ async fn upstream_failures_are_502_and_504_with_json() {
         "{m}"
     );
 }
+
+/// An upstream with a strict keep-alive: a request that arrives on a connection idle for
+/// longer than `keep_alive` is reset unanswered, as happens when a request crosses the
+/// upstream's own close of that connection (uvicorn and Node close after 5 s idle).
+struct StrictKeepAlive {
+    addr: std::net::SocketAddr,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    reset: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl StrictKeepAlive {
+    async fn start(keep_alive: Duration) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (answered, reset) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, r) = (answered.clone(), reset.clone());
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (a, r) = (a.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut idle_since = tokio::time::Instant::now();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        if buf.is_empty() && idle_since.elapsed() > keep_alive {
+                            r.fetch_add(1, Ordering::SeqCst);
+                            let _ = conn.set_zero_linger();
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // One whole request (head and Content-Length body) is answered.
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + length {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + length);
+                        a.fetch_add(1, Ordering::SeqCst);
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+                        if conn.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        idle_since = tokio::time::Instant::now();
+                    }
+                });
+            }
+        });
+        StrictKeepAlive {
+            addr,
+            answered,
+            reset,
+        }
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering;
+        (
+            self.answered.load(Ordering::SeqCst),
+            self.reset.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Three POSTs (a body no plugin inspects, so none is kept to send again), `gap` apart,
+/// through a pool whose idle connections rampart closes after `pool_idle_ms`: the statuses.
+async fn posts_through_a_pool(up: &StrictKeepAlive, pool_idle_ms: u64, gap: Duration) -> Vec<u16> {
+    let addrs = format!("addrs = [\"{}\"]", up.addr);
+    let config = one_listener(up.addr, "", "").replace(
+        &addrs,
+        &format!("{addrs}\npool_idle_timeout_ms = {pool_idle_ms}"),
+    );
+    let rampart = Rampart::start(&config, &["web"]).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(gap).await;
+        }
+        let raw = raw_post("/v1/chat/completions", &[], br#"{"model":"m"}"#);
+        let answer = send_raw(rampart.addr("web"), "127.0.0.1", &raw)
+            .await
+            .expect("answer");
+        statuses.push(answer.status);
+    }
+    statuses
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_are_closed_before_the_upstream_would_close_them() {
+    let keep_alive = Duration::from_millis(800);
+    let gap = Duration::from_millis(1_200);
+    // Kept past the upstream's keep-alive, the pooled connection is reset under the next
+    // POST, which cannot be sent again: the failure the setting is for.
+    let lax = StrictKeepAlive::start(keep_alive).await;
+    let statuses = posts_through_a_pool(&lax, 60_000, gap).await;
+    assert_eq!(statuses[0], 200);
+    assert!(
+        statuses[1..].contains(&502) && lax.counts().1 >= 1,
+        "a connection kept past the upstream's keep-alive was not reset: {statuses:?}, (answered, reset) {:?}",
+        lax.counts()
+    );
+    // Closed by rampart after 300 ms idle, each POST goes on a new connection.
+    let strict = StrictKeepAlive::start(keep_alive).await;
+    let statuses = posts_through_a_pool(&strict, 300, gap).await;
+    assert_eq!(statuses, vec![200, 200, 200]);
+    assert_eq!(strict.counts(), (3, 0), "(answered, reset)");
+}

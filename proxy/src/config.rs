@@ -296,6 +296,12 @@ pub struct UpstreamConfig {
     /// Longest silence allowed while reading the response; LLM streams pause between tokens.
     #[serde(default = "default_read_timeout")]
     pub read_timeout_ms: u64,
+    /// A kept-alive connection to the upstream unused for this long is closed by rampart,
+    /// before the upstream closes it: a request sent just as the upstream closes is reset,
+    /// and a POST whose body was not kept cannot be sent again (502). Below the upstream's
+    /// own keep-alive timeout: uvicorn's (LiteLLM) and Node's (Langfuse) are 5 s.
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout_ms: u64,
     #[serde(default)]
     pub health_check: HealthCheckConfig,
 }
@@ -306,6 +312,10 @@ fn default_connect_timeout() -> u64 {
 
 fn default_read_timeout() -> u64 {
     120_000
+}
+
+fn default_pool_idle_timeout() -> u64 {
+    4_000
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

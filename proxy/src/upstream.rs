@@ -23,6 +23,7 @@ fn peer(
     o.connection_timeout = Some(Duration::from_millis(config.connect_timeout_ms));
     o.read_timeout = Some(Duration::from_millis(config.read_timeout_ms));
     o.write_timeout = Some(Duration::from_millis(config.read_timeout_ms));
+    o.idle_timeout = Some(Duration::from_millis(config.pool_idle_timeout_ms));
     peer
 }
 
