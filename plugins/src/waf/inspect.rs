@@ -638,19 +638,35 @@ impl<'f> StructuredFields<'f> {
 struct JsonBody<'p, 'f> {
     profile: &'p Profile,
     /// By path id.
-    readings: Vec<PathReading>,
+    paths: Vec<JsonPathState>,
     out: StructuredFields<'f>,
+}
+
+/// What the reader knows of one path of a JSON body.
+struct JsonPathState {
+    reading: PathReading,
+    /// Whether the key that names the path was handed on. A path is reached from its parent
+    /// by one key only, so its key is judged the first time and is a repeat ever after: no
+    /// need to hash it again at each of a conversation's thousand messages.
+    key_seen: bool,
 }
 
 impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
     fn path(&mut self, path: JsonPath<'_>) -> bool {
         let reading = PathReading::of(self.profile, path.text);
-        self.readings.push(reading);
+        self.paths.push(JsonPathState {
+            reading,
+            key_seen: false,
+        });
         reading.prose || reading.excluded
     }
 
     fn key(&mut self, path: JsonPath<'_>, key: &[u8]) {
-        let reading = self.readings[path.id as usize];
+        let state = &mut self.paths[path.id as usize];
+        if std::mem::replace(&mut state.key_seen, true) {
+            return;
+        }
+        let reading = state.reading;
         self.out.push(reading, path.id, path.text, Named::Name(key));
     }
 
@@ -659,7 +675,7 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
             JsonScalar::Text(v) | JsonScalar::Number(v) => Named::Value(v),
             JsonScalar::Escaped(text) => Named::Escaped(text),
         };
-        let reading = self.readings[path.id as usize];
+        let reading = self.paths[path.id as usize].reading;
         self.out.push(reading, path.id, path.text, named);
     }
 }
@@ -670,7 +686,7 @@ fn json_body(body: &[u8], profile: &Profile, fields: &mut Vec<Field>) -> Option<
     let before = fields.len();
     let mut visitor = JsonBody {
         profile,
-        readings: Vec::new(),
+        paths: Vec::new(),
         out: StructuredFields::new(fields),
     };
     match json::walk(body, &mut visitor) {
@@ -1108,6 +1124,7 @@ mod tests {
         assert_eq!(count(Target::Args, "role", "user"), 1, "another path");
         assert_eq!(count(Target::Args, "m[].user", "role"), 1);
         assert_eq!(count(Target::ArgNames, "m[].role", "role"), 1);
+        assert_eq!(count(Target::ArgNames, "role", "role"), 1, "the same key at another path");
         assert_eq!(
             count(Target::ArgNames, "m[].user", "user"),
             1,
