@@ -1124,7 +1124,11 @@ mod tests {
         assert_eq!(count(Target::Args, "role", "user"), 1, "another path");
         assert_eq!(count(Target::Args, "m[].user", "role"), 1);
         assert_eq!(count(Target::ArgNames, "m[].role", "role"), 1);
-        assert_eq!(count(Target::ArgNames, "role", "role"), 1, "the same key at another path");
+        assert_eq!(
+            count(Target::ArgNames, "role", "role"),
+            1,
+            "the same key at another path"
+        );
         assert_eq!(
             count(Target::ArgNames, "m[].user", "user"),
             1,

@@ -109,11 +109,13 @@ fn scheme_url(text: &[u8], form: Text, colon: usize, done: usize) -> Option<(usi
     }
     let reach = colon.saturating_sub(MAX_SCHEME).max(done);
     let mut start = colon;
-    while start > reach
-        && is_scheme_byte(text[start - 1])
-        && !(form == Text::JsonEscaped && escaped_at(text, start - 1))
-    {
+    while start > reach && is_scheme_byte(text[start - 1]) {
         start -= 1;
+    }
+    // A backslash is no scheme byte, so of the run only its first byte can be escaped (the
+    // `n` of `\nhttps`): asked once, not at every byte.
+    if form == Text::JsonEscaped && start < colon && escaped_at(text, start) {
+        start += 1;
     }
     // A scheme begins with a letter.
     while start < colon && !text[start].is_ascii_alphabetic() {
