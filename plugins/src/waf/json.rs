@@ -154,6 +154,11 @@ pub fn escaped_at(text: &[u8], at: usize) -> bool {
 /// escapes and is valid already, as most keys and short values are. `None` for a bad escape.
 fn decoded(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     if memchr::memchr(b'\\', raw).is_none() {
+        // Keys and short values are ASCII nearly always: a word-at-a-time check is cheaper
+        // than the UTF-8 decoder's.
+        if raw.is_ascii() {
+            return Some(Cow::Borrowed(raw));
+        }
         return Some(match String::from_utf8_lossy(raw) {
             Cow::Borrowed(text) => Cow::Borrowed(text.as_bytes()),
             Cow::Owned(text) => Cow::Owned(text.into_bytes()),
