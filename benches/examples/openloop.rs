@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 /// Requests slower than this are written out with their start (`OPENLOOP_SLOW_US`).
+#[derive(Clone, Copy)]
 struct SlowLog {
     threshold_us: u64,
     /// An instant and CLOCK_MONOTONIC's reading at it, to put an `Instant` on that clock.
@@ -110,7 +111,7 @@ async fn drive(
     mut dealt: mpsc::UnboundedReceiver<Instant>,
     start: Instant,
     end: Instant,
-    slow: std::sync::Arc<Option<SlowLog>>,
+    slow: Option<SlowLog>,
 ) -> Result<(Vec<u64>, u64), Failure> {
     let mut conn = connect(&addr).await?;
     let (mut latencies, mut errors) = (Vec::new(), 0);
@@ -134,7 +135,7 @@ async fn drive(
         match answer {
             Ok(200..=299) => {
                 let latency = last_done.duration_since(began).as_micros() as u64;
-                if let Some(slow) = slow.as_ref() {
+                if let Some(slow) = &slow {
                     slow.note(began, latency);
                 }
                 latencies.push(latency);
@@ -212,7 +213,7 @@ async fn main() -> Result<(), Failure> {
     let interval = Duration::from_secs_f64(1.0 / rate);
     let start = Instant::now() + Duration::from_millis(200);
     let end = start + Duration::from_secs_f64(seconds.parse()?);
-    let slow = std::sync::Arc::new(SlowLog::from_env());
+    let slow = SlowLog::from_env();
     let (mut tasks, mut senders) = (Vec::new(), Vec::new());
     for _ in 0..connections {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -223,7 +224,7 @@ async fn main() -> Result<(), Failure> {
             rx,
             start,
             end,
-            slow.clone(),
+            slow,
         )));
     }
     let pacer = std::thread::spawn(move || pace(senders, start, interval, end));

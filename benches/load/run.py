@@ -277,23 +277,18 @@ class Proc:
                 pass
         return total / CLK_TCK
 
-    def schedstat_ms(self, field):
-        """Summed over its threads, in ms: schedstat's field 0 (time on the core) or 1 (time
-        waited, runnable, for it)."""
-        total = 0
+    def schedstat_ms(self):
+        """Summed over its threads, in ms: time on the core and time waited, runnable, for it
+        (schedstat's first two fields)."""
+        on_cpu = waited = 0
         for pid in self.pids():
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 try:
-                    total += int((task / "schedstat").read_text().split()[field])
+                    fields = (task / "schedstat").read_text().split()
+                    on_cpu, waited = on_cpu + int(fields[0]), waited + int(fields[1])
                 except (OSError, IndexError, ValueError):
                     pass
-        return total / 1e6
-
-    def on_cpu_ms(self):
-        return self.schedstat_ms(0)
-
-    def run_delay_ms(self):
-        return self.schedstat_ms(1)
+        return on_cpu / 1e6, waited / 1e6
 
     def rss_kib(self):
         total = 0
@@ -498,12 +493,13 @@ def latency(procs, reqs, table):
                     continue
                 port = PORTS["upstream" if name == "direct" else name]
                 proc = procs.get(name)
-                waited, busy = (proc.run_delay_ms(), proc.on_cpu_ms()) if proc else (0, 0)
+                before = proc.schedstat_ms() if proc else (0, 0)
                 res = openloop(port, reqs[req_name], rate, SECONDS)
-                res["run_delay_ms"] = proc.run_delay_ms() - waited if proc else 0
+                after = proc.schedstat_ms() if proc else (0, 0)
+                res["run_delay_ms"] = after[1] - before[1]
                 # How much of its core the proxy used: the nearer to all of it, the longer
                 # any burst of arrivals queues.
-                res["busy_pct"] = (proc.on_cpu_ms() - busy) / (10 * SECONDS) if proc else 0
+                res["busy_pct"] = 100 * (after[0] - before[0]) / (1000 * SECONDS)
                 out.setdefault(req_name, {}).setdefault(name, []).append(res)
                 log(f"fixed {rate}/s {req_name:9} {name:8} p50 {res['p50_us']} us  p99 {res['p99_us']} us  "
                     f"errors {res['errors']}  busy {res['busy_pct']:.0f}%  waited for the core {res['run_delay_ms']:.1f} ms  "
