@@ -251,6 +251,21 @@ pub async fn send_raw_refusable(
     parse_response(&buf)
 }
 
+/// The length of the first HTTP/1.1 message in `buf` (its head and a Content-Length body; no
+/// body without one), once all of it has arrived: for test servers and clients that read
+/// message after message from one connection.
+pub fn whole_message_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let total = end + 4 + length;
+    (buf.len() >= total).then_some(total)
+}
+
 fn parse_response(buf: &[u8]) -> std::io::Result<RawResponse> {
     let bad = |m: &str| std::io::Error::other(format!("{m}: {:?}", String::from_utf8_lossy(buf)));
     let end = buf

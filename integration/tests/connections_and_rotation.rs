@@ -13,26 +13,14 @@ async fn read_responses(stream: &mut tokio::net::TcpStream, n: usize) -> Vec<u16
     let mut chunk = [0u8; 8192];
     loop {
         // Parse whatever complete responses are buffered.
-        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
+        while let Some(len) = whole_message_len(&buf) {
+            let status = String::from_utf8_lossy(&buf[..len])
+                .split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            if buf.len() < end + 4 + len {
-                break;
-            }
-            statuses.push(
-                head.split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
-            );
-            buf.drain(..end + 4 + len);
+            statuses.push(status);
+            buf.drain(..len);
         }
         if statuses.len() >= n {
             return statuses;

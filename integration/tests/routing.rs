@@ -334,19 +334,10 @@ impl StrictKeepAlive {
                         }
                         buf.extend_from_slice(&chunk[..n]);
                         // One whole request (head and Content-Length body) is answered.
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let Some(len) = whole_message_len(&buf) else {
                             continue;
                         };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if buf.len() < end + 4 + length {
-                            continue;
-                        }
-                        buf.drain(..end + 4 + length);
+                        buf.drain(..len);
                         a.fetch_add(1, Ordering::SeqCst);
                         let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
                         if conn.write_all(answer.as_bytes()).await.is_err() {
