@@ -99,11 +99,18 @@ pub struct Field {
     /// Argument or header name, or JSON path; lowercase for headers.
     pub name: String,
     raw: Vec<u8>,
-    // The transformed forms, computed on first use: many fields are read by no rule that
-    // needs them. `None` when a form is the one it is made from (most short fields are their
-    // own decoded form, many their own norm): no copy. (`OnceLock`, not `OnceCell`: the
-    // chain's future, which holds the request's shared inspections across awaits, must be
-    // `Send`.)
+    /// The transformed forms, made on first use. Most fields are never asked for one (a
+    /// field the WAFs' memos know is not read again), so their room is allocated only then:
+    /// a field is small to make, move and compare.
+    forms: OnceLock<Box<Forms>>,
+}
+
+/// A field's transformed forms, each computed on first use: many fields are read by no rule
+/// that needs it. `None` when a form is the one it is made from (most short fields are their
+/// own decoded form, many their own norm): no copy. (`OnceLock`, not `OnceCell`: the chain's
+/// future, which holds the request's shared inspections across awaits, must be `Send`.)
+#[derive(Default)]
+struct Forms {
     decoded: OnceLock<Option<Vec<u8>>>,
     norm: OnceLock<Option<Vec<u8>>>,
     cmdline: OnceLock<Option<Vec<u8>>>,
@@ -116,9 +123,7 @@ impl Field {
             source,
             name: name.into(),
             raw,
-            decoded: OnceLock::new(),
-            norm: OnceLock::new(),
-            cmdline: OnceLock::new(),
+            forms: OnceLock::new(),
         }
     }
 
@@ -134,22 +139,23 @@ impl Field {
                 .as_deref()
                 .unwrap_or(from)
         }
+        let forms = || self.forms.get_or_init(Box::default);
         match t {
             Transform::Raw => &self.raw,
             Transform::Decoded => derived(
-                &self.decoded,
+                &forms().decoded,
                 &self.raw,
                 decode::decodes_to_itself,
                 decode::decoded,
             ),
             Transform::Norm => derived(
-                &self.norm,
+                &forms().norm,
                 self.form(Transform::Decoded),
                 decode::norm_is_itself,
                 decode::norm,
             ),
             Transform::Cmdline => derived(
-                &self.cmdline,
+                &forms().cmdline,
                 self.form(Transform::Norm),
                 decode::cmdline_is_itself,
                 decode::cmdline,
@@ -416,32 +422,43 @@ fn push_pairs(
 /// (`tools[].function.parameters.properties.*.description`); a final `**` for the field
 /// itself and everything under it, whatever its shape (`batch[].body.input.**` covers
 /// `batch[].body.input`, `batch[].body.input[]` and `batch[].body.input.args[].code`).
+///
+/// Every path of a body is asked against every pattern of its profile (dozens for an LLM
+/// route), so this walks both once, segment by segment, and stops at the first that differs.
 fn path_matches(pattern: &str, path: &str) -> bool {
-    if !pattern.contains('*') {
-        return pattern == path;
-    }
-    if let Some(base) = pattern.strip_suffix(".**") {
-        // Each segment of the base matches, an array's `[]` aside; the rest is under it.
-        let mut f = path.split('.');
-        return base.split('.').all(|seg| {
-            f.next().is_some_and(|field| {
-                seg == "*"
-                    || field
-                        .strip_prefix(seg)
-                        .is_some_and(|rest| rest.bytes().all(|b| b == b'[' || b == b']'))
-            })
-        });
-    }
-    let mut p = pattern.split('.');
-    let mut f = path.split('.');
-    loop {
-        match (p.next(), f.next()) {
-            (None, None) => return true,
-            (Some("*"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            _ => return false,
+    // A first segment that is a name starts the path's first: most patterns differ from
+    // most paths at their first byte.
+    if let Some(&lead) = pattern.as_bytes().first() {
+        if lead != b'*' && lead != b'.' && path.as_bytes().first() != Some(&lead) {
+            return false;
         }
     }
+    let (base, subtree) = match pattern.strip_suffix(".**") {
+        Some(base) => (base, true),
+        None => (pattern, false),
+    };
+    let mut rest = Some(path.as_bytes());
+    for seg in base.as_bytes().split(|&b| b == b'.') {
+        let Some(left) = rest else {
+            return false;
+        };
+        let (field, after) = match memchr::memchr(b'.', left) {
+            Some(dot) => (&left[..dot], Some(&left[dot + 1..])),
+            None => (left, None),
+        };
+        let same = seg == b"*"
+            || match field.strip_prefix(seg) {
+                // Under `**`, a segment stands for the array it names too (`input[]`).
+                Some(tail) if subtree => tail.iter().all(|&b| b == b'[' || b == b']'),
+                Some(tail) => tail.is_empty(),
+                None => false,
+            };
+        if !same {
+            return false;
+        }
+        rest = after;
+    }
+    subtree || rest.is_none()
 }
 
 /// How a body is read, decided by its declared type (and, for OTLP, by its path).
@@ -1013,6 +1030,67 @@ mod tests {
             decoded(&verified).len(),
             2,
             "a verified token is not decoded"
+        );
+    }
+
+    /// The matcher as first written (split iterators): the oracle the walking one is held to.
+    fn path_matches_by_splitting(pattern: &str, path: &str) -> bool {
+        if let Some(base) = pattern.strip_suffix(".**") {
+            let mut f = path.split('.');
+            return base.split('.').all(|seg| {
+                f.next().is_some_and(|field| {
+                    seg == "*"
+                        || field
+                            .strip_prefix(seg)
+                            .is_some_and(|rest| rest.bytes().all(|b| b == b'[' || b == b']'))
+                })
+            });
+        }
+        let (mut p, mut f) = (pattern.split('.'), path.split('.'));
+        loop {
+            match (p.next(), f.next()) {
+                (None, None) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                _ => return false,
+            }
+        }
+    }
+
+    #[test]
+    fn path_matching_agrees_with_splitting_on_drawn_paths() {
+        // Small alphabets, so that patterns and paths often share segments, differ by an
+        // `[]`, an empty segment or one segment more or less.
+        const SEGMENTS: &[&str] = &["a", "a[]", "ab", "b", "", "[]", "a[][]"];
+        const PATTERN_SEGMENTS: &[&str] = &["a", "a[]", "ab", "b", "", "*", "[]"];
+        let mut rng = crate::test_rng::Xorshift(0x9a7b_5e1d);
+        let draw = |from: &[&str], rng: &mut crate::test_rng::Xorshift| {
+            let n = 1 + rng.below(4) as usize;
+            (0..n)
+                .map(|_| from[rng.below(from.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let (mut matched, mut tried) = (0, 0);
+        for _ in 0..50_000 {
+            let mut pattern = draw(PATTERN_SEGMENTS, &mut rng);
+            if rng.below(2) == 0 {
+                pattern.push_str(".**");
+            }
+            let path = draw(SEGMENTS, &mut rng);
+            let expected = path_matches_by_splitting(&pattern, &path);
+            assert_eq!(
+                path_matches(&pattern, &path),
+                expected,
+                "{pattern} against {path}"
+            );
+            matched += usize::from(expected);
+            tried += 1;
+        }
+        // Both answers were drawn often enough to mean something.
+        assert!(
+            matched > tried / 20 && matched < tried / 2,
+            "{matched} of {tried}"
         );
     }
 
