@@ -11,7 +11,7 @@ use hashbrown::HashTable;
 use serde::Deserialize;
 
 use super::decode;
-use super::json::{self, JsonPath, JsonScalar, JsonVisitor};
+use super::json::{self, EscapedText, JsonPath, JsonScalar, JsonVisitor};
 use super::otlp::{self, Signal};
 use super::parse;
 use super::urls;
@@ -535,7 +535,7 @@ impl BodyProblem {
 enum Named<'a> {
     Name(&'a [u8]),
     Value(&'a [u8]),
-    Escaped(&'a [u8]),
+    Escaped(EscapedText<'a, 'a>),
 }
 
 /// The fields a structured body yields, each judged once: a conversation repeats its keys
@@ -638,8 +638,8 @@ impl<'f> StructuredFields<'f> {
         let url = |url: &[u8]| distinct.keep(fields, Target::Urls, id, path, url);
         match named {
             Named::Value(value) if reading.prose => urls::each_url(value, url),
-            Named::Escaped(text) => {
-                if urls::each_url_in_json(text, url).is_err() {
+            Named::Escaped(kept) => {
+                if urls::each_url_in_kept(&kept, url).is_err() {
                     self.bad_escape = true;
                 }
             }
@@ -690,7 +690,7 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
     fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'d, '_>) {
         let named = match value {
             JsonScalar::Text(v) | JsonScalar::Number(v) => Named::Value(v),
-            JsonScalar::Escaped(text) => Named::Escaped(text),
+            JsonScalar::Escaped(kept) => Named::Escaped(kept),
         };
         let reading = self.paths[path.id as usize].reading;
         self.out.push(reading, path.id, path.text, named);

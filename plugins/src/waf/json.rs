@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use super::scan::scan_string;
+
 /// A path of the document being walked; the root (`""`) is 0, and each new path the next
 /// number.
 pub type PathId = u32;
@@ -19,10 +21,22 @@ pub type PathId = u32;
 pub enum JsonScalar<'d, 't> {
     /// A string, its escapes decoded and bytes that are not UTF-8 replaced (U+FFFD).
     Text(&'t [u8]),
-    /// A string at a path the visitor keeps as it stands: between its quotes, escapes and all.
-    Escaped(&'d [u8]),
+    /// A string at a path the visitor keeps as it stands.
+    Escaped(EscapedText<'d, 't>),
     /// A number, as written.
     Number(&'d [u8]),
+}
+
+/// A string kept as it stands in the document, with what the one pass that found its end
+/// learnt of it on the way ([`scan_string`]).
+#[derive(Clone, Copy)]
+pub struct EscapedText<'d, 't> {
+    /// Between its quotes, escapes and all.
+    pub text: &'d [u8],
+    /// Where the colons in `text` are, in order.
+    pub colons: &'t [usize],
+    /// Whether `text` holds a `\u` or `\/` escape.
+    pub spells: bool,
 }
 
 /// A path of the document being walked, by number and text.
@@ -54,6 +68,7 @@ pub fn walk<'d>(body: &'d [u8], visitor: &mut impl JsonVisitor<'d>) -> Option<()
         s: body,
         i: 0,
         paths: Vec::new(),
+        colons: Vec::new(),
         visitor,
     };
     walker.skip_ws();
@@ -94,7 +109,9 @@ pub fn json_fields(body: &[u8]) -> Option<Vec<JsonField>> {
             });
         }
         fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'_, '_>) {
-            let (JsonScalar::Text(v) | JsonScalar::Escaped(v) | JsonScalar::Number(v)) = value;
+            let (JsonScalar::Text(v)
+            | JsonScalar::Escaped(EscapedText { text: v, .. })
+            | JsonScalar::Number(v)) = value;
             self.0.push(JsonField {
                 path: path.text.to_string(),
                 key: None,
@@ -202,6 +219,8 @@ struct Walker<'d, 'v, V> {
     s: &'d [u8],
     i: usize,
     paths: Vec<PathNode>,
+    /// The colons of the last string kept as it stands, lent to the visitor with it.
+    colons: Vec<usize>,
     visitor: &'v mut V,
 }
 
@@ -334,15 +353,26 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                     }
                 }
             }
+            b'"' if self.paths[path as usize].keep => {
+                let (text, complete, spells) = self.kept_string()?;
+                let kept = EscapedText {
+                    text,
+                    colons: &self.colons,
+                    spells,
+                };
+                let at = json_path(&self.paths, path);
+                self.visitor.scalar(at, JsonScalar::Escaped(kept));
+                if complete {
+                    Ok(())
+                } else {
+                    Err(Stop::Eof)
+                }
+            }
             b'"' => {
                 let (raw, complete) = self.raw_string()?;
-                let at = json_path(&self.paths, path);
-                if self.paths[path as usize].keep {
-                    self.visitor.scalar(at, JsonScalar::Escaped(raw));
-                } else {
-                    let text = decoded(raw).ok_or(Stop::Invalid)?;
-                    self.visitor.scalar(at, JsonScalar::Text(&text));
-                }
+                let text = decoded(raw).ok_or(Stop::Invalid)?;
+                self.visitor
+                    .scalar(json_path(&self.paths, path), JsonScalar::Text(&text));
                 if complete {
                     Ok(())
                 } else {
@@ -393,6 +423,21 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                 return Ok((text, true));
             }
         }
+    }
+
+    /// A string kept as it stands (prose, mostly, and long): its text, whether it was
+    /// complete (as [`Self::raw_string`]) and whether it spells, read in one pass that also
+    /// notes its colons for the visitor.
+    fn kept_string(&mut self) -> Result<(&'d [u8], bool, bool), Stop> {
+        self.expect(b'"')?;
+        let start = self.i;
+        let scanned = scan_string(&self.s[start..], &mut self.colons);
+        self.i = start + scanned.len + usize::from(scanned.closed);
+        Ok((
+            &self.s[start..start + scanned.len],
+            scanned.closed,
+            scanned.spells,
+        ))
     }
 }
 
@@ -468,7 +513,7 @@ mod tests {
             assert_eq!(self.paths[path.id as usize], path.text);
             let (kind, v) = match value {
                 JsonScalar::Text(v) => ("text", v),
-                JsonScalar::Escaped(v) => ("escaped", v),
+                JsonScalar::Escaped(EscapedText { text, .. }) => ("escaped", text),
                 JsonScalar::Number(v) => ("number", v),
             };
             let v = String::from_utf8_lossy(v);

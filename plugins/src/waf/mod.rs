@@ -10,6 +10,7 @@ pub mod memo;
 pub mod otlp;
 pub mod parse;
 pub mod rules;
+pub mod scan;
 pub mod stream;
 pub mod urls;
 

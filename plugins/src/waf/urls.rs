@@ -18,14 +18,17 @@ use std::sync::OnceLock;
 
 use memchr::memmem;
 
-use super::json::{escaped_at, json_unescape};
+use super::json::{escaped_at, json_unescape, EscapedText};
 
 /// The longest scheme read back from `://` (`[a-z][a-z0-9+.-]{1,15}`).
 const MAX_SCHEME: usize = 16;
 
 /// Calls `each` with every URL in `text`, in order, none overlapping another.
 pub fn each_url(text: &[u8], mut each: impl FnMut(&[u8])) {
-    find(text, Text::Plain, |start, end| each(&text[start..end]));
+    let colons = memchr::memchr_iter(b':', text);
+    find(text, Text::Plain, colons, |start, end| {
+        each(&text[start..end])
+    });
 }
 
 /// A JSON string's text (between its quotes, escapes and all) that does not decode: an
@@ -41,17 +44,38 @@ pub struct BadEscape;
 /// marks stand in the text as they are, and the reading only has to stop where an escape
 /// decodes to a stop byte. (An escape JSON does not have, `\a`, is not looked for here: no
 /// JSON parser behind rampart reads a document holding one.)
-pub fn each_url_in_json(text: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), BadEscape> {
-    let unescape = |t: &[u8]| json_unescape(t).ok_or(BadEscape);
+pub fn each_url_in_json(text: &[u8], each: impl FnMut(&[u8])) -> Result<(), BadEscape> {
     static SPELLERS: OnceLock<[memmem::Finder<'static>; 2]> = OnceLock::new();
     let spellers =
         SPELLERS.get_or_init(|| [memmem::Finder::new(b"\\u"), memmem::Finder::new(b"\\/")]);
-    if spellers.iter().any(|f| f.find(text).is_some()) {
+    let spells = spellers.iter().any(|f| f.find(text).is_some());
+    each_url_in_escaped(text, spells, memchr::memchr_iter(b':', text), each)
+}
+
+/// [`each_url_in_json`] over a string the JSON walk kept as it stands: its colons and
+/// whether it spells were found by the pass that found its end.
+pub fn each_url_in_kept(
+    kept: &EscapedText<'_, '_>,
+    each: impl FnMut(&[u8]),
+) -> Result<(), BadEscape> {
+    each_url_in_escaped(kept.text, kept.spells, kept.colons.iter().copied(), each)
+}
+
+/// The URLs of a JSON string's `text` whose colons are `colons`; `spells` if it holds a
+/// `\u` or `\/` escape.
+fn each_url_in_escaped(
+    text: &[u8],
+    spells: bool,
+    colons: impl Iterator<Item = usize>,
+    mut each: impl FnMut(&[u8]),
+) -> Result<(), BadEscape> {
+    let unescape = |t: &[u8]| json_unescape(t).ok_or(BadEscape);
+    if spells {
         each_url(&unescape(text)?, each);
         return Ok(());
     }
     let mut result = Ok(());
-    find(text, Text::JsonEscaped, |start, end| {
+    find(text, Text::JsonEscaped, colons, |start, end| {
         let url = &text[start..end];
         if memchr::memchr(b'\\', url).is_none() {
             return each(url);
@@ -77,10 +101,15 @@ enum Text {
 /// Both marks hold a colon (`://`, `data:`), so one pass over the colons finds them both;
 /// in agent prose (source code, logs) a colon comes every hundred bytes or so, which costs
 /// less than a search for each mark (a case-blind `data:` is 32 literals).
-fn find(text: &[u8], form: Text, mut each: impl FnMut(usize, usize)) {
+fn find(
+    text: &[u8],
+    form: Text,
+    colons: impl Iterator<Item = usize>,
+    mut each: impl FnMut(usize, usize),
+) {
     // Where the last URL ended: a mark inside it is part of it.
     let mut done = 0;
-    for colon in memchr::memchr_iter(b':', text) {
+    for colon in colons {
         if colon < done {
             continue;
         }
@@ -260,6 +289,31 @@ mod tests {
         }
     }
 
+    /// The URLs of the strings at path `p` of a JSON document, kept as they stand by the
+    /// walk (`q` is read decoded, as any other path).
+    fn urls_kept_in(document: &str) -> Result<Vec<Vec<u8>>, BadEscape> {
+        use crate::waf::json::{walk, JsonPath, JsonScalar, JsonVisitor};
+        struct Kept(Result<Vec<Vec<u8>>, BadEscape>);
+        impl JsonVisitor<'_> for Kept {
+            fn path(&mut self, path: JsonPath<'_>) -> bool {
+                path.text == "p"
+            }
+            fn key(&mut self, _: JsonPath<'_>, _: &[u8]) {}
+            fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'_, '_>) {
+                let (JsonScalar::Escaped(kept), Ok(found)) = (value, self.0.as_mut()) else {
+                    assert_ne!(path.text, "p", "a kept string is handed over as it stands");
+                    return;
+                };
+                if let Err(e) = each_url_in_kept(&kept, |u| found.push(u.to_vec())) {
+                    self.0 = Err(e);
+                }
+            }
+        }
+        let mut kept = Kept(Ok(Vec::new()));
+        assert!(walk(document.as_bytes(), &mut kept).is_some(), "{document}");
+        kept.0
+    }
+
     /// A JSON string read as it stands finds exactly the URLs of its decoded text, whichever
     /// escapes its encoder chose (serde's; slashes escaped, as PHP does; every non-ASCII
     /// character as `\u`, as Python's default does).
@@ -300,13 +354,16 @@ mod tests {
                     false => format!("\\u{:04x}", c as u32),
                 })
                 .collect();
+            let mut want = Vec::new();
+            each_url(text.as_bytes(), |u| want.push(u.to_vec()));
             for escaped in [serde, &slashes, &ascii] {
                 let mut found = Vec::new();
                 let read = each_url_in_json(escaped.as_bytes(), |u| found.push(u.to_vec()));
                 assert_eq!(read, Ok(()), "{escaped}");
-                let mut want = Vec::new();
-                each_url(text.as_bytes(), |u| want.push(u.to_vec()));
                 assert_eq!(found, want, "{text:?} as {escaped}");
+                // The same string in a document, found by the walk's one pass.
+                let document = format!(r#"{{"p":"{escaped}","q":"{escaped}"}}"#);
+                assert_eq!(urls_kept_in(&document), Ok(want.clone()), "{document}");
             }
         }
         assert_eq!(
