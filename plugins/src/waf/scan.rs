@@ -73,7 +73,7 @@ fn scan(
             colons.push(at + found.trailing_zeros() as usize);
             found &= found - 1;
         }
-        spells = spells || any_speller(block, escaped & within);
+        spells |= (escaped & within & marks.spellers) != 0;
         if quotes != 0 {
             return ScannedString {
                 len: at + quotes.trailing_zeros() as usize,
@@ -127,23 +127,14 @@ fn escaped_bytes(backslashes: u64, carried: &mut bool) -> u64 {
     taken | ends_even_start | ends_odd_start
 }
 
-/// Whether one of the escaped bytes (`escaped`, a mask of `block`) makes a `\u` or a `\/`.
-fn any_speller(block: &[u8; BLOCK], mut escaped: u64) -> bool {
-    while escaped != 0 {
-        if matches!(block[escaped.trailing_zeros() as usize], b'u' | b'/') {
-            return true;
-        }
-        escaped &= escaped - 1;
-    }
-    false
-}
-
-/// Where a block's quotes, backslashes and colons are.
+/// Where a block's quotes, backslashes and colons are, and its `u`s and slashes (which
+/// spell when escaped).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Marks {
     quotes: u64,
     backslashes: u64,
     colons: u64,
+    spellers: u64,
 }
 
 impl Marks {
@@ -157,9 +148,9 @@ impl Marks {
         for (k, lane) in block.chunks_exact(16).enumerate() {
             // SAFETY: SSE2 is part of every x86-64 target, so these instructions exist; the
             // load reads `lane`'s 16 bytes, all of them in `block`, and needs no alignment.
-            let [quotes, backslashes, colons] = unsafe {
+            let [quotes, backslashes, colons, us, slashes] = unsafe {
                 let bytes = _mm_loadu_si128(lane.as_ptr().cast::<__m128i>());
-                [b'"', b'\\', b':']
+                [b'"', b'\\', b':', b'u', b'/']
                     .map(|mark| _mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_set1_epi8(mark as i8))))
             };
             // One bit a byte, in the low 16 bits of each.
@@ -167,6 +158,7 @@ impl Marks {
             marks.quotes |= bits(quotes);
             marks.backslashes |= bits(backslashes);
             marks.colons |= bits(colons);
+            marks.spellers |= bits(us | slashes);
         }
         marks
     }
@@ -192,6 +184,7 @@ impl Marks {
             marks.quotes |= bits(b'"');
             marks.backslashes |= bits(b'\\');
             marks.colons |= bits(b':');
+            marks.spellers |= bits(b'u') | bits(b'/');
         }
         marks
     }
@@ -210,6 +203,7 @@ impl Marks {
                 b'"' => marks.quotes |= bit,
                 b'\\' => marks.backslashes |= bit,
                 b':' => marks.colons |= bit,
+                b'u' | b'/' => marks.spellers |= bit,
                 _ => {}
             }
         }

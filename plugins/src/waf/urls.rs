@@ -110,7 +110,12 @@ fn find(
     // Where the last URL ended: a mark inside it is part of it.
     let mut done = 0;
     for colon in colons {
-        if colon < done {
+        // Most colons in prose are neither mark's (`::`, `key: value`, `10:30`): a `://`
+        // has a slash after its colon, a `data:` an `a` before it. One look at each side
+        // passes them over before either mark is read in full.
+        let slash_after = text.get(colon + 1) == Some(&b'/');
+        let a_before = colon > 0 && (text[colon - 1] | 0x20) == b'a';
+        if colon < done || !(slash_after || a_before) {
             continue;
         }
         let scheme = scheme_url(text, form, colon, done);
