@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderName;
 
@@ -96,8 +96,9 @@ pub const TRANSFORMS: [Transform; 4] = [
 pub struct Field {
     pub target: Target,
     pub source: Source,
-    /// Argument or header name, or JSON path; lowercase for headers.
-    pub name: String,
+    /// Argument or header name, or JSON path; lowercase for headers. Shared: the fields at
+    /// one path of a body (a conversation's thousand URLs) hold one copy of it.
+    pub name: Arc<str>,
     raw: Vec<u8>,
     /// The transformed forms, made on first use. Most fields are never asked for one (a
     /// field the WAFs' memos know is not read again), so their room is allocated only then:
@@ -117,7 +118,7 @@ struct Forms {
 }
 
 impl Field {
-    pub fn new(target: Target, source: Source, name: impl Into<String>, raw: Vec<u8>) -> Self {
+    pub fn new(target: Target, source: Source, name: impl Into<Arc<str>>, raw: Vec<u8>) -> Self {
         Field {
             target,
             source,
@@ -567,7 +568,14 @@ impl Distinct {
 
     /// Adds (target, path, value) to `fields` unless it is there already; `id` is the
     /// number the body's reader gave the path, `path` its text.
-    fn keep(&mut self, fields: &mut Vec<Field>, target: Target, id: u32, path: &str, value: &[u8]) {
+    fn keep(
+        &mut self,
+        fields: &mut Vec<Field>,
+        target: Target,
+        id: u32,
+        path: &Arc<str>,
+        value: &[u8],
+    ) {
         let mut h = self.hasher.build_hasher();
         h.write_u64((target as u64) << 32 | u64::from(id));
         h.write(value);
@@ -590,7 +598,12 @@ impl Distinct {
             },
             |k| k.hash,
         );
-        fields.push(Field::new(target, Source::Body, path, value.to_vec()));
+        fields.push(Field::new(
+            target,
+            Source::Body,
+            Arc::clone(path),
+            value.to_vec(),
+        ));
     }
 }
 
@@ -630,7 +643,7 @@ impl<'f> StructuredFields<'f> {
     /// A key or a value at a path (`id` names it for [`Distinct`], `path` is its text). Of
     /// prose, only the URLs are inspected, and its keys are plain (`gen_ai.prompt`, `args`);
     /// elsewhere both are judged; at an excluded path, nothing.
-    fn push(&mut self, reading: PathReading, id: u32, path: &str, named: Named<'_>) {
+    fn push(&mut self, reading: PathReading, id: u32, path: &Arc<str>, named: Named<'_>) {
         if reading.excluded {
             return;
         }
@@ -666,6 +679,8 @@ struct JsonPathState {
     /// by one key only, so its key is judged the first time and is a repeat ever after: no
     /// need to hash it again at each of a conversation's thousand messages.
     key_seen: bool,
+    /// The path's text, which its fields share.
+    name: Arc<str>,
 }
 
 impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
@@ -674,6 +689,7 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
         self.paths.push(JsonPathState {
             reading,
             key_seen: false,
+            name: path.text.into(),
         });
         reading.prose || reading.excluded
     }
@@ -683,8 +699,8 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
         if std::mem::replace(&mut state.key_seen, true) {
             return;
         }
-        let reading = state.reading;
-        self.out.push(reading, path.id, path.text, Named::Name(key));
+        self.out
+            .push(state.reading, path.id, &state.name, Named::Name(key));
     }
 
     fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'d, '_>) {
@@ -692,8 +708,8 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
             JsonScalar::Text(v) | JsonScalar::Number(v) => Named::Value(v),
             JsonScalar::Escaped(kept) => Named::Escaped(kept),
         };
-        let reading = self.paths[path.id as usize].reading;
-        self.out.push(reading, path.id, path.text, named);
+        let state = &self.paths[path.id as usize];
+        self.out.push(state.reading, path.id, &state.name, named);
     }
 }
 
@@ -806,7 +822,7 @@ fn body_fields(
             out.push(
                 PathReading::of(profile, ""),
                 0,
-                "",
+                &Arc::from(""),
                 Named::Value(text.as_bytes()),
             );
         }
@@ -821,21 +837,25 @@ fn body_fields(
             let mut out = StructuredFields::new(fields);
             // Each path numbered and read once. Paths are the client's, but a collision only
             // costs a comparison: the quick hasher.
-            let mut paths: HashMap<String, (u32, PathReading), foldhash::fast::RandomState> =
-                HashMap::default();
+            let mut paths: HashMap<
+                String,
+                (u32, PathReading, Arc<str>),
+                foldhash::fast::RandomState,
+            > = HashMap::default();
             for f in otlp {
-                let (id, reading) = match paths.get(&f.path) {
-                    Some(known) => *known,
+                let (id, reading, name) = match paths.get(&f.path) {
+                    Some(known) => known.clone(),
                     None => {
-                        let known = (paths.len() as u32, PathReading::of(profile, &f.path));
-                        *paths.entry(f.path.clone()).or_insert(known)
+                        let reading = PathReading::of(profile, &f.path);
+                        let known = (paths.len() as u32, reading, Arc::from(f.path.as_str()));
+                        paths.entry(f.path.clone()).or_insert(known).clone()
                     }
                 };
                 let named = match f.key {
                     Some(_) => Named::Name(&f.value),
                     None => Named::Value(&f.value),
                 };
-                out.push(reading, id, &f.path, named);
+                out.push(reading, id, &name, named);
             }
         }
         BodyFormat::Protobuf => return Some(BodyProblem::UnknownSchema),
@@ -900,7 +920,7 @@ mod tests {
             .map(|f| {
                 (
                     f.target,
-                    f.name.clone(),
+                    f.name.to_string(),
                     String::from_utf8_lossy(f.raw()).into_owned(),
                 )
             })
@@ -921,7 +941,7 @@ mod tests {
             .fields
             .iter()
             .filter(|f| f.target == Target::Headers)
-            .map(|f| f.name.clone())
+            .map(|f| f.name.to_string())
             .collect();
         assert_eq!(
             names,
@@ -974,7 +994,7 @@ mod tests {
                 i.fields
                     .iter()
                     .filter(|f| f.target == Target::Headers)
-                    .map(|f| f.name.clone())
+                    .map(|f| f.name.to_string())
                     .collect()
             })
         };
@@ -1006,7 +1026,12 @@ mod tests {
                 .fields
                 .iter()
                 .filter(|f| f.name.ends_with("(base64)"))
-                .map(|f| (f.name.clone(), String::from_utf8_lossy(&f.raw).into_owned()))
+                .map(|f| {
+                    (
+                        f.name.to_string(),
+                        String::from_utf8_lossy(&f.raw).into_owned(),
+                    )
+                })
                 .collect()
         };
         let view = req.view();

@@ -158,7 +158,7 @@ impl Rule {
         self.targets.contains(&field.target)
             && (self.header_names.is_empty()
                 || !matches!(field.target, Target::Headers | Target::HeaderNames)
-                || self.header_names.contains(&field.name))
+                || self.header_names.iter().any(|h| *h == *field.name))
     }
 
     /// Every name `overrides` and `exclude_rules` may give this rule by: its id, its group
@@ -565,7 +565,7 @@ impl RuleSet {
                         rule: i,
                         source: field.source,
                         target: field.target,
-                        field: field.name.clone(),
+                        field: field.name.to_string(),
                         excerpt: excerpt(form, h.at as usize, h.len as usize),
                         why: self.why(i, form, h),
                     });
@@ -624,7 +624,7 @@ impl RuleSet {
                         !insp
                             .fields
                             .iter()
-                            .any(|f| f.target == Target::Headers && f.name == **h)
+                            .any(|f| f.target == Target::Headers && *f.name == **h)
                     })
                     .map(|h| (Source::Header, Target::Headers, format!("no {h} header"))),
                 Matcher::Methods { methods, with_body } => insp
