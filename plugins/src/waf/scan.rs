@@ -5,10 +5,11 @@
 //! of it the WAF wants only the URLs. Found one search at a time, that took four passes,
 //! each stopping often: for the closing quote (source code has an escaped `\"` every few
 //! lines, each a stop), for the colons a URL's mark holds, and for `\u` and `\/`, the two
-//! escapes that can spell a mark. Here each 64-byte block is compared with the three bytes
-//! that matter at once, and the answers come as bit masks (bit `i` for the block's byte
-//! `i`): a block with none of them costs a few instructions, and each byte found costs a
-//! bit's clearing, not a search's restart.
+//! escapes that can spell a mark. Here each 64-byte block is compared with the bytes that
+//! matter (quotes, backslashes, colons, and the `u` and `/` an escape spells with) at once,
+//! and the answers come as bit masks (bit `i` for the block's byte `i`): a block costs the
+//! same few dozen instructions whatever it holds, and a colon found costs a bit's clearing,
+//! not a search's restart.
 
 /// What [`scan_string`] found in a JSON string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,10 +102,10 @@ fn block_at<'a>(s: &'a [u8], at: usize, pad: &'a mut [u8; BLOCK]) -> &'a [u8; BL
     pad
 }
 
-/// The bytes of a block that an escape takes and that are not backslashes (the quote of
-/// `\"`, the `u` of `\u`): what a run of backslashes escapes. `carried` says whether an
-/// escape begun in the block before takes this block's first byte, and is set to whether
-/// one begun here takes the next block's first.
+/// The bytes of a block that an escape takes (the quote of `\"`, the `u` of `\u`; of the
+/// backslashes an escape takes, only a first byte taken from the block before is marked).
+/// `carried` says whether an escape begun in the block before takes this block's first
+/// byte, and is set to whether one begun here takes the next block's first.
 ///
 /// A run of backslashes is read in pairs from its start: `\\` is a backslash, and only a
 /// run of odd length escapes the byte after it. Its length is odd when its start and end
@@ -119,8 +120,8 @@ fn escaped_bytes(backslashes: u64, carried: &mut bool) -> u64 {
     let starts = backslashes & !(backslashes << 1);
     let (from_even, _) = backslashes.overflowing_add(starts & EVEN);
     let (from_odd, past_block) = backslashes.overflowing_add(starts & !EVEN);
-    // A run from an odd start that runs off the block's end ends at 64, an even offset:
-    // the next block's first byte is taken.
+    // A run that runs off the block's end ends at 64, an even offset: from an odd start it
+    // takes the next block's first byte, from an even one it does not.
     *carried = past_block;
     let ends_even_start = from_even & !backslashes & !EVEN;
     let ends_odd_start = from_odd & !backslashes & EVEN;

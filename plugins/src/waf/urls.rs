@@ -96,11 +96,13 @@ enum Text {
     JsonEscaped,
 }
 
-/// Calls `each` with the byte range of every URL in `text`.
+/// Calls `each` with the byte range of every URL in `text`, given the offsets of its colons
+/// (`colons`, in order).
 ///
 /// Both marks hold a colon (`://`, `data:`), so one pass over the colons finds them both;
 /// in agent prose (source code, logs) a colon comes every hundred bytes or so, which costs
-/// less than a search for each mark (a case-blind `data:` is 32 literals).
+/// less than a search for each mark (a case-blind `data:` is 32 literals). The colons come
+/// from the caller: a memchr pass over plain text, the scan that found a JSON string's end.
 fn find(
     text: &[u8],
     form: Text,
@@ -110,12 +112,15 @@ fn find(
     // Where the last URL ended: a mark inside it is part of it.
     let mut done = 0;
     for colon in colons {
+        if colon < done {
+            continue;
+        }
         // Most colons in prose are neither mark's (`::`, `key: value`, `10:30`): a `://`
         // has a slash after its colon, a `data:` an `a` before it. One look at each side
         // passes them over before either mark is read in full.
         let slash_after = text.get(colon + 1) == Some(&b'/');
         let a_before = colon > 0 && (text[colon - 1] | 0x20) == b'a';
-        if colon < done || !(slash_after || a_before) {
+        if !(slash_after || a_before) {
             continue;
         }
         let scheme = scheme_url(text, form, colon, done);
@@ -305,12 +310,15 @@ mod tests {
             }
             fn key(&mut self, _: JsonPath<'_>, _: &[u8]) {}
             fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'_, '_>) {
-                let (JsonScalar::Escaped(kept), Ok(found)) = (value, self.0.as_mut()) else {
+                let JsonScalar::Escaped(kept) = value else {
                     assert_ne!(path.text, "p", "a kept string is handed over as it stands");
                     return;
                 };
-                if let Err(e) = each_url_in_kept(&kept, |u| found.push(u.to_vec())) {
-                    self.0 = Err(e);
+                if let Ok(found) = self.0.as_mut() {
+                    let read = each_url_in_kept(&kept, |u| found.push(u.to_vec()));
+                    if let Err(e) = read {
+                        self.0 = Err(e);
+                    }
                 }
             }
         }
