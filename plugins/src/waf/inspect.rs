@@ -837,18 +837,17 @@ fn body_fields(
             let mut out = StructuredFields::new(fields);
             // Each path numbered and read once. Paths are the client's, but a collision only
             // costs a comparison: the quick hasher.
-            let mut paths: HashMap<
-                String,
-                (u32, PathReading, Arc<str>),
-                foldhash::fast::RandomState,
-            > = HashMap::default();
+            // The key is the text the path's fields share.
+            let mut paths: HashMap<Arc<str>, (u32, PathReading), foldhash::fast::RandomState> =
+                HashMap::default();
             for f in otlp {
-                let (id, reading, name) = match paths.get(&f.path) {
-                    Some(known) => known.clone(),
+                let (name, (id, reading)) = match paths.get_key_value(f.path.as_str()) {
+                    Some((name, &known)) => (Arc::clone(name), known),
                     None => {
-                        let reading = PathReading::of(profile, &f.path);
-                        let known = (paths.len() as u32, reading, Arc::from(f.path.as_str()));
-                        paths.entry(f.path.clone()).or_insert(known).clone()
+                        let name = Arc::<str>::from(f.path.as_str());
+                        let known = (paths.len() as u32, PathReading::of(profile, &f.path));
+                        paths.insert(Arc::clone(&name), known);
+                        (name, known)
                     }
                 };
                 let named = match f.key {

@@ -15,8 +15,8 @@
 //! lost about 66 that way in 8,192 slots); with two, both are kept unless all their slots
 //! are taken by fields still in use. A field takes a slot only when it comes a second time
 //! in a row to one of its slots: fields seen once (a new conversation's call ids, a
-//! scanner's junk) neither cost an entry's allocation nor evict the fields that do recur. An entry is used only when its field is byte for byte the one
-//! asked about. A memo belongs to one WAF instance, whose rules, paranoia and overrides
+//! scanner's junk) neither cost an entry's allocation nor evict the fields that do recur.
+//! An entry is used only when its field is byte for byte the one asked about. A memo belongs to one WAF instance, whose rules, paranoia and overrides
 //! never change; a reload builds a new one.
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -148,8 +148,7 @@ impl FieldMemo {
         let noted_first = self.last_miss[first].swap(hash, Ordering::Relaxed) == hash;
         let noted_second =
             second != first && self.last_miss[second].swap(hash, Ordering::Relaxed) == hash;
-        let came_before = noted_first || noted_second;
-        if !came_before {
+        if !(noted_first || noted_second) {
             return;
         }
         // An empty slot of the two, else one whose field was not asked for since the last

@@ -14,11 +14,8 @@
 //! `.` and `-` before `://` (at most 16, starting with a letter), with no word boundary asked
 //! for, so `xhttp://` is inspected as `http://` rather than passed over.
 
-use std::sync::OnceLock;
-
-use memchr::memmem;
-
 use super::json::{escaped_at, json_unescape, EscapedText};
+use super::scan::scan_string;
 
 /// The longest scheme read back from `://` (`[a-z][a-z0-9+.-]{1,15}`).
 const MAX_SCHEME: usize = 16;
@@ -45,11 +42,14 @@ pub struct BadEscape;
 /// decodes to a stop byte. (An escape JSON does not have, `\a`, is not looked for here: no
 /// JSON parser behind rampart reads a document holding one.)
 pub fn each_url_in_json(text: &[u8], each: impl FnMut(&[u8])) -> Result<(), BadEscape> {
-    static SPELLERS: OnceLock<[memmem::Finder<'static>; 2]> = OnceLock::new();
-    let spellers =
-        SPELLERS.get_or_init(|| [memmem::Finder::new(b"\\u"), memmem::Finder::new(b"\\/")]);
-    let spells = spellers.iter().any(|f| f.find(text).is_some());
-    each_url_in_escaped(text, spells, memchr::memchr_iter(b':', text), each)
+    let mut colons = Vec::new();
+    let scanned = scan_string(text, &mut colons);
+    if scanned.closed {
+        // A quote no escape takes: not a string's text as it stands. Read decoded whole,
+        // as a text that spells is, so nothing after the quote is passed over.
+        return each_url_in_escaped(text, true, std::iter::empty(), each);
+    }
+    each_url_in_escaped(text, scanned.spells, colons.into_iter(), each)
 }
 
 /// [`each_url_in_json`] over a string the JSON walk kept as it stands: its colons and
