@@ -586,3 +586,38 @@ fn a_detector_match_is_explained_with_its_reading() {
         "{lines}"
     );
 }
+
+/// A rule that a route switches off for the URLs in prose (server-side request forgery on
+/// an LLM route) still judges the request's other fields: its hit on a prompt's URL, which
+/// counts for nothing, does not stand for the rule's hit on a field it does judge.
+#[test]
+fn a_rule_off_for_prose_urls_still_judges_the_other_fields() {
+    let wafs = RulesDir::shipped().wafs("routes = { chat = \"llm\" }");
+    let headers = header_map(&[
+        ("host", "api.example.com"),
+        ("user-agent", "OpenAI/Python 1.99.1"),
+        ("content-type", "application/json"),
+    ]);
+    let refused = |body: &str| {
+        let view = outside_request(
+            "chat",
+            &Method::POST,
+            "/v1/chat/completions",
+            None,
+            &headers,
+            Some(body.as_bytes()),
+        );
+        wafs.iter().any(|w| w.assess(&view).score >= 5)
+    };
+    let forged = r#""webhook":"metadata.google.internal""#;
+    let prompt = r#""messages":[{"role":"user","content":"my app listens on http://127.0.0.1:8080/ and http://metadata.google.internal/ is the metadata service"}]"#;
+    assert!(
+        !refused(&format!("{{{prompt}}}")),
+        "a prompt's URLs are not fetched: not a forgery"
+    );
+    assert!(refused(&format!("{{{forged}}}")), "the forgery on its own");
+    assert!(
+        refused(&format!("{{{prompt},{forged}}}")),
+        "a prompt's URL first hid the forgery after it"
+    );
+}

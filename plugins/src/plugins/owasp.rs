@@ -345,15 +345,18 @@ impl Waf {
             None => evaluate(&Inspection::new(req, profile)),
         };
         let mut score = 0;
-        let mut matches = Vec::new();
+        let mut matches: Vec<(RuleMatch, RuleAction)> = Vec::new();
         for m in found {
             let action = self.action(&m, profile);
+            // A rule found both in a prompt's URL and elsewhere counts once, where it
+            // counts at all.
+            if action == RuleAction::Off || matches.iter().any(|(n, _)| n.rule == m.rule) {
+                continue;
+            }
             if action == RuleAction::Block {
                 score += self.rules.rules[m.rule].severity.score();
             }
-            if action != RuleAction::Off {
-                matches.push((m, action));
-            }
+            matches.push((m, action));
         }
         Assessment {
             score,

@@ -531,7 +531,11 @@ impl RuleSet {
         })
     }
 
-    /// Every rule (at or below `paranoia`, not `disabled`) that matches, once each.
+    /// Every rule (at or below `paranoia`, not `disabled`) that matches, once each; a rule
+    /// that matched a URL found in prose may come a second time, for where it matched first
+    /// outside prose. A route may switch a rule off for prose's URLs alone (a link in a prompt
+    /// is not fetched): its hit there must not stand for, and hide, a hit in a field the
+    /// route does judge.
     pub fn evaluate(
         &self,
         insp: &Inspection,
@@ -539,7 +543,10 @@ impl RuleSet {
         disabled: &dyn Fn(&Rule) -> bool,
         memo: Option<&FieldMemo>,
     ) -> Vec<RuleMatch> {
-        let mut hit = vec![false; self.rules.len()];
+        // Per rule, where it matched already: in a URL found in prose, elsewhere, or both.
+        const IN_URL: u8 = 1;
+        const ELSEWHERE: u8 = 2;
+        let mut hit = vec![0u8; self.rules.len()];
         let mut out = Vec::new();
         let active: Vec<bool> = self
             .rules
@@ -556,10 +563,15 @@ impl RuleSet {
                 }),
                 None => self.field_hits(field, &active, &mut found),
             }
+            let place = if field.target == Target::Urls {
+                IN_URL
+            } else {
+                ELSEWHERE
+            };
             for h in &found {
                 let i = h.rule as usize;
-                if !hit[i] {
-                    hit[i] = true;
+                if hit[i] & place == 0 {
+                    hit[i] |= place;
                     let form = field.form(self.rules[i].transform);
                     out.push(RuleMatch {
                         rule: i,
@@ -573,7 +585,7 @@ impl RuleSet {
             }
         }
         for &i in &self.others {
-            if hit[i] || !active(i) {
+            if hit[i] != 0 || !active(i) {
                 continue;
             }
             let rule = &self.rules[i];
@@ -645,7 +657,7 @@ impl RuleSet {
                 _ => None,
             };
             if let Some((source, target, excerpt)) = matched {
-                hit[i] = true;
+                hit[i] = ELSEWHERE;
                 out.push(RuleMatch {
                     rule: i,
                     source,
