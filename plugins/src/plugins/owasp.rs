@@ -11,8 +11,10 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::registry::{BuildContext, BuildError};
-use crate::waf::Target;
+use crate::waf::inspect::KnownItems;
+use crate::waf::judged::{JudgedItems, Reading};
 use crate::waf::{BodyProblem, FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
+use crate::waf::{Source, Target};
 use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
 fn target_name(t: Target) -> &'static str {
@@ -199,12 +201,35 @@ pub struct Waf {
     paranoia: u8,
     threshold: u32,
     overrides: HashMap<String, RuleAction>,
-    /// Each profile with its fingerprint, which names the inspection it builds.
-    default_profile: (Profile, u64),
-    route_profiles: HashMap<String, (Profile, u64)>,
+    default_profile: RouteReading,
+    route_profiles: HashMap<String, RouteReading>,
     /// What these rules found in recurring fields (see [`FieldMemo`]).
     memo: FieldMemo,
+    /// The large items of conversations these rules found clean (see [`JudgedItems`]).
+    judged: JudgedItems,
 }
+
+/// How a route's requests are read: its profile, with the digests that name the
+/// inspection it builds and the items it judged clean.
+struct RouteReading {
+    profile: Profile,
+    fingerprint: u64,
+    reading: Reading,
+}
+
+impl RouteReading {
+    fn of(profile: Profile) -> Self {
+        RouteReading {
+            fingerprint: profile.fingerprint(),
+            reading: profile.digest(),
+            profile,
+        }
+    }
+}
+
+/// Bytes of conversation items a WAF keeps as judged clean: about sixteen 1 MiB agent
+/// conversations in flight, each sent again at every turn.
+const JUDGED_ITEM_BYTES: usize = 16 << 20;
 
 /// Distinct recurring fields a WAF remembers: an API's user agents, hosts, content types
 /// and paths, and the structure of the conversations in flight (a coding agent's turn holds
@@ -282,7 +307,7 @@ impl Waf {
                     &format!("route {route:?}: unknown profile {profile:?}"),
                 )
             })?;
-            route_profiles.insert(route.clone(), (p.clone(), p.fingerprint()));
+            route_profiles.insert(route.clone(), RouteReading::of(p.clone()));
         }
         Ok(Waf {
             name,
@@ -290,9 +315,10 @@ impl Waf {
             paranoia: config.paranoia,
             threshold: config.threshold,
             overrides: config.overrides,
-            default_profile: (Profile::default(), Profile::default().fingerprint()),
+            default_profile: RouteReading::of(Profile::default()),
             route_profiles,
             memo: FieldMemo::new(MEMO_SLOTS),
+            judged: JudgedItems::new(JUDGED_ITEM_BYTES),
         })
     }
 
@@ -300,16 +326,31 @@ impl Waf {
         &self.rules
     }
 
+    /// The conversation items this WAF judged clean.
+    pub fn judged_items(&self) -> &JudgedItems {
+        &self.judged
+    }
+
     fn action(&self, m: &RuleMatch, profile: &Profile) -> RuleAction {
-        let rule = &self.rules.rules[m.rule];
-        let label = rule.label(m.source);
+        self.action_of(m.rule, m.source, m.target == Target::Urls, profile)
+    }
+
+    /// What rule `rule` does when it matches a field from `source` (a URL found in prose
+    /// when `in_url`) on a route read by `profile`.
+    fn action_of(
+        &self,
+        rule: usize,
+        source: Source,
+        in_url: bool,
+        profile: &Profile,
+    ) -> RuleAction {
+        let rule = &self.rules.rules[rule];
+        let label = rule.label(source);
         let named = |list: &[String]| {
             list.iter()
                 .any(|e| *e == rule.id || *e == label || *e == rule.group)
         };
-        if named(&profile.exclude_rules)
-            || m.target == Target::Urls && named(&profile.prose_exclude_rules)
-        {
+        if named(&profile.exclude_rules) || in_url && named(&profile.prose_exclude_rules) {
             return RuleAction::Off;
         }
         self.overrides
@@ -322,10 +363,11 @@ impl Waf {
 
     /// Inspects a request: every matching rule with the action it gets, and the score.
     pub fn assess(&self, req: &RequestView<'_>) -> Assessment {
-        let (profile, fingerprint) = self
+        let route = self
             .route_profiles
             .get(req.route)
             .unwrap_or(&self.default_profile);
+        let profile = &route.profile;
         let off_everywhere = |r: &crate::waf::rules::Rule| {
             matches!(
                 self.overrides
@@ -335,13 +377,33 @@ impl Waf {
             )
         };
         let evaluate = |inspection: &Inspection| {
-            let found =
+            let evaluation =
                 self.rules
                     .evaluate(inspection, self.paranoia, &off_everywhere, Some(&self.memo));
-            (found, inspection.body_problem)
+            // A body in which nothing counts on this route: its large items are judged
+            // clean, and a later request that sends them again is not judged on them again.
+            let counts = |hit: &crate::waf::rules::BodyHit| {
+                self.action_of(hit.rule, Source::Body, hit.in_url, profile) != RuleAction::Off
+            };
+            if inspection.body_problem.is_none() && !evaluation.body_hits.iter().any(counts) {
+                let body = req.body.unwrap_or_default();
+                for item in &inspection.items.read {
+                    if let Some(bytes) = body.get(item.range.clone()) {
+                        self.judged.judged_clean(route.reading, &item.path, bytes);
+                    }
+                }
+            }
+            (evaluation.matches, inspection.body_problem)
         };
+        // Without a chain's shared inspections (`explain`), the request is read whole.
         let (found, body_problem) = match req.inspections {
-            Some(shared) => shared.with(req, profile, *fingerprint, evaluate),
+            Some(shared) => {
+                let known = KnownItems {
+                    judged: &self.judged,
+                    reading: route.reading,
+                };
+                shared.with(req, profile, route.fingerprint, Some(known), evaluate)
+            }
             None => evaluate(&Inspection::new(req, profile)),
         };
         let mut score = 0;

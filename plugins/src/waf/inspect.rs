@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::decode;
 use super::json::{self, EscapedText, JsonPath, JsonScalar, JsonVisitor};
+use super::judged::{JudgedItems, Reading, MIN_ITEM_BYTES};
 use super::otlp::{self, Signal};
 use super::parse;
 use super::urls;
@@ -209,6 +210,20 @@ impl Profile {
         (&self.prose_fields, &self.exclude_fields).hash(&mut h);
         h.finish()
     }
+
+    /// A digest of everything the profile says, the rules it switches off included: what
+    /// a verdict under it depends on.
+    pub fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (
+            &self.prose_fields,
+            &self.exclude_fields,
+            &self.exclude_rules,
+            &self.prose_exclude_rules,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
 }
 
 /// The inspections of one request that the WAF plugins of a chain share: the second WAF
@@ -233,25 +248,69 @@ impl std::fmt::Debug for Inspections {
 impl Inspections {
     /// Runs `f` over the request's inspection under `profile` (whose
     /// [fingerprint](Profile::fingerprint) is `fingerprint`), building it if no plugin did.
+    /// An inspection built by another WAF is used only if every item it stepped over is one
+    /// this WAF `known` judged clean too.
     pub fn with<R>(
         &self,
         req: &RequestView<'_>,
         profile: &Profile,
         fingerprint: u64,
+        known: Option<KnownItems<'_>>,
         f: impl FnOnce(&Inspection) -> R,
     ) -> R {
         let terms = (
             fingerprint,
             req.identity.and_then(|who| who.verified_header.clone()),
         );
+        let build = || Inspection::knowing(req, profile, known);
         for slot in &self.slots {
-            let (built_for, inspection) =
-                slot.get_or_init(|| (terms.clone(), Inspection::new(req, profile)));
-            if *built_for == terms {
+            let (built_for, inspection) = slot.get_or_init(|| (terms.clone(), build()));
+            if *built_for == terms && inspection.items.all_known(known, req.body) {
                 return f(inspection);
             }
         }
-        f(&Inspection::new(req, profile))
+        f(&build())
+    }
+}
+
+/// What a WAF already judged clean ([`JudgedItems`]) and how it reads the route: the items
+/// an inspection's walk may step over.
+#[derive(Clone, Copy)]
+pub struct KnownItems<'a> {
+    pub judged: &'a JudgedItems,
+    pub reading: Reading,
+}
+
+/// An item of a top-level array of a JSON body: its array's path and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemSpan {
+    pub path: Arc<str>,
+    pub range: std::ops::Range<usize>,
+}
+
+/// The large items of a JSON body's top-level arrays, when an inspection was built knowing
+/// some ([`Inspection::knowing`]).
+#[derive(Debug, Default)]
+pub struct ItemSpans {
+    /// Stepped over: judged clean before. None of their fields are among the inspection's.
+    pub skipped: Vec<ItemSpan>,
+    /// Read whole, and long enough to be kept if the request is judged clean.
+    pub read: Vec<ItemSpan>,
+}
+
+impl ItemSpans {
+    /// Whether the WAF that `known` belongs to judged clean every item stepped over.
+    fn all_known(&self, known: Option<KnownItems<'_>>, body: Option<&[u8]>) -> bool {
+        if self.skipped.is_empty() {
+            return true;
+        }
+        let (Some(known), Some(body)) = (known, body) else {
+            return false;
+        };
+        self.skipped.iter().all(|item| {
+            body.get(item.range.clone())
+                .is_some_and(|bytes| known.judged.holds(known.reading, &item.path, bytes))
+        })
     }
 }
 
@@ -266,10 +325,23 @@ pub struct Inspection {
     pub chunked: bool,
     /// The body could not be read as its declared type.
     pub body_problem: Option<BodyProblem>,
+    /// The large items of a JSON body's top-level arrays, stepped over or read.
+    pub items: ItemSpans,
 }
 
 impl Inspection {
+    /// Every field of the request.
     pub fn new(req: &RequestView<'_>, profile: &Profile) -> Self {
+        Self::knowing(req, profile, None)
+    }
+
+    /// Every field of the request, except those of the items of its JSON body's top-level
+    /// arrays that `known` judged clean already.
+    pub fn knowing(
+        req: &RequestView<'_>,
+        profile: &Profile,
+        known: Option<KnownItems<'_>>,
+    ) -> Self {
         let mut fields = Vec::new();
         fields.push(Field::new(
             Target::Method,
@@ -364,8 +436,15 @@ impl Inspection {
         }
         let body_len = req.body.map_or(0, <[u8]>::len);
         let mut body_problem = None;
+        let mut items = ItemSpans::default();
         if let Some(body) = req.body.filter(|b| !b.is_empty()) {
-            body_problem = body_fields(body, content_type, req.path, profile, &mut fields);
+            let reader = BodyReader {
+                profile,
+                known,
+                fields: &mut fields,
+                items: &mut items,
+            };
+            body_problem = body_fields(body, content_type, req.path, reader);
         }
         push_base64_forms(&mut fields);
         Inspection {
@@ -376,6 +455,7 @@ impl Inspection {
             path_len: req.path.len(),
             chunked: req.headers.contains_key(http::header::TRANSFER_ENCODING),
             body_problem,
+            items,
         }
     }
 }
@@ -665,11 +745,14 @@ impl<'f> StructuredFields<'f> {
 
 /// A JSON body's fields, read as the profile says: prose and excluded strings are kept as
 /// they stand (a prompt is not decoded, only its URLs).
-struct JsonBody<'p, 'f> {
+struct JsonBody<'p, 'f, 'k> {
     profile: &'p Profile,
     /// By path id.
     paths: Vec<JsonPathState>,
     out: StructuredFields<'f>,
+    /// Items the WAF judged clean already, which the walk steps over.
+    known: Option<KnownItems<'k>>,
+    items: ItemSpans,
 }
 
 /// What the reader knows of one path of a JSON body.
@@ -683,7 +766,7 @@ struct JsonPathState {
     name: Arc<str>,
 }
 
-impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
+impl<'d> JsonVisitor<'d> for JsonBody<'_, '_, '_> {
     fn path(&mut self, path: JsonPath<'_>) -> bool {
         let reading = PathReading::of(self.profile, path.text);
         self.paths.push(JsonPathState {
@@ -711,19 +794,51 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_> {
         let state = &self.paths[path.id as usize];
         self.out.push(state.reading, path.id, &state.name, named);
     }
+
+    fn known_item(&mut self, path: JsonPath<'_>, rest: &'d [u8], at: usize) -> Option<usize> {
+        let known = self.known?;
+        let name = &self.paths[path.id as usize].name;
+        let len = known.judged.step_over(known.reading, name, rest)?;
+        self.items.skipped.push(ItemSpan {
+            path: Arc::clone(name),
+            range: at..at + len,
+        });
+        Some(len)
+    }
+
+    fn item_read(&mut self, path: JsonPath<'_>, range: std::ops::Range<usize>) {
+        if self.known.is_some() && range.len() >= MIN_ITEM_BYTES {
+            let name = &self.paths[path.id as usize].name;
+            self.items.read.push(ItemSpan {
+                path: Arc::clone(name),
+                range,
+            });
+        }
+    }
 }
 
 /// Reads a JSON body into `fields`: `None` if it is not JSON (nothing is added then), else
 /// whether it is malformed (a prose string with a bad escape).
-fn json_body(body: &[u8], profile: &Profile, fields: &mut Vec<Field>) -> Option<bool> {
+fn json_body(
+    body: &[u8],
+    profile: &Profile,
+    fields: &mut Vec<Field>,
+    known: Option<KnownItems<'_>>,
+    items: &mut ItemSpans,
+) -> Option<bool> {
     let before = fields.len();
     let mut visitor = JsonBody {
         profile,
         paths: Vec::new(),
         out: StructuredFields::new(fields),
+        known,
+        items: ItemSpans::default(),
     };
     match json::walk(body, &mut visitor) {
-        Some(()) => Some(visitor.out.bad_escape),
+        Some(()) => {
+            *items = visitor.items;
+            Some(visitor.out.bad_escape)
+        }
         None => {
             fields.truncate(before);
             None
@@ -731,13 +846,27 @@ fn json_body(body: &[u8], profile: &Profile, fields: &mut Vec<Field>) -> Option<
     }
 }
 
+/// What reading a body needs: how the route reads it, what the WAF judged clean already,
+/// and where its fields and its large items go.
+struct BodyReader<'r, 'k> {
+    profile: &'r Profile,
+    known: Option<KnownItems<'k>>,
+    fields: &'r mut Vec<Field>,
+    items: &'r mut ItemSpans,
+}
+
 fn body_fields(
     body: &[u8],
     content_type: &[u8],
     path: &str,
-    profile: &Profile,
-    fields: &mut Vec<Field>,
+    reader: BodyReader<'_, '_>,
 ) -> Option<BodyProblem> {
+    let BodyReader {
+        profile,
+        known,
+        fields,
+        items,
+    } = reader;
     let arg = |fields: &mut Vec<Field>, name: String, raw_name: Option<Vec<u8>>, value: Vec<u8>| {
         if profile.excludes(&name) {
             return;
@@ -758,7 +887,7 @@ fn body_fields(
         // A sniffed body is JSON only if it parses: its fields are kept, not read twice.
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if matches!(first, Some(b'{' | b'[')) {
-            if let Some(bad) = json_body(body, profile, fields) {
+            if let Some(bad) = json_body(body, profile, fields, known, items) {
                 return malformed(bad);
             }
         }
@@ -811,7 +940,7 @@ fn body_fields(
             }
         }
         BodyFormat::Json => {
-            if let Some(bad) = json_body(body, profile, fields) {
+            if let Some(bad) = json_body(body, profile, fields, known, items) {
                 return malformed(bad);
             }
             // A lone scalar (`"text"`, `42`) is one value at the root.
@@ -969,7 +1098,7 @@ mod tests {
         assert_eq!(sized.fingerprint(), llm.fingerprint(), "reads alike");
         let shared = Inspections::default();
         let address = |p: &Profile| {
-            shared.with(&view, p, p.fingerprint(), |i| {
+            shared.with(&view, p, p.fingerprint(), None, |i| {
                 i as *const Inspection as usize
             })
         };
@@ -989,7 +1118,7 @@ mod tests {
             ..view
         };
         let headers = |v: &RequestView<'_>| -> Vec<String> {
-            shared.with(v, &plain, plain.fingerprint(), |i| {
+            shared.with(v, &plain, plain.fingerprint(), None, |i| {
                 i.fields
                     .iter()
                     .filter(|f| f.target == Target::Headers)

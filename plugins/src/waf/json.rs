@@ -55,6 +55,15 @@ pub trait JsonVisitor<'d> {
     fn key(&mut self, path: JsonPath<'_>, key: &[u8]);
     /// A scalar at `path`.
     fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'d, '_>);
+    /// At an item of an array that is a member of the root object (`messages[]`), `rest`
+    /// being the document from the item's first byte (which is byte `at` of it): the item's
+    /// length if the visitor knows it already ([`judged`](super::judged)), and the walk then
+    /// steps over it. The visitor answers only for bytes that are one complete JSON value.
+    fn known_item(&mut self, _path: JsonPath<'_>, _rest: &'d [u8], _at: usize) -> Option<usize> {
+        None
+    }
+    /// Such an item read whole: it is `range` of the document.
+    fn item_read(&mut self, _path: JsonPath<'_>, _range: std::ops::Range<usize>) {}
 }
 
 /// Nesting deeper than this is not followed (and is itself suspicious).
@@ -69,12 +78,14 @@ pub fn walk<'d>(body: &'d [u8], visitor: &mut impl JsonVisitor<'d>) -> Option<()
         i: 0,
         paths: Vec::new(),
         colons: Vec::new(),
+        root_is_object: false,
         visitor,
     };
     walker.skip_ws();
     if !matches!(walker.peek(), Some(b'{' | b'[')) {
         return None;
     }
+    walker.root_is_object = walker.peek() == Some(b'{');
     let root = walker.new_path(String::new());
     match walker.value(root, 0) {
         Ok(()) => {
@@ -221,6 +232,9 @@ struct Walker<'d, 'v, V> {
     paths: Vec<PathNode>,
     /// The colons of the last string kept as it stands, lent to the visitor with it.
     colons: Vec<usize>,
+    /// The document is an object: its members' arrays' items are offered to
+    /// [`JsonVisitor::known_item`].
+    root_is_object: bool,
     visitor: &'v mut V,
 }
 
@@ -346,8 +360,13 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                     return Ok(());
                 }
                 let item = self.items(path);
+                let offered = depth == 1 && self.root_is_object;
                 loop {
-                    self.value(item, depth + 1)?;
+                    if offered {
+                        self.offered_item(item, depth + 1)?;
+                    } else {
+                        self.value(item, depth + 1)?;
+                    }
                     if self.ends_after_item(b']')? {
                         return Ok(());
                     }
@@ -400,6 +419,23 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
                 }
             }
         }
+    }
+
+    /// An item of a top-level array: stepped over if the visitor knows it, else read (and
+    /// reported when whole).
+    fn offered_item(&mut self, item: PathId, depth: usize) -> Result<(), Stop> {
+        self.skip_ws();
+        let start = self.i;
+        let rest = &self.s[start..];
+        let path = json_path(&self.paths, item);
+        if let Some(len) = self.visitor.known_item(path, rest, start) {
+            self.i = start + len.min(rest.len());
+            return Ok(());
+        }
+        self.value(item, depth)?;
+        self.visitor
+            .item_read(json_path(&self.paths, item), start..self.i);
+        Ok(())
     }
 
     /// A string as it stands between its quotes, and whether it was complete: a string cut

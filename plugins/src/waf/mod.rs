@@ -6,6 +6,7 @@ pub mod detect;
 pub mod encoding;
 pub mod inspect;
 pub mod json;
+pub mod judged;
 pub mod memo;
 pub mod otlp;
 pub mod parse;

@@ -190,6 +190,53 @@ impl Rule {
 /// A phrase's owner: the rule, and whether the phrase must stand on word boundaries.
 type PhraseOwner = (usize, bool);
 
+/// What a rule set found in a request.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    /// Every rule that matched, once each (see [`RuleSet::evaluate`]).
+    pub matches: Vec<RuleMatch>,
+    /// Every rule that matched a field of the body, wherever else it matched first: once
+    /// for the URLs found in prose, once for the other fields. Whether the body holds
+    /// nothing a route counts ([`judged`](super::judged) keeps only such bodies' items).
+    pub body_hits: Vec<BodyHit>,
+}
+
+/// A rule that matched a field of the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyHit {
+    pub rule: usize,
+    /// In a URL found in prose (which a route may not count).
+    pub in_url: bool,
+}
+
+/// The places a rule matches, as bits: in a URL found in prose, or elsewhere.
+const IN_URL: u8 = 1;
+const ELSEWHERE: u8 = 2;
+
+fn place_of(field: &Field) -> u8 {
+    if field.target == Target::Urls {
+        IN_URL
+    } else {
+        ELSEWHERE
+    }
+}
+
+/// The first of `fields`, with the place of every field of the body among them noted in
+/// `places`.
+fn note_body<'f>(places: &mut u8, fields: impl Iterator<Item = &'f Field>) -> Option<&'f Field> {
+    let mut first = None;
+    for f in fields {
+        first = first.or(Some(f));
+        if f.source == Source::Body {
+            *places |= place_of(f);
+        }
+        if *places == IN_URL | ELSEWHERE {
+            break;
+        }
+    }
+    first
+}
+
 /// Which fields some rule of a compiled set reads: a set no rule of which reads a field is
 /// not run over it (nor is the field's form for that set computed).
 #[derive(Default)]
@@ -542,11 +589,11 @@ impl RuleSet {
         paranoia: u8,
         disabled: &dyn Fn(&Rule) -> bool,
         memo: Option<&FieldMemo>,
-    ) -> Vec<RuleMatch> {
-        // Per rule, where it matched already: in a URL found in prose, elsewhere, or both.
-        const IN_URL: u8 = 1;
-        const ELSEWHERE: u8 = 2;
+    ) -> Evaluation {
+        // Per rule, the places it matched already (reported once each); and the same for
+        // the body's fields alone, every place counted.
         let mut hit = vec![0u8; self.rules.len()];
+        let mut in_body = vec![0u8; self.rules.len()];
         let mut out = Vec::new();
         let active: Vec<bool> = self
             .rules
@@ -563,13 +610,12 @@ impl RuleSet {
                 }),
                 None => self.field_hits(field, &active, &mut found),
             }
-            let place = if field.target == Target::Urls {
-                IN_URL
-            } else {
-                ELSEWHERE
-            };
+            let place = place_of(field);
             for h in &found {
                 let i = h.rule as usize;
+                if field.source == Source::Body {
+                    in_body[i] |= place;
+                }
                 if hit[i] & place == 0 {
                     hit[i] |= place;
                     let form = field.form(self.rules[i].transform);
@@ -604,30 +650,34 @@ impl RuleSet {
                             (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}")))
                         }
                         // Names, values and headers: each one on its own.
-                        None => insp
-                            .fields
-                            .iter()
-                            .find(|f| f.target == *t && rule.reads(f) && f.raw().len() > *limit)
-                            .map(|f| {
-                                (
-                                    f.source,
-                                    *t,
-                                    format!("{}: {} bytes > {limit}", f.name, f.raw().len()),
-                                )
+                        None => note_body(
+                            &mut in_body[i],
+                            insp.fields.iter().filter(|f| {
+                                f.target == *t && rule.reads(f) && f.raw().len() > *limit
                             }),
+                        )
+                        .map(|f| {
+                            (
+                                f.source,
+                                *t,
+                                format!("{}: {} bytes > {limit}", f.name, f.raw().len()),
+                            )
+                        }),
                     }
                 }),
-                Matcher::NotPattern(re) => insp
-                    .fields
-                    .iter()
-                    .find(|f| rule.reads(f) && !re.is_match(f.form(rule.transform)))
-                    .map(|f| {
-                        (
-                            f.source,
-                            f.target,
-                            excerpt(f.form(rule.transform), 0, EXCERPT),
-                        )
-                    }),
+                Matcher::NotPattern(re) => note_body(
+                    &mut in_body[i],
+                    insp.fields
+                        .iter()
+                        .filter(|f| rule.reads(f) && !re.is_match(f.form(rule.transform))),
+                )
+                .map(|f| {
+                    (
+                        f.source,
+                        f.target,
+                        excerpt(f.form(rule.transform), 0, EXCERPT),
+                    )
+                }),
                 Matcher::Missing { with_body } => rule
                     .header_names
                     .iter()
@@ -668,7 +718,20 @@ impl RuleSet {
                 });
             }
         }
-        out
+        let body_hits = in_body
+            .iter()
+            .enumerate()
+            .flat_map(|(rule, &places)| {
+                [(IN_URL, true), (ELSEWHERE, false)]
+                    .into_iter()
+                    .filter(move |(place, _)| places & place != 0)
+                    .map(move |(_, in_url)| BodyHit { rule, in_url })
+            })
+            .collect();
+        Evaluation {
+            matches: out,
+            body_hits,
+        }
     }
 
     /// For a detector rule's hit: why the detector counted it (found with the hit), and its
@@ -878,6 +941,7 @@ mod tests {
         let insp = Inspection::new(&view, &Default::default());
         let mut ids: Vec<String> = rules
             .evaluate(&insp, 1, &|_| false, None)
+            .matches
             .into_iter()
             .map(|m| rules.rules[m.rule].id.clone())
             .collect();
