@@ -9,7 +9,7 @@ mod rules_dir;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rampart_plugins::plugins::owasp::Waf;
 use rampart_plugins::waf::Inspections;
-use rampart_plugins::{Plugin, RequestView};
+use rampart_plugins::RequestView;
 use rules_dir::{outside_request, RulesDir};
 use serde_json::{json, Value};
 
@@ -225,16 +225,11 @@ fn stepping_over_judged_items_never_changes_a_verdict() {
         }
     }
     assert!(refused > 10, "the drawn attacks were refused ({refused})");
-    // The WAF that builds the shared inspection steps over items; the other uses it only
-    // when it judged all of them clean too.
     let stepped = wafs[0].judged_items().stepped_over();
     assert!(
         stepped > 100_000,
         "items were stepped over ({stepped} bytes)"
     );
-    for waf in &wafs {
-        assert!(!waf.judged_items().is_empty(), "{} kept items", waf.name());
-    }
 }
 
 /// A judged item sent again with an attack appended inside it (its first bytes, and all

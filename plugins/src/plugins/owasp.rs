@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::registry::{BuildContext, BuildError};
 use crate::waf::inspect::KnownItems;
-use crate::waf::judged::{JudgedItems, Reading};
+use crate::waf::judged::{self, Judge, JudgedItems};
 use crate::waf::{BodyProblem, FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
 use crate::waf::{Source, Target};
 use crate::{Deny, Finding, Plugin, RequestView, Verdict};
@@ -205,31 +205,31 @@ pub struct Waf {
     route_profiles: HashMap<String, RouteReading>,
     /// What these rules found in recurring fields (see [`FieldMemo`]).
     memo: FieldMemo,
-    /// The large items of conversations these rules found clean (see [`JudgedItems`]).
-    judged: JudgedItems,
+    /// The conversation items the process's WAFs judged clean (see [`JudgedItems`]).
+    judged: &'static JudgedItems,
 }
 
-/// How a route's requests are read: its profile, with the digests that name the
-/// inspection it builds and the items it judged clean.
+/// How a route's requests are read: its profile, with the digest that names the inspection
+/// it builds, and who judges them (this WAF under this profile).
 struct RouteReading {
     profile: Profile,
     fingerprint: u64,
-    reading: Reading,
+    judge: Judge,
 }
 
 impl RouteReading {
-    fn of(profile: Profile) -> Self {
+    fn of(profile: Profile, waf: u64) -> Self {
         RouteReading {
             fingerprint: profile.fingerprint(),
-            reading: profile.digest(),
+            judge: judged::new_judge(waf, profile.digest()),
             profile,
         }
     }
 }
 
-/// Bytes of conversation items a WAF keeps as judged clean: about sixteen 1 MiB agent
-/// conversations in flight, each sent again at every turn.
-const JUDGED_ITEM_BYTES: usize = 16 << 20;
+/// Numbers the WAFs built, so that each judges for itself: a reload's WAFs do not take the
+/// old ones' verdicts.
+static WAFS_BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Distinct recurring fields a WAF remembers: an API's user agents, hosts, content types
 /// and paths, and the structure of the conversations in flight (a coding agent's turn holds
@@ -299,6 +299,7 @@ impl Waf {
         profiles
             .entry("traces".to_string())
             .or_insert_with(traces_profile);
+        let waf = WAFS_BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut route_profiles = HashMap::new();
         for (route, profile) in &config.routes {
             let p = profiles.get(profile).ok_or_else(|| {
@@ -307,7 +308,7 @@ impl Waf {
                     &format!("route {route:?}: unknown profile {profile:?}"),
                 )
             })?;
-            route_profiles.insert(route.clone(), RouteReading::of(p.clone()));
+            route_profiles.insert(route.clone(), RouteReading::of(p.clone(), waf));
         }
         Ok(Waf {
             name,
@@ -315,10 +316,10 @@ impl Waf {
             paranoia: config.paranoia,
             threshold: config.threshold,
             overrides: config.overrides,
-            default_profile: RouteReading::of(Profile::default()),
+            default_profile: RouteReading::of(Profile::default(), waf),
             route_profiles,
             memo: FieldMemo::new(MEMO_SLOTS),
-            judged: JudgedItems::new(JUDGED_ITEM_BYTES),
+            judged: judged::shared(),
         })
     }
 
@@ -326,9 +327,9 @@ impl Waf {
         &self.rules
     }
 
-    /// The conversation items this WAF judged clean.
+    /// The conversation items the process's WAFs judged clean.
     pub fn judged_items(&self) -> &JudgedItems {
-        &self.judged
+        self.judged
     }
 
     fn action(&self, m: &RuleMatch, profile: &Profile) -> RuleAction {
@@ -389,7 +390,7 @@ impl Waf {
                 let body = req.body.unwrap_or_default();
                 for item in &inspection.items.read {
                     if let Some(bytes) = body.get(item.range.clone()) {
-                        self.judged.judged_clean(route.reading, &item.path, bytes);
+                        self.judged.judged_clean(route.judge, &item.path, bytes);
                     }
                 }
             }
@@ -399,8 +400,8 @@ impl Waf {
         let (found, body_problem) = match req.inspections {
             Some(shared) => {
                 let known = KnownItems {
-                    judged: &self.judged,
-                    reading: route.reading,
+                    judged: self.judged,
+                    judge: route.judge,
                 };
                 shared.with(req, profile, route.fingerprint, Some(known), evaluate)
             }

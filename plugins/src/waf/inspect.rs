@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::decode;
 use super::json::{self, EscapedText, JsonPath, JsonScalar, JsonVisitor};
-use super::judged::{JudgedItems, Reading, MIN_ITEM_BYTES};
+use super::judged::{Judge, JudgedItems, KeptItem, MIN_ITEM_BYTES};
 use super::otlp::{self, Signal};
 use super::parse;
 use super::urls;
@@ -265,7 +265,7 @@ impl Inspections {
         let build = || Inspection::knowing(req, profile, known);
         for slot in &self.slots {
             let (built_for, inspection) = slot.get_or_init(|| (terms.clone(), build()));
-            if *built_for == terms && inspection.items.all_known(known, req.body) {
+            if *built_for == terms && inspection.items.all_judged_by(known) {
                 return f(inspection);
             }
         }
@@ -273,12 +273,12 @@ impl Inspections {
     }
 }
 
-/// What a WAF already judged clean ([`JudgedItems`]) and how it reads the route: the items
-/// an inspection's walk may step over.
+/// The items a WAF on a route (`judge`) judged clean before ([`JudgedItems`]): those an
+/// inspection's walk may step over.
 #[derive(Clone, Copy)]
 pub struct KnownItems<'a> {
     pub judged: &'a JudgedItems,
-    pub reading: Reading,
+    pub judge: Judge,
 }
 
 /// An item of a top-level array of a JSON body: its array's path and where it is.
@@ -293,24 +293,17 @@ pub struct ItemSpan {
 #[derive(Debug, Default)]
 pub struct ItemSpans {
     /// Stepped over: judged clean before. None of their fields are among the inspection's.
-    pub skipped: Vec<ItemSpan>,
+    pub skipped: Vec<KeptItem>,
     /// Read whole, and long enough to be kept if the request is judged clean.
     pub read: Vec<ItemSpan>,
 }
 
 impl ItemSpans {
-    /// Whether the WAF that `known` belongs to judged clean every item stepped over.
-    fn all_known(&self, known: Option<KnownItems<'_>>, body: Option<&[u8]>) -> bool {
-        if self.skipped.is_empty() {
-            return true;
-        }
-        let (Some(known), Some(body)) = (known, body) else {
-            return false;
-        };
-        self.skipped.iter().all(|item| {
-            body.get(item.range.clone())
-                .is_some_and(|bytes| known.judged.holds(known.reading, &item.path, bytes))
-        })
+    /// Whether the judge of `known` judged clean every item stepped over.
+    fn all_judged_by(&self, known: Option<KnownItems<'_>>) -> bool {
+        self.skipped
+            .iter()
+            .all(|item| known.is_some_and(|k| item.judged_by(k.judge)))
     }
 }
 
@@ -795,14 +788,12 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_, '_> {
         self.out.push(state.reading, path.id, &state.name, named);
     }
 
-    fn known_item(&mut self, path: JsonPath<'_>, rest: &'d [u8], at: usize) -> Option<usize> {
+    fn known_item(&mut self, path: JsonPath<'_>, rest: &'d [u8]) -> Option<usize> {
         let known = self.known?;
         let name = &self.paths[path.id as usize].name;
-        let len = known.judged.step_over(known.reading, name, rest)?;
-        self.items.skipped.push(ItemSpan {
-            path: Arc::clone(name),
-            range: at..at + len,
-        });
+        let kept = known.judged.step_over(known.judge, name, rest)?;
+        let len = kept.len();
+        self.items.skipped.push(kept);
         Some(len)
     }
 

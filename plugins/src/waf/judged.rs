@@ -24,33 +24,64 @@
 //!
 //! The store is bounded in bytes and never grows past [`JudgedItems::new`]'s budget. An
 //! item is kept the second time it is seen (a one-off prompt is never copied), and each
-//! first 128 bytes hold at most [`MAX_PER_LEAD`] items, so a flood of look-alikes costs
+//! lead (first 128 bytes) leads to at most [`MAX_PER_LEAD`] items, so a flood of look-alikes costs
 //! its own reading, as with no store. When the budget is spent, items not asked for since
 //! the last sweep make room first (a second chance).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
-/// Items shorter than this are read: the fields' memo knows their short fields already, and
-/// looking one up would cost about what reading it does.
-pub const MIN_ITEM_BYTES: usize = 1024;
+/// Items shorter than this are read: looking one up costs about what reading it does. A
+/// coding agent's tool calls are about 170 bytes, its tool definitions 400.
+pub const MIN_ITEM_BYTES: usize = 128;
 
 /// The bytes an item is looked up by: its first ones, which a request's bytes at an item's
-/// start are compared on before its length is known.
-const LEAD_BYTES: usize = 128;
+/// start are compared on before its length is known (so no more than the shortest item).
+const LEAD_BYTES: usize = MIN_ITEM_BYTES;
 
-/// Items kept per lead (first [`LEAD_BYTES`] bytes): a client sending many items that start
-/// alike and differ later cannot make a lookup compare more than this many.
-pub const MAX_PER_LEAD: usize = 4;
+/// Items kept per lead: the comparisons a lookup makes. Files that a coding agent reads often
+/// start alike (a licence header), so their tool results may share a lead. Each comparison
+/// stops at the request's item's end at the latest (a kept item is one JSON value: bytes
+/// equal past where the request's item ends would make it end there too), so a request
+/// costs at most this many comparisons of its own bytes, whatever items a client had kept.
+pub const MAX_PER_LEAD: usize = 16;
+
+/// What keeping an item costs beside its bytes (its record, path and places in the store),
+/// counted against the budget.
+const ITEM_OVERHEAD: usize = 160;
 
 /// First sightings remembered, by hash, until an item comes again.
-const SEEN_ONCE_SLOTS: usize = 4096;
+const SEEN_ONCE_SLOTS: usize = 16384;
 
-/// How a WAF reads a route's requests: a digest of the route's profile. An item judged clean
-/// under one profile is not clean under another that reads more of it.
-pub type Reading = u64;
+/// Who judged an item clean: one WAF (its rules, paranoia and overrides) on routes read by
+/// one profile. An item clean under one is not clean under another that reads more of it.
+pub type Judge = u64;
+
+/// Judges an item keeps: a chain's two WAFs, each on a route or two that read it alike.
+const MAX_JUDGES: usize = 4;
+
+/// Bytes of items the process keeps ([`shared`]): about thirty 1 MiB agent conversations in
+/// flight, each sent again at every turn.
+pub const SHARED_BUDGET: usize = 32 << 20;
+
+/// The store every WAF of the process keeps its judged items in: the WAFs of a chain read
+/// the same requests, and an item both judged clean is kept once, and looked up once.
+pub fn shared() -> &'static JudgedItems {
+    static SHARED: LazyLock<JudgedItems> = LazyLock::new(|| JudgedItems::new(SHARED_BUDGET));
+    &SHARED
+}
+
+/// A judge no other WAF of the process has: a new one for each WAF built (a reload's WAFs
+/// judge anew) and each way it reads a route (`reading`, the profile's digest).
+pub fn new_judge(waf: u64, reading: u64) -> Judge {
+    let mut h = std::hash::DefaultHasher::new();
+    h.write_u64(waf);
+    h.write_u64(reading);
+    // Never 0, which marks a free judge slot.
+    h.finish() | 1
+}
 
 pub struct JudgedItems {
     /// Picks where an item is looked for. Items are compared byte for byte, so a collision
@@ -66,7 +97,7 @@ pub struct JudgedItems {
 
 #[derive(Default)]
 struct Store {
-    /// Items by the hash of their reading, path and lead.
+    /// Items by the hash of their path and lead.
     by_lead: HashMap<u64, Vec<Arc<Item>>, foldhash::fast::RandomState>,
     /// Every item, oldest first, for the sweep that makes room.
     order: VecDeque<(u64, Arc<Item>)>,
@@ -74,11 +105,60 @@ struct Store {
 }
 
 struct Item {
-    reading: Reading,
     path: Box<str>,
     bytes: Box<[u8]>,
+    /// Who judged it clean (0: a free slot).
+    judges: [AtomicU64; MAX_JUDGES],
     /// Asked for since the sweep last passed it.
     used: AtomicBool,
+}
+
+impl Item {
+    fn judged_by(&self, judge: Judge) -> bool {
+        self.judges
+            .iter()
+            .any(|j| j.load(Ordering::Relaxed) == judge)
+    }
+
+    /// Adds `judge`, in a free slot or, with none, in place of another (which then reads
+    /// the item again, and judges it again).
+    fn add_judge(&self, judge: Judge) {
+        if self.judged_by(judge) {
+            return;
+        }
+        let free = self.judges.iter().any(|j| {
+            j.compare_exchange(0, judge, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        });
+        if !free {
+            self.judges[judge as usize % MAX_JUDGES].store(judge, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An item of a request that a judge had judged clean: what the walk stepped over.
+#[derive(Clone)]
+pub struct KeptItem(Arc<Item>);
+
+impl KeptItem {
+    /// Whether `judge` judged it clean too.
+    pub fn judged_by(&self, judge: Judge) -> bool {
+        self.0.judged_by(judge)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.bytes.is_empty()
+    }
+}
+
+impl std::fmt::Debug for KeptItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeptItem({} at {})", self.0.bytes.len(), self.0.path)
+    }
 }
 
 impl JudgedItems {
@@ -93,9 +173,8 @@ impl JudgedItems {
         }
     }
 
-    fn lead_hash(&self, reading: Reading, path: &str, lead: &[u8]) -> u64 {
+    fn lead_hash(&self, path: &str, lead: &[u8]) -> u64 {
         let mut h = self.hasher.build_hasher();
-        h.write_u64(reading);
         h.write(path.as_bytes());
         h.write_u8(0xff);
         h.write(lead);
@@ -109,34 +188,40 @@ impl JudgedItems {
         item.len() >= MIN_ITEM_BYTES && matches!(item.first(), Some(b'{' | b'[' | b'"'))
     }
 
-    /// The length of the kept item that `rest` (a body from an item of the array at `path`
-    /// on) starts with, if there is one.
-    pub fn known(&self, reading: Reading, path: &str, rest: &[u8]) -> Option<usize> {
+    /// The kept item that `rest` (a body from an item of the array at `path` on) starts
+    /// with, if there is one, whoever judged it.
+    fn find(&self, path: &str, lead: u64, rest: &[u8]) -> Option<Arc<Item>> {
+        let store = self.store.read().ok()?;
+        let item = store
+            .by_lead
+            .get(&lead)?
+            .iter()
+            .find(|item| *item.path == *path && rest.starts_with(&item.bytes))?;
+        Some(Arc::clone(item))
+    }
+
+    /// The kept item that `rest` (a body from an item of the array at `path` on) starts
+    /// with, if `judge` judged it clean: the walk steps over it.
+    pub fn step_over(&self, judge: Judge, path: &str, rest: &[u8]) -> Option<KeptItem> {
         if !Self::keepable(rest) {
             return None;
         }
-        let lead = self.lead_hash(reading, path, &rest[..LEAD_BYTES]);
-        let store = self.store.read().ok()?;
-        let item = store.by_lead.get(&lead)?.iter().find(|item| {
-            item.reading == reading && *item.path == *path && rest.starts_with(&item.bytes)
-        })?;
+        let lead = self.lead_hash(path, &rest[..LEAD_BYTES]);
+        let item = self.find(path, lead, rest).filter(|i| i.judged_by(judge))?;
         if !item.used.load(Ordering::Relaxed) {
             item.used.store(true, Ordering::Relaxed);
         }
-        Some(item.bytes.len())
+        self.stepped_over
+            .fetch_add(item.bytes.len() as u64, Ordering::Relaxed);
+        Some(KeptItem(item))
     }
 
-    /// The length of the kept item `rest` starts with, as [`Self::known`], counted as
-    /// stepped over.
-    pub fn step_over(&self, reading: Reading, path: &str, rest: &[u8]) -> Option<usize> {
-        let len = self.known(reading, path, rest)?;
-        self.stepped_over.fetch_add(len as u64, Ordering::Relaxed);
-        Some(len)
-    }
-
-    /// Whether `item` is one of the kept items of the array at `path`.
-    pub fn holds(&self, reading: Reading, path: &str, item: &[u8]) -> bool {
-        self.known(reading, path, item) == Some(item.len())
+    /// Whether `judge` judged `item`, an item of the array at `path`, clean.
+    pub fn holds(&self, judge: Judge, path: &str, item: &[u8]) -> bool {
+        Self::keepable(item)
+            && self
+                .find(path, self.lead_hash(path, &item[..LEAD_BYTES]), item)
+                .is_some_and(|kept| kept.bytes.len() == item.len() && kept.judged_by(judge))
     }
 
     /// Bytes of requests whose reading was saved, since the store was made.
@@ -144,48 +229,60 @@ impl JudgedItems {
         self.stepped_over.load(Ordering::Relaxed)
     }
 
-    /// Notes `item`, an item of the array at `path` of a request found clean: kept if it was
-    /// noted last time too (and there is room for it).
-    pub fn judged_clean(&self, reading: Reading, path: &str, item: &[u8]) {
+    /// Notes that `judge` found `item`, an item of the array at `path`, in a request it
+    /// found clean: kept if it was noted last time too (and there is room for it).
+    pub fn judged_clean(&self, judge: Judge, path: &str, item: &[u8]) {
         if !Self::keepable(item) || item.len() > self.budget / 8 {
             return;
         }
-        let mut h = self.hasher.build_hasher();
-        h.write_u64(reading);
-        h.write(path.as_bytes());
-        h.write_u8(0xff);
-        h.write(item);
-        let whole = h.finish();
-        let slot = &self.seen_once[whole as usize % SEEN_ONCE_SLOTS];
-        if slot.swap(whole, Ordering::Relaxed) != whole {
+        let lead = self.lead_hash(path, &item[..LEAD_BYTES]);
+        if let Some(kept) = self.find(path, lead, item) {
+            if kept.bytes.len() == item.len() {
+                return kept.add_judge(judge);
+            }
+        }
+        // An item is known again by its lead and length: hashing all of it would cost every
+        // new item a read of its bytes, and an item taken for another only costs a copy.
+        // Two slots, from the sighting's two halves, both noting it: with one, two items
+        // drawn to the same slot would overwrite each other's note at every request and
+        // neither be kept (a conversation of 137 large items lost two that way in 4,096).
+        let sighting = lead ^ (item.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slots = [sighting as usize, (sighting >> 32) as usize].map(|s| s % SEEN_ONCE_SLOTS);
+        let seen_before = slots
+            .map(|s| self.seen_once[s].swap(sighting, Ordering::Relaxed) == sighting)
+            .contains(&true);
+        if !seen_before {
             return;
         }
-        let lead = self.lead_hash(reading, path, &item[..LEAD_BYTES]);
         let Ok(mut store) = self.store.write() else {
             return;
         };
-        let alike = store.by_lead.get(&lead).map_or(0, Vec::len);
-        if alike >= MAX_PER_LEAD
-            || store.by_lead.get(&lead).is_some_and(|kept| {
-                kept.iter()
-                    .any(|k| k.reading == reading && *k.path == *path && *k.bytes == *item)
-            })
-        {
+        let alike = store
+            .by_lead
+            .get(&lead)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        // Another thread may have kept it meanwhile.
+        if let Some(kept) = alike.iter().find(|k| *k.path == *path && *k.bytes == *item) {
+            return kept.add_judge(judge);
+        }
+        if alike.len() >= MAX_PER_LEAD {
             return;
         }
-        store.make_room(self.budget - item.len());
+        let cost = item.len() + ITEM_OVERHEAD;
+        store.make_room(self.budget.saturating_sub(cost));
         let kept = Arc::new(Item {
-            reading,
             path: path.into(),
             bytes: item.into(),
+            judges: std::array::from_fn(|i| AtomicU64::new(if i == 0 { judge } else { 0 })),
             used: AtomicBool::new(false),
         });
-        store.bytes += item.len();
+        store.bytes += cost;
         store.order.push_back((lead, Arc::clone(&kept)));
         store.by_lead.entry(lead).or_default().push(kept);
     }
 
-    /// Bytes of items kept.
+    /// Bytes of items kept, with what keeping each costs beside.
     pub fn bytes(&self) -> usize {
         self.store.read().map_or(0, |s| s.bytes)
     }
@@ -215,7 +312,7 @@ impl Store {
                 self.order.push_back((lead, item));
                 continue;
             }
-            self.bytes -= item.bytes.len();
+            self.bytes -= item.bytes.len() + ITEM_OVERHEAD;
             if let Some(alike) = self.by_lead.get_mut(&lead) {
                 alike.retain(|k| !Arc::ptr_eq(k, &item));
                 if alike.is_empty() {
@@ -244,46 +341,72 @@ mod tests {
 
     const PATH: &str = "messages[]";
 
+    fn known(judged: &JudgedItems, judge: Judge, path: &str, rest: &[u8]) -> Option<usize> {
+        judged.step_over(judge, path, rest).map(|kept| kept.len())
+    }
+
     #[test]
     fn an_item_is_kept_the_second_time_it_is_judged_clean() {
         let judged = JudgedItems::new(1 << 20);
         let m = message("fn main() {} ", 4000);
-        assert_eq!(judged.known(1, PATH, &m), None);
+        assert_eq!(known(&judged, 1, PATH, &m), None);
         judged.judged_clean(1, PATH, &m);
         assert!(judged.is_empty(), "seen once: not copied");
         judged.judged_clean(1, PATH, &m);
         assert_eq!(judged.len(), 1);
-        assert_eq!(judged.bytes(), m.len());
+        assert_eq!(judged.bytes(), m.len() + ITEM_OVERHEAD);
         // Followed by the rest of the body, as in a request.
         let mut body = m.clone();
         body.extend_from_slice(br#",{"role":"user","content":"next"}]}"#);
-        assert_eq!(judged.known(1, PATH, &body), Some(m.len()));
+        assert_eq!(known(&judged, 1, PATH, &body), Some(m.len()));
         assert!(judged.holds(1, PATH, &m));
         judged.judged_clean(1, PATH, &m);
         assert_eq!(judged.len(), 1, "kept once");
     }
 
     #[test]
-    fn only_the_same_bytes_at_the_same_path_under_the_same_reading_are_known() {
+    fn only_the_same_bytes_at_the_same_path_judged_by_the_same_judge_are_known() {
         let judged = JudgedItems::new(1 << 20);
         let m = message("let x = 1; ", 3000);
         for _ in 0..2 {
             judged.judged_clean(7, PATH, &m);
         }
-        assert_eq!(judged.known(7, PATH, &m), Some(m.len()));
-        assert_eq!(judged.known(8, PATH, &m), None, "another profile");
-        assert_eq!(judged.known(7, "tools[]", &m), None, "another array");
+        assert_eq!(known(&judged, 7, PATH, &m), Some(m.len()));
+        assert_eq!(known(&judged, 8, PATH, &m), None, "another judge");
+        // Another judge's clean verdict on a kept item is added to it at once.
+        judged.judged_clean(8, PATH, &m);
+        assert_eq!(known(&judged, 8, PATH, &m), Some(m.len()));
+        assert_eq!(judged.len(), 1);
+        assert_eq!(known(&judged, 7, "tools[]", &m), None, "another array");
         // One byte changed anywhere, the first, the last, or past the lead.
         for at in [0, 1, LEAD_BYTES, m.len() / 2, m.len() - 3, m.len() - 1] {
             let mut other = m.clone();
             other[at] ^= 0x20;
-            assert_eq!(judged.known(7, PATH, &other), None, "byte {at} changed");
+            assert_eq!(known(&judged, 7, PATH, &other), None, "byte {at} changed");
         }
         // Cut short (a body's window ends inside it), or one byte longer inside.
-        assert_eq!(judged.known(7, PATH, &m[..m.len() - 1]), None);
+        assert_eq!(known(&judged, 7, PATH, &m[..m.len() - 1]), None);
         let mut longer = m[..m.len() - 2].to_vec();
         longer.extend_from_slice(br#"x"}"#);
-        assert_eq!(judged.known(7, PATH, &longer), None);
+        assert_eq!(known(&judged, 7, PATH, &longer), None);
+    }
+
+    #[test]
+    fn a_conversations_items_are_all_kept_though_noted_in_turn() {
+        // A request's items are all noted before the next request notes them again: with
+        // one slot each, items drawn to the same slot overwrite each other's note (about
+        // ten of 200 in 4,096 slots) and are never kept.
+        let judged = JudgedItems::new(64 << 20);
+        let items: Vec<Vec<u8>> = (0..200)
+            .map(|i| message(&format!("file {i} "), 1500))
+            .collect();
+        for _ in 0..2 {
+            for m in &items {
+                judged.judged_clean(1, PATH, m);
+            }
+        }
+        let kept = items.iter().filter(|m| judged.holds(1, PATH, m)).count();
+        assert!(kept >= 198, "{kept} of 200 kept");
     }
 
     #[test]
@@ -296,7 +419,7 @@ mod tests {
             judged.judged_clean(1, PATH, &number);
         }
         assert!(judged.is_empty());
-        assert_eq!(judged.known(1, PATH, &number), None);
+        assert_eq!(known(&judged, 1, PATH, &number), None);
     }
 
     #[test]
@@ -322,7 +445,8 @@ mod tests {
     #[test]
     fn the_budget_holds_and_items_in_use_stay() {
         let item = 2000;
-        let judged = JudgedItems::new(10 * item);
+        let budget = 10 * (item + ITEM_OVERHEAD);
+        let judged = JudgedItems::new(budget);
         let items: Vec<Vec<u8>> = (0..30)
             .map(|i| message(&format!("item {i} "), item))
             .collect();
@@ -331,15 +455,15 @@ mod tests {
         for m in &items {
             judged.judged_clean(1, PATH, m);
             judged.judged_clean(1, PATH, m);
-            assert!(judged.bytes() <= 10 * item);
-            let _ = judged.known(1, PATH, first);
+            assert!(judged.bytes() <= budget);
+            let _ = known(&judged, 1, PATH, first);
         }
         assert_eq!(judged.len(), 10);
         assert!(judged.holds(1, PATH, first), "in use: kept");
         assert!(judged.holds(1, PATH, &items[29]), "the newest is kept");
         assert!(!judged.holds(1, PATH, &items[5]), "old and unused: gone");
         // An item larger than an eighth of the budget is never kept.
-        let big = message("big ", 10 * item / 8 + 1);
+        let big = message("big ", budget / 8 + 1);
         judged.judged_clean(1, PATH, &big);
         judged.judged_clean(1, PATH, &big);
         assert!(!judged.holds(1, PATH, &big));
