@@ -188,11 +188,34 @@ fn bench(c: &mut Criterion) {
         group.finish();
     }
 
-    // The cases above send one request again and again, as a coding agent resends its
-    // conversation every turn: the WAFs' memos know its short fields. Here 32 conversations
-    // take turns, about 22,000 distinct short fields against the memos' 8,192 slots each:
-    // what a request costs when its conversation is new.
-    let conversations: Vec<Vec<u8>> = (1..=32)
+    // The cases above send one request again and again, and the WAFs know every item of
+    // its conversation. An agent's next request adds a turn: its tool call and the file it
+    // read, which no request held before, after a conversation the WAFs judged already.
+    let mut group = c.benchmark_group("agent_1m_next_turn");
+    group.throughput(Throughput::Bytes(agent_1m.len() as u64));
+    let mut turn = 0;
+    group.bench_function("access_and_waf", |b| {
+        b.iter_batched(
+            || {
+                turn += 1;
+                agent::next_turn(&agent_1m, turn).expect("an OpenAI-shaped request")
+            },
+            |body| {
+                let path = "/v1/chat/completions";
+                let view = outside_request("litellm", &post, path, None, &h_json, Some(&body));
+                black_box(rampart_benches::evaluate_now(&waf, black_box(&view)))
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+
+    // The first cases send one request again and again, as a coding agent resends its
+    // conversation every turn: the WAFs know its items and short fields. Here 48 conversations
+    // take turns: 48 MiB of items, past what the process keeps of judged items (32 MiB, so in
+    // turn each is gone before it comes again), and about 33,000 distinct short fields against
+    // the memos' 8,192 slots each: what a request costs when its conversation is new.
+    let conversations: Vec<Vec<u8>> = (1..=48)
         .map(|seed| agent::conversation(Shape::OpenAi, 1024 * 1024, seed))
         .collect();
     let views: Vec<_> = conversations

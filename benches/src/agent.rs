@@ -60,6 +60,32 @@ pub fn conversation(shape: Shape, size: usize, seed: u64) -> Vec<u8> {
     body.to_string().into_bytes()
 }
 
+/// `base` (an OpenAI-shaped request from [`request`] or [`conversation`]) with one turn
+/// more, as an agent's next request: a tool call and its result, a source file no other
+/// turn holds (`n` draws it). `None` if `base` is not of that shape.
+pub fn next_turn(base: &[u8], n: u64) -> Option<Vec<u8>> {
+    // The messages come first (keys in order) and end where the model's key starts: a
+    // string's quotes are escaped, so these bytes are the array's end and nothing else.
+    let end = base
+        .windows(10)
+        .rposition(|w| w == br#"],"model":"#)?;
+    let mut words = Words(0x0dd5_eed5 ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let (text, ext) = source_file(&mut words, n as usize);
+    let id = format!("call_next_{n}");
+    let path = format!("src/{}/{}_{n}.{ext}", words.pick(MODULES), words.pick(NOUNS));
+    let call = json!({ "role": "assistant", "content": null, "tool_calls": [
+        { "id": id, "type": "function", "function": {
+            "name": "read_file", "arguments": json!({ "path": path }).to_string() } } ] });
+    let result = json!({ "role": "tool", "tool_call_id": id, "content": text });
+    let mut body = base[..end].to_vec();
+    for message in [call, result] {
+        body.push(b',');
+        body.extend_from_slice(message.to_string().as_bytes());
+    }
+    body.extend_from_slice(&base[end..]);
+    Some(body)
+}
+
 const SYSTEM: &str = "You are a coding agent working in the user's repository. Read the files \
 you need with the tools, keep changes small, run the tests after each change, and explain what \
 you changed and why. Follow the project's style guide (https://example.com/style) and never \
