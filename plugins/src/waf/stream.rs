@@ -30,7 +30,7 @@ const MAX_KEY: usize = 1024;
 const MAX_CUT_BACKOFF: usize = 4096;
 
 use super::inspect::BodyFormat;
-use super::scan::scan_string;
+use super::json::escaped_at;
 
 /// A body that cannot be cut (a multipart, XML or OTLP body past one window, or a string made
 /// only of escapes for longer than [`MAX_CUT_BACKOFF`]).
@@ -489,8 +489,6 @@ struct JsonLexer {
     scanned: usize,
     cut: Option<Cut>,
     invalid: bool,
-    /// Where a string's colons are ([`scan_string`] notes them; nothing here reads them).
-    colons: Vec<usize>,
 }
 
 impl JsonLexer {
@@ -514,24 +512,20 @@ impl JsonLexer {
             let b = s[i];
             match self.state {
                 Lex::Str => {
-                    // The closing quote is the first one no escape takes, found a block at
-                    // a time ([`scan_string`]: source code has an escaped quote every few
-                    // lines, and a search for quotes alone stopped at each). Read on from
-                    // where the last read stopped, from the start of the run of backslashes
-                    // it stopped in, if any: a run read from its start is read in pairs as
-                    // it should be. A cut inside a string never splits an escape, so the
-                    // run is all in `s`, after the string's start.
-                    let text_start = self.str_start.map_or(0, |q| q + 1);
-                    let mut from = i.max(text_start);
-                    while from > text_start && s[from - 1] == b'\\' {
-                        from -= 1;
-                    }
-                    let text = scan_string(&s[from..], &mut self.colons);
-                    if !text.closed {
+                    // The closing quote is the first one after an even run of backslashes:
+                    // searching for quotes alone stops least (source code has a `\n` on
+                    // every line). A cut inside a string never splits an escape, so the run
+                    // before a quote is all in `s`, after the string's start.
+                    let Some(off) = memchr::memchr(b'"', &s[i..]) else {
                         i = s.len();
                         break;
+                    };
+                    i += off;
+                    let text_start = self.str_start.map_or(0, |q| q + 1);
+                    if escaped_at(&s[text_start..], i - text_start) {
+                        i += 1;
+                        continue;
                     }
-                    i = from + text.len;
                     // The closing quote.
                     if self.in_key {
                         let start = self.str_start.map_or(i, |s| s + 1);
