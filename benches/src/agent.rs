@@ -66,13 +66,15 @@ pub fn conversation(shape: Shape, size: usize, seed: u64) -> Vec<u8> {
 pub fn next_turn(base: &[u8], n: u64) -> Option<Vec<u8>> {
     // The messages come first (keys in order) and end where the model's key starts: a
     // string's quotes are escaped, so these bytes are the array's end and nothing else.
-    let end = base
-        .windows(10)
-        .rposition(|w| w == br#"],"model":"#)?;
+    let end = base.windows(10).rposition(|w| w == br#"],"model":"#)?;
     let mut words = Words(0x0dd5_eed5 ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let (text, ext) = source_file(&mut words, n as usize);
     let id = format!("call_next_{n}");
-    let path = format!("src/{}/{}_{n}.{ext}", words.pick(MODULES), words.pick(NOUNS));
+    let path = format!(
+        "src/{}/{}_{n}.{ext}",
+        words.pick(MODULES),
+        words.pick(NOUNS)
+    );
     let call = json!({ "role": "assistant", "content": null, "tool_calls": [
         { "id": id, "type": "function", "function": {
             "name": "read_file", "arguments": json!({ "path": path }).to_string() } } ] });

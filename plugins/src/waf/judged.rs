@@ -216,6 +216,17 @@ impl JudgedItems {
         Some(KeptItem(item))
     }
 
+    /// The length of the kept item `rest` (a body from an item of the array at `path` on)
+    /// starts with, whoever judged it: a kept item is one complete JSON value, which a
+    /// reader of the body's structure may step over as one ([`stream`](super::stream)).
+    pub fn kept_at(&self, path: &str, rest: &[u8]) -> Option<usize> {
+        if !Self::keepable(rest) {
+            return None;
+        }
+        let lead = self.lead_hash(path, &rest[..LEAD_BYTES]);
+        self.find(path, lead, rest).map(|item| item.bytes.len())
+    }
+
     /// Whether `judge` judged `item`, an item of the array at `path`, clean.
     pub fn holds(&self, judge: Judge, path: &str, item: &[u8]) -> bool {
         Self::keepable(item)

@@ -31,6 +31,7 @@ const MAX_CUT_BACKOFF: usize = 4096;
 
 use super::inspect::BodyFormat;
 use super::json::escaped_at;
+use super::judged;
 
 /// A body that cannot be cut (a multipart, XML or OTLP body past one window, or a string made
 /// only of escapes for longer than [`MAX_CUT_BACKOFF`]).
@@ -489,6 +490,8 @@ struct JsonLexer {
     scanned: usize,
     cut: Option<Cut>,
     invalid: bool,
+    /// The path of the items of the array being read (`messages[]`), made anew for each.
+    item_path: String,
 }
 
 impl JsonLexer {
@@ -504,6 +507,27 @@ impl JsonLexer {
             at,
             depth: self.stack.len(),
         });
+    }
+
+    /// At an item of an array that is a member of the root object (`messages[]`): its
+    /// length, if it is an item the WAFs judged and kept ([`judged`](super::judged)). A kept
+    /// item is one complete JSON value, so it is stepped over as one: an agent's request
+    /// past a window is mostly its conversation sent again, and reading its structure
+    /// byte by byte cost more than judging what it stepped over did.
+    fn known_item(&mut self, rest: &[u8]) -> Option<usize> {
+        let [root, array] = self.stack.as_slice() else {
+            return None;
+        };
+        // The walk names a path by its keys decoded: a key as written is the same only
+        // when it holds no escape.
+        if !root.object || array.object || !root.key.is_ascii() || root.key.contains(&b'\\') {
+            return None;
+        }
+        let path = &mut self.item_path;
+        path.clear();
+        path.push_str(std::str::from_utf8(&root.key).ok()?);
+        path.push_str("[]");
+        judged::shared().kept_at(path, rest)
     }
 
     fn scan(&mut self, s: &[u8]) {
@@ -558,6 +582,15 @@ impl JsonLexer {
             if b.is_ascii_whitespace() {
                 i += 1;
                 continue;
+            }
+            if matches!(self.state, Lex::Value | Lex::ValueOrClose)
+                && matches!(b, b'{' | b'[' | b'"')
+            {
+                if let Some(len) = self.known_item(&s[i..]) {
+                    i += len;
+                    self.value_ended(i);
+                    continue;
+                }
             }
             match (self.state, b) {
                 (Lex::Value | Lex::ValueOrClose, b'{' | b'[') => {
@@ -649,6 +682,56 @@ mod tests {
             })
             .filter_map(|f| Some((f.path, f.value?)))
             .collect()
+    }
+
+    #[test]
+    fn kept_items_are_stepped_over_as_the_values_they_are() {
+        // Items (a conversation's messages) with escapes, nesting and brackets in strings,
+        // in a body over several windows; once the judged store keeps them, the lexer steps
+        // over them, and every part is what reading them gave.
+        let messages: Vec<String> = (0..120)
+            .map(|i| {
+                let text = format!(
+                    "line {i}: {{\"a\": [1, 2]}} \\\" ]}} {}",
+                    "x = f(y);\n".repeat(20 + i % 7)
+                );
+                serde_json::json!({"role": "tool", "tool_call_id": format!("call_{i}"),
+                    "content": [{"type": "text", "text": text}]})
+                .to_string()
+            })
+            .collect();
+        let body = format!(
+            r#"{{"messages":[{}],"model":"m","tools":[{{"name":"a"}}]}}"#,
+            messages.join(",")
+        );
+        let window = 2 * OVERLAP;
+        let read = segments(b"application/json", body.as_bytes(), window, 700);
+        assert!(read.len() > 2, "cut in several parts");
+        assert!(
+            read.iter().all(|p| p.doc().ends_with(b"]}")),
+            "cut between items"
+        );
+        // Kept as a WAF keeps them: judged clean twice, under a judge no WAF has.
+        let store = judged::shared();
+        let judge = judged::new_judge(u64::MAX, 0x5eed);
+        for _ in 0..2 {
+            for m in &messages {
+                store.judged_clean(judge, "messages[]", m.as_bytes());
+            }
+        }
+        let at = body.find(&messages[5]).expect("in the body");
+        assert_eq!(
+            store.kept_at("messages[]", &body.as_bytes()[at..]),
+            Some(messages[5].len())
+        );
+        let stepped = segments(b"application/json", body.as_bytes(), window, 700);
+        assert_eq!(stepped, read);
+        // Under another array, or not from an item's first byte, nothing is stepped over.
+        assert_eq!(store.kept_at("tools[]", &body.as_bytes()[at..]), None);
+        assert_eq!(
+            store.kept_at("messages[]", &body.as_bytes()[at + 1..]),
+            None
+        );
     }
 
     #[test]
