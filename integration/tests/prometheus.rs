@@ -52,6 +52,8 @@ async fn promtool_finds_no_problem() {
         "rampart_config_reloads_total",
         "rampart_config_generation",
         "rampart_upstream_healthy_backends",
+        "rampart_waf_judged_item_bytes",
+        "rampart_waf_judged_item_stepped_over_bytes_total",
     ] {
         assert!(metrics.contains(family), "{family} missing");
     }
@@ -82,6 +84,70 @@ async fn promtool_finds_no_problem() {
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
     );
+}
+
+/// A coding agent sends its conversation again at every turn: the WAFs judge it once and
+/// step over it after, every request still reaches the upstream whole, and `/metrics` says
+/// how much was not read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_sent_again_is_stepped_over_and_counted() {
+    let up = SeedUpstreams::start(1).await;
+    let rampart = Rampart::start(&seed_config(&up, ""), SEED_LISTENERS).await;
+    let messages: Vec<String> = (0..20)
+        .map(|i| {
+            let file = format!("fn step_{i}(x: u64) -> u64 {{\n    x * {i} + 1\n}}\n").repeat(12);
+            format!(r#"{{"role":"tool","tool_call_id":"call_{i}","content":"{file}"}}"#)
+        })
+        .collect();
+    let body = format!(
+        r#"{{"model":"gpt-4o","messages":[{}]}}"#,
+        messages.join(",")
+    );
+    let headers = [
+        ("X-Origin-Verify", ORIGIN_SECRET),
+        ("Content-Type", "application/json"),
+    ];
+    let raw = raw_post("/v1/chat/completions", &headers, body.as_bytes());
+    for turn in 0..4 {
+        let answer = send_raw(rampart.addr("web"), EXTERNAL_PEER, &raw)
+            .await
+            .expect("answered");
+        assert_eq!(answer.status, 200, "turn {turn}");
+    }
+    let seen: Vec<_> = up.litellm[0]
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri == "/v1/chat/completions")
+        .collect();
+    assert_eq!(seen.len(), 4);
+    assert!(seen.iter().all(|r| r.complete && r.body == body.as_bytes()));
+    let metrics = rampart.metrics().await;
+    let kept = metric_value(&metrics, "rampart_waf_judged_item_bytes").unwrap_or(0.0);
+    let stepped =
+        metric_value(&metrics, "rampart_waf_judged_item_stepped_over_bytes_total").unwrap_or(0.0);
+    // Kept at the second clean sighting, stepped over at the third and fourth.
+    assert!(kept as usize >= body.len() * 9 / 10, "kept {kept} bytes");
+    assert!(
+        stepped as usize >= body.len() * 18 / 10,
+        "stepped over {stepped} bytes"
+    );
+    // An attack appended inside a kept message is read and refused, and never reaches it.
+    let attacked = body.replacen(
+        r#""call_3","content":""#,
+        r#""call_3","name":"' UNION SELECT password FROM users--","content":""#,
+        1,
+    );
+    let raw = raw_post("/v1/chat/completions", &headers, attacked.as_bytes());
+    let answer = send_raw_refusable(rampart.addr("web"), EXTERNAL_PEER, &raw)
+        .await
+        .expect("answered");
+    assert_eq!(answer.status, 403);
+    let chats = up.litellm[0]
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri == "/v1/chat/completions")
+        .count();
+    assert_eq!(chats, 4, "the refused request never reached the upstream");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

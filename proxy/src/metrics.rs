@@ -31,6 +31,9 @@ pub struct Metrics {
     pub llm_duration: HistogramVec,
     pub llm_tokens: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    /// Read from the WAFs' judged-item store at each scrape.
+    judged_item_bytes: IntGauge,
+    judged_item_stepped_over: IntCounter,
 }
 
 /// Latency buckets from 0.5 ms (a refused request) to 5 minutes (a long LLM stream).
@@ -222,6 +225,16 @@ impl Metrics {
             "Access log lines dropped because stdout could not take them as fast as requests came.",
         )?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        let judged_item_bytes = IntGauge::new(
+            "rampart_waf_judged_item_bytes",
+            "Bytes of conversation items the WAFs judged clean and keep, so that a conversation sent again is not read again (at most 32 MiB).",
+        )?;
+        registry.register(Box::new(judged_item_bytes.clone()))?;
+        let judged_item_stepped_over = IntCounter::new(
+            "rampart_waf_judged_item_stepped_over_bytes_total",
+            "Bytes of request bodies the WAFs did not read again because they had judged them clean in an earlier request.",
+        )?;
+        registry.register(Box::new(judged_item_stepped_over.clone()))?;
         registry.register(Box::new(store_errors.clone()))?;
         registry.register(Box::new(store_up.clone()))?;
         registry.register(Box::new(requests.clone()))?;
@@ -261,11 +274,21 @@ impl Metrics {
             llm_duration,
             llm_tokens,
             access_log_dropped,
+            judged_item_bytes,
+            judged_item_stepped_over,
         })
     }
 
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
+        // The judged-item store counts for itself (the plugins know no Prometheus): read at
+        // each scrape.
+        let judged = rampart_plugins::waf::judged::shared();
+        self.judged_item_bytes.set(judged.bytes() as i64);
+        let stepped = judged.stepped_over();
+        let shown = self.judged_item_stepped_over.get();
+        self.judged_item_stepped_over
+            .inc_by(stepped.saturating_sub(shown));
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail on I/O; a metric family error would be a bug here.
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
