@@ -1,32 +1,33 @@
-//! The items of a JSON body's top-level arrays that a WAF judged clean, kept so that a
+//! The items of a JSON body's top-level arrays that the WAFs judged clean, kept so that a
 //! conversation sent again is not judged again.
 //!
 //! An LLM client sends the whole conversation at every turn: a coding agent's request is
 //! its system prompt, its tool definitions and every message so far, and only the last one
 //! or two are new. Each item of `messages`, `tools`, `input` or `system` it sends again is
 //! byte for byte the item the last request carried, and the rules' verdict on it is the
-//! same. So a WAF keeps the large items (at least [`MIN_ITEM_BYTES`]) of requests it found
-//! clean, and when a later request holds one of them, at the same path and under the same
-//! profile, the walk steps over it instead of reading its fields.
+//! same. So the items (at least [`MIN_ITEM_BYTES`]) of requests a WAF found clean are kept,
+//! each with its judges (a WAF under a route's profile, [`Judge`]), and when a later
+//! request holds one at the same path, the walk of a judge steps over it instead of reading
+//! its fields.
 //!
 //! What makes that safe:
 //! - An item is stepped over only when the request's bytes there equal a kept item's byte
 //!   for byte, and a kept item is exactly one complete JSON value (an object, an array or a
 //!   string, which end where their bytes say): equal bytes are the same value, read the same
 //!   way. A hash only says where to look.
-//! - An item is kept only from a request in which no rule of this WAF matched anything in
-//!   the body, except rules the route switches off there; so every field it holds was judged
-//!   and found nothing ([`Evaluation::body_hits`](super::rules::Evaluation)). The verdicts
-//!   are this WAF's: its rules, paranoia and overrides never change, and a reload builds a
-//!   new WAF with no items kept.
+//! - A judge is added to an item only from a request in which no rule of that WAF matched
+//!   anything in the body, except rules the route switches off there; so every field it
+//!   holds was judged and found nothing ([`Evaluation::body_hits`](super::rules::Evaluation)).
+//!   A WAF's rules, paranoia and overrides never change, and a reload's WAFs are new judges.
 //! - What a request's fields add up to (its body's length, which a size rule reads) does not
 //!   come from the fields, so stepping over some changes nothing there.
 //!
-//! The store is bounded in bytes and never grows past [`JudgedItems::new`]'s budget. An
+//! The process has one store ([`shared`]): the WAFs of a chain judge the same requests, and
+//! an item is kept, and looked up, once for all of them. It never grows past its budget. An
 //! item is kept the second time it is seen (a one-off prompt is never copied), and each
-//! lead (first 128 bytes) leads to at most [`MAX_PER_LEAD`] items, so a flood of look-alikes costs
-//! its own reading, as with no store. When the budget is spent, items not asked for since
-//! the last sweep make room first (a second chance).
+//! lead (first 128 bytes) leads to at most [`MAX_PER_LEAD`] items, so a flood of
+//! look-alikes costs its own reading, as with no store. When the budget is spent, items not
+//! asked for since the last sweep make room first (a second chance).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
