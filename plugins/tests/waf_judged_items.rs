@@ -288,3 +288,60 @@ fn a_judged_item_with_an_attack_inside_is_read() {
         full_reading(&wafs, &headers, &moved)
     );
 }
+
+/// A size rule over an aggregate (the whole Cookie header) and each argument: matching the
+/// first must not keep it from noting a body argument over the limit, or the item holding
+/// that argument would be kept as clean and stepped over in a request without the cookie.
+#[test]
+fn a_size_limit_met_elsewhere_still_notes_the_body_argument_over_it() {
+    let dir = std::env::temp_dir().join(format!("rampart-judged-sizes-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sizes")).expect("rules dir");
+    std::fs::write(
+        dir.join("sizes/size.toml"),
+        r#"[group]
+id = "size"
+
+[[rule]]
+id = "cookie_or_argument_too_long"
+description = "a Cookie header or an argument over 400 bytes"
+severity = "critical"
+targets = ["cookies", "args"]
+max_bytes = 400
+"#,
+    )
+    .expect("rule file");
+    let rules = RulesDir {
+        dir: dir.clone(),
+        ..RulesDir::shipped()
+    };
+    let waf = rules.waf("owasp", "rules = [\"sizes\"]\nroutes = { chat = \"llm\" }");
+    let wafs = [waf];
+    let mut with_cookie = headers();
+    with_cookie.insert(
+        "cookie",
+        HeaderValue::from_str(&format!("s={}", "c".repeat(500))).expect("cookie"),
+    );
+    // `name` is not prose: an argument judged whole, over the limit.
+    let long_name = "n".repeat(450);
+    let item = |i: usize| {
+        json!({"role": "user", "name": if i == 2 { long_name.clone() } else { format!("u{i}") },
+            "content": format!("message {i} ").repeat(20)})
+    };
+    let messages: Vec<Value> = (0..4).map(item).collect();
+    let b = serde_json::to_vec(&json!({"model": "m", "messages": messages})).unwrap_or_default();
+    for _ in 0..3 {
+        let v = chain_reading(&wafs, &with_cookie, &b);
+        assert_eq!(v, full_reading(&wafs, &with_cookie, &b));
+        assert!(
+            v[0].0 >= 5,
+            "refused: the cookie and the argument are too long"
+        );
+    }
+    // Without the cookie, the long argument alone still refuses the request.
+    for _ in 0..3 {
+        let v = chain_reading(&wafs, &headers(), &b);
+        assert_eq!(v, full_reading(&wafs, &headers(), &b));
+        assert!(v[0].0 >= 5, "refused: the argument is too long");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

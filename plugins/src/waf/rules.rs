@@ -637,34 +637,39 @@ impl RuleSet {
             let rule = &self.rules[i];
             let has_body = insp.body_len > 0 || insp.chunked;
             let matched: Option<(Source, Target, String)> = match &rule.matcher {
-                Matcher::MaxBytes(limit) => rule.targets.iter().find_map(|t| {
-                    let aggregate = match t {
-                        Target::QueryString => Some((insp.query_len, Source::Query)),
-                        Target::Cookies => Some((insp.cookie_len, Source::Cookie)),
-                        Target::Body => Some((insp.body_len, Source::Body)),
-                        Target::Path => Some((insp.path_len, Source::UriPath)),
-                        _ => None,
-                    };
-                    match aggregate {
-                        Some((len, source)) => {
-                            (len > *limit).then(|| (source, *t, format!("{len} bytes > {limit}")))
-                        }
-                        // Names, values and headers: each one on its own.
-                        None => note_body(
-                            &mut in_body[i],
-                            insp.fields.iter().filter(|f| {
-                                f.target == *t && rule.reads(f) && f.raw().len() > *limit
-                            }),
-                        )
-                        .map(|f| {
-                            (
-                                f.source,
-                                *t,
-                                format!("{}: {} bytes > {limit}", f.name, f.raw().len()),
+                // Every target is read, not only up to the first that matches: a body
+                // field over the limit must be noted even when an aggregate matched first.
+                Matcher::MaxBytes(limit) => rule
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let aggregate = match t {
+                            Target::QueryString => Some((insp.query_len, Source::Query)),
+                            Target::Cookies => Some((insp.cookie_len, Source::Cookie)),
+                            Target::Body => Some((insp.body_len, Source::Body)),
+                            Target::Path => Some((insp.path_len, Source::UriPath)),
+                            _ => None,
+                        };
+                        match aggregate {
+                            Some((len, source)) => (len > *limit)
+                                .then(|| (source, *t, format!("{len} bytes > {limit}"))),
+                            // Names, values and headers: each one on its own.
+                            None => note_body(
+                                &mut in_body[i],
+                                insp.fields.iter().filter(|f| {
+                                    f.target == *t && rule.reads(f) && f.raw().len() > *limit
+                                }),
                             )
-                        }),
-                    }
-                }),
+                            .map(|f| {
+                                (
+                                    f.source,
+                                    *t,
+                                    format!("{}: {} bytes > {limit}", f.name, f.raw().len()),
+                                )
+                            }),
+                        }
+                    })
+                    .fold(None, |first, found| first.or(found)),
                 Matcher::NotPattern(re) => note_body(
                     &mut in_body[i],
                     insp.fields
