@@ -81,6 +81,7 @@ fn bench(c: &mut Criterion) {
         headers: &headers,
         consumed: &[],
         body: None,
+        body_items: &[],
         identity: None,
         inspections: None,
     };

@@ -2,6 +2,7 @@ use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
+use crate::waf::judged::LocatedItem;
 use crate::waf::Inspections;
 
 /// Everything a plugin may look at, built once per request by the proxy.
@@ -29,6 +30,10 @@ pub struct RequestView<'a> {
     pub consumed: &'a [HeaderName],
     /// The request body when it was read for inspection (see the proxy's body handling).
     pub body: Option<&'a [u8]>,
+    /// Items of the body the WAFs judged clean before, found in it by whoever read it first
+    /// (the proxy's cutting of a body past a window), by where they start: the WAFs step
+    /// over them without comparing their bytes again. Empty when nobody looked.
+    pub body_items: &'a [LocatedItem],
     /// Who the caller is, once a plugin earlier in the chain (or an earlier stage) verified it.
     pub identity: Option<&'a Identity>,
     /// The WAF's parsed and decoded request, shared by the chain's WAF plugins. The chain

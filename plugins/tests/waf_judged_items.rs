@@ -8,6 +8,7 @@ mod rules_dir;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use rampart_plugins::plugins::owasp::Waf;
+use rampart_plugins::waf::stream::BodySegments;
 use rampart_plugins::waf::Inspections;
 use rampart_plugins::RequestView;
 use rules_dir::{outside_request, RulesDir};
@@ -229,6 +230,66 @@ fn stepping_over_judged_items_never_changes_a_verdict() {
     assert!(
         stepped > 100_000,
         "items were stepped over ({stepped} bytes)"
+    );
+}
+
+/// A body past a window is cut in parts, and the reader that cuts it steps over the kept
+/// items it finds, telling the WAFs where they lie (`RequestView::body_items`): each part's
+/// verdicts must be those of the same part read without that help, and the items it names
+/// must be the part's own bytes.
+#[test]
+fn items_located_by_the_body_cutter_give_the_verdicts_of_reading_them() {
+    let wafs = wafs();
+    let headers = headers();
+    let (mut located, mut refused) = (0, 0);
+    for seed in 21..=26u64 {
+        let mut draw = Draw(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let tools = tools(&mut draw);
+        let mut conversation: Vec<Value> = Vec::new();
+        for turn in 0..8 {
+            let attack = draw.below(4) == 0;
+            let size = 1500 + draw.below(2500);
+            conversation.push(message(&mut draw, turn, size, attack));
+            let mut sent = conversation.clone();
+            if turn > 2 && draw.below(3) == 0 {
+                let at = draw.below(turn - 1);
+                sent[at]["name"] = Value::String(draw.pick(ATTACKS).to_string());
+            }
+            let b = body(&sent, &tools);
+            // Whole, as a small body is judged: its clean items become known.
+            chain_reading(&wafs, &headers, &b);
+            let mut cutter = BodySegments::new(b"application/json", "/v1/chat/completions", 0);
+            let mut parts = Vec::new();
+            for chunk in b.chunks(1000 + draw.below(3000)) {
+                parts.extend(cutter.push(chunk).expect("JSON is cut"));
+            }
+            parts.extend(cutter.finish());
+            for part in &parts {
+                for item in part.located() {
+                    let bytes = part.doc().get(item.at..item.at + item.item.len());
+                    assert!(bytes.is_some_and(|b| b.starts_with(b"{")), "seed {seed}");
+                }
+                located += part.located().len();
+                let helped = RequestView {
+                    body_items: part.located(),
+                    ..view(&headers, part.doc())
+                };
+                let shared = Inspections::default();
+                let helped = RequestView {
+                    inspections: Some(&shared),
+                    ..helped
+                };
+                let with_help: Vec<_> = wafs.iter().map(|w| verdict(w, &helped)).collect();
+                let unhelped = full_reading(&wafs, &headers, part.doc());
+                assert_eq!(with_help, unhelped, "seed {seed}, turn {turn}");
+                refused += usize::from(unhelped.iter().any(|(score, _)| *score >= 5));
+            }
+        }
+    }
+    assert!(located > 50, "the cutter located kept items ({located})");
+    assert!(
+        refused > 3,
+        "drawn attacks were refused in parts ({refused})"
     );
 }
 

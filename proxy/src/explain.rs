@@ -126,6 +126,7 @@ pub fn explain(rules: &Path, listener: &str, file: &Path) -> Result<Explained, E
         headers: &req.headers,
         consumed: &consumed,
         body: (!req.body.is_empty()).then_some(req.body.as_slice()),
+        body_items: &[],
         identity: None,
         inspections: None,
     };

@@ -129,6 +129,15 @@ impl HeldBody {
         }
     }
 
+    /// The body's announced length, when it has one: a window is then held in one buffer
+    /// sized once. (A compressed body's decoded length is not known.)
+    pub fn expecting(mut self, length: Option<u64>) -> Self {
+        if let (Hold::All(segments), None) = (&mut self.hold, &self.decoding) {
+            segments.announce_length(length);
+        }
+        self
+    }
+
     /// Takes the next chunk (if any) and whether the body ended; returns the parts that
     /// are ready, in order.
     pub fn take(&mut self, chunk: Option<Bytes>, end: bool) -> Result<Vec<Part>, HoldError> {
@@ -153,7 +162,7 @@ impl HeldBody {
         for part in parts {
             out.push(match part {
                 Part::Judge(segment) => {
-                    let release = decoding.release(segment.release.len());
+                    let release = decoding.release(segment.release_len());
                     Part::Judge(segment.releasing(release))
                 }
                 Part::Pass(bytes) => Part::Pass(decoding.release(bytes.len()).into()),
@@ -197,12 +206,7 @@ impl Hold {
                 }
                 *judged = true;
                 let release = std::mem::take(buf);
-                let part = if release.len() > *limit {
-                    Segment::judged_by(release[..*limit].to_vec(), release)
-                } else {
-                    Segment::whole(release)
-                };
-                Ok(vec![Part::Judge(part)])
+                Ok(vec![Part::Judge(Segment::prefix(release, *limit))])
             }
             Hold::Refuse { buf, limit } => {
                 if let Some(chunk) = chunk {
@@ -243,7 +247,7 @@ mod tests {
                 match part {
                     Part::Judge(s) => {
                         judged += s.doc().len();
-                        released.extend_from_slice(&s.release);
+                        released.extend_from_slice(&s.into_release());
                     }
                     Part::Pass(b) => released.extend_from_slice(&b),
                 }
@@ -297,7 +301,7 @@ mod tests {
                     Part::Judge(s) => {
                         judged_parts += 1;
                         judged.extend_from_slice(s.doc());
-                        released.extend_from_slice(&s.release);
+                        released.extend_from_slice(&s.into_release());
                     }
                     Part::Pass(b) => released.extend_from_slice(&b),
                 }

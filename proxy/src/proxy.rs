@@ -40,6 +40,7 @@ use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use rampart_plugins::waf::encoding::{ContentDecoder, DecodeError};
+use rampart_plugins::waf::judged::LocatedItem;
 use rampart_plugins::{forwarded, path, Deny, Identity, Judgement, RequestView, Stage};
 
 use crate::access_log;
@@ -314,6 +315,7 @@ impl RampartProxy {
         ctx: &mut RequestCtx,
         path: &str,
         body: Option<&[u8]>,
+        body_items: &[LocatedItem],
         stage: Stage,
     ) -> Judgement {
         let (Some(snapshot), Some(route)) = (ctx.snapshot.as_ref(), ctx.route.as_ref()) else {
@@ -337,6 +339,7 @@ impl RampartProxy {
             headers: &req.headers,
             consumed: rules.chain.consumed_headers(),
             body,
+            body_items,
             identity: ctx.identity.as_deref(),
             inspections: None,
         };
@@ -481,7 +484,7 @@ impl RampartProxy {
             return Ok(());
         };
         if body.len() <= policy.limit_bytes {
-            return self.judge_body_part(session, ctx, path, body).await;
+            return self.judge_body_part(session, ctx, path, body, &[]).await;
         }
         let content_type = content_type(session.req_header());
         let mut held = HeldBody::new(path.to_string(), policy, content_type, None);
@@ -491,7 +494,7 @@ impl RampartProxy {
         })?;
         for part in parts {
             if let Part::Judge(segment) = part {
-                self.judge_body_part(session, ctx, path, segment.doc())
+                self.judge_body_part(session, ctx, path, segment.doc(), segment.located())
                     .await?;
             }
         }
@@ -504,9 +507,10 @@ impl RampartProxy {
         ctx: &mut RequestCtx,
         path: &str,
         part: &[u8],
+        located: &[LocatedItem],
     ) -> std::result::Result<(), (&'static str, Deny)> {
         let judgement = self
-            .judge(session, ctx, path, Some(part), Stage::Body)
+            .judge(session, ctx, path, Some(part), located, Stage::Body)
             .await;
         judgement.denied.map_or(Ok(()), Err)
     }
@@ -531,7 +535,7 @@ impl RampartProxy {
         };
         let inspects = rules.chain.inspects_body(ctx.peer);
         let stage = if inspects { Stage::Headers } else { Stage::All };
-        let judgement = self.judge(session, ctx, &path, None, stage).await;
+        let judgement = self.judge(session, ctx, &path, None, &[], stage).await;
         ctx.identity = judgement.identity;
         if let Some((plugin, deny)) = judgement.denied {
             return refuse_with(session, ctx, plugin, deny).await;
@@ -757,12 +761,8 @@ impl ProxyHttp for RampartProxy {
                 Some(0) | None if !chunked => {}
                 _ => {
                     let content_type = content_type(req);
-                    ctx.held = Some(HeldBody::new(
-                        normalised.clone(),
-                        policy,
-                        content_type,
-                        decoder,
-                    ));
+                    let held = HeldBody::new(normalised.clone(), policy, content_type, decoder);
+                    ctx.held = Some(held.expecting(length.filter(|_| !chunked)));
                 }
             }
         }
@@ -776,7 +776,7 @@ impl ProxyHttp for RampartProxy {
             Stage::All
         };
         let judgement = self
-            .judge(session, ctx, &normalised, body.as_deref(), stage)
+            .judge(session, ctx, &normalised, body.as_deref(), &[], stage)
             .await;
         ctx.identity = judgement.identity;
         if let Some((plugin, deny)) = judgement.denied {
@@ -833,7 +833,14 @@ impl ProxyHttp for RampartProxy {
                 Part::Judge(segment) => segment,
             };
             let judgement = self
-                .judge(session, ctx, &held.path, Some(segment.doc()), Stage::Body)
+                .judge(
+                    session,
+                    ctx,
+                    &held.path,
+                    Some(segment.doc()),
+                    segment.located(),
+                    Stage::Body,
+                )
                 .await;
             if let Some((plugin, deny)) = judgement.denied {
                 // Bytes before this part may have gone on: the upstream request is cut,
@@ -847,7 +854,7 @@ impl ProxyHttp for RampartProxy {
                     "request body refused",
                 ));
             }
-            judged.push(Bytes::from(segment.release));
+            judged.push(segment.into_release());
         }
         ctx.held = Some(held);
         // An empty chunk, not None: None would tell the upstream the body has ended.

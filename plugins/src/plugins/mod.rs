@@ -62,6 +62,7 @@ pub(crate) mod testing {
                 headers: &self.headers,
                 consumed: &[],
                 body: None,
+                body_items: &[],
                 identity: None,
                 inspections: None,
             }

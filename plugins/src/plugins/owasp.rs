@@ -402,6 +402,7 @@ impl Waf {
                 let known = KnownItems {
                     judged: self.judged,
                     judge: route.judge,
+                    located: req.body_items,
                 };
                 shared.with(req, profile, route.fingerprint, Some(known), evaluate)
             }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::decode;
 use super::json::{self, EscapedText, JsonPath, JsonScalar, JsonVisitor};
-use super::judged::{Judge, JudgedItems, KeptItem, MIN_ITEM_BYTES};
+use super::judged::{Judge, JudgedItems, KeptItem, LocatedItem, MIN_ITEM_BYTES};
 use super::otlp::{self, Signal};
 use super::parse;
 use super::urls;
@@ -279,6 +279,9 @@ impl Inspections {
 pub struct KnownItems<'a> {
     pub judged: &'a JudgedItems,
     pub judge: Judge,
+    /// Kept items the body's reader found in it, by where they start
+    /// ([`RequestView::body_items`]).
+    pub located: &'a [LocatedItem],
 }
 
 /// An item of a top-level array of a JSON body: its array's path and where it is.
@@ -788,10 +791,24 @@ impl<'d> JsonVisitor<'d> for JsonBody<'_, '_, '_> {
         self.out.push(state.reading, path.id, &state.name, named);
     }
 
-    fn known_item(&mut self, path: JsonPath<'_>, rest: &'d [u8]) -> Option<usize> {
+    fn known_item(&mut self, path: JsonPath<'_>, at: usize, rest: &'d [u8]) -> Option<usize> {
         let known = self.known?;
         let name = &self.paths[path.id as usize].name;
-        let kept = known.judged.step_over(known.judge, name, rest)?;
+        // An item the body's reader found here was compared already.
+        let located = known
+            .located
+            .binary_search_by_key(&at, |l| l.at)
+            .ok()
+            .and_then(|i| {
+                let item = &known.located[i].item;
+                known
+                    .judged
+                    .step_over_located(known.judge, name, rest, item)
+            });
+        let kept = match located {
+            Some(kept) => kept,
+            None => known.judged.step_over(known.judge, name, rest)?,
+        };
         let len = kept.len();
         self.items.skipped.push(kept);
         Some(len)
@@ -1030,6 +1047,7 @@ mod tests {
             headers: &headers,
             consumed: &[],
             body: Some(body),
+            body_items: &[],
             identity: None,
             inspections: None,
         };

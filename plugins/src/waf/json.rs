@@ -55,11 +55,11 @@ pub trait JsonVisitor<'d> {
     fn key(&mut self, path: JsonPath<'_>, key: &[u8]);
     /// A scalar at `path`.
     fn scalar(&mut self, path: JsonPath<'_>, value: JsonScalar<'d, '_>);
-    /// At an item of an array that is a member of the root object (`messages[]`), `rest`
-    /// being the document from the item's first byte: the item's length if the visitor
-    /// knows it already ([`judged`](super::judged)), and the walk then steps over it. The
-    /// visitor answers only for bytes that are one complete JSON value.
-    fn known_item(&mut self, _path: JsonPath<'_>, _rest: &'d [u8]) -> Option<usize> {
+    /// At an item of an array that is a member of the root object (`messages[]`), starting
+    /// at `at` in the document, `rest` being the document from there: the item's length if
+    /// the visitor knows it already ([`judged`](super::judged)), and the walk then steps
+    /// over it. The visitor answers only for bytes that are one complete JSON value.
+    fn known_item(&mut self, _path: JsonPath<'_>, _at: usize, _rest: &'d [u8]) -> Option<usize> {
         None
     }
     /// Such an item read whole: it is `range` of the document.
@@ -428,7 +428,7 @@ impl<'d, V: JsonVisitor<'d>> Walker<'d, '_, V> {
         let start = self.i;
         let rest = &self.s[start..];
         let path = json_path(&self.paths, item);
-        if let Some(len) = self.visitor.known_item(path, rest) {
+        if let Some(len) = self.visitor.known_item(path, start, rest) {
             self.i = start + len.min(rest.len());
             return Ok(());
         }

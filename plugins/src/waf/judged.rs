@@ -156,6 +156,14 @@ impl KeptItem {
     }
 }
 
+/// A kept item found in a document by a reader that compared it byte for byte: where it
+/// starts.
+#[derive(Debug, Clone)]
+pub struct LocatedItem {
+    pub at: usize,
+    pub item: KeptItem,
+}
+
 impl std::fmt::Debug for KeptItem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeptItem({} at {})", self.0.bytes.len(), self.0.path)
@@ -214,19 +222,46 @@ impl JudgedItems {
     /// with, if `judge` judged it clean: the walk steps over it.
     pub fn step_over(&self, judge: Judge, path: &str, rest: &[u8]) -> Option<KeptItem> {
         let item = self.kept(path, rest).filter(|i| i.judged_by(judge))?;
+        Some(self.stepped(item))
+    }
+
+    /// The kept item `rest` (a body from an item of the array at `path` on) starts with,
+    /// whoever judged it: a kept item is one complete JSON value, which a reader of the
+    /// body's structure may step over as one ([`stream`](super::stream)).
+    pub fn kept_at(&self, path: &str, rest: &[u8]) -> Option<KeptItem> {
+        self.kept(path, rest).map(KeptItem)
+    }
+
+    /// [`Self::step_over`] for an item a reader of the body found where `rest` starts
+    /// (a [`LocatedItem`]), having compared every byte: only its path and judge are asked,
+    /// and its first and last bytes compared again, so that a document whose places went
+    /// wrong reads the item rather than trusts it.
+    pub fn step_over_located(
+        &self,
+        judge: Judge,
+        path: &str,
+        rest: &[u8],
+        located: &KeptItem,
+    ) -> Option<KeptItem> {
+        let item = &located.0;
+        let n = item.bytes.len();
+        let ends = LEAD_BYTES.min(n);
+        let same_ends = rest.len() >= n
+            && rest[..ends] == item.bytes[..ends]
+            && rest[n - ends..n] == item.bytes[n - ends..];
+        if *item.path != *path || !same_ends || !item.judged_by(judge) {
+            return None;
+        }
+        Some(self.stepped(Arc::clone(item)))
+    }
+
+    fn stepped(&self, item: Arc<Item>) -> KeptItem {
         if !item.used.load(Ordering::Relaxed) {
             item.used.store(true, Ordering::Relaxed);
         }
         self.stepped_over
             .fetch_add(item.bytes.len() as u64, Ordering::Relaxed);
-        Some(KeptItem(item))
-    }
-
-    /// The length of the kept item `rest` (a body from an item of the array at `path` on)
-    /// starts with, whoever judged it: a kept item is one complete JSON value, which a
-    /// reader of the body's structure may step over as one ([`stream`](super::stream)).
-    pub fn kept_at(&self, path: &str, rest: &[u8]) -> Option<usize> {
-        self.kept(path, rest).map(|item| item.bytes.len())
+        KeptItem(item)
     }
 
     /// Whether `judge` judged `item`, an item of the array at `path`, clean. (The walk asks

@@ -17,7 +17,14 @@
 //!
 //! - So do OTLP exports, and protobuf of an unknown schema.
 //!
-//! A body no larger than a window is handed over as it came, with no copy.
+//! A body no larger than a window is handed over as it came, with no copy. A larger one is
+//! held in one buffer per window that begins with what re-opens the part: the document is
+//! built around the body's bytes where they lie, and they go on from there, so each byte
+//! is copied once, from the chunk it came in.
+
+use std::ops::Range;
+
+use bytes::Bytes;
 
 /// Bytes a window carries over from the one before, so that an attack across a cut is
 /// whole in one of them. Longer than any signature's reach.
@@ -28,52 +35,112 @@ const MAX_DEPTH: usize = 64;
 const MAX_KEY: usize = 1024;
 /// How far back a cut inside a string or form value may move to avoid splitting an escape.
 const MAX_CUT_BACKOFF: usize = 4096;
+/// Room a window's buffer leaves past the window: the chunk that fills it comes whole
+/// (Pingora reads a body in chunks of at most 64 KiB), then the closers of the document.
+const WINDOW_SLACK: usize = 64 * 1024 + MAX_DEPTH + 8;
 
 use super::inspect::BodyFormat;
 use super::json::escaped_at;
-use super::judged;
+use super::judged::{self, KeptItem, LocatedItem};
 
 /// A body that cannot be cut (a multipart, XML or OTLP body past one window, or a string made
 /// only of escapes for longer than [`MAX_CUT_BACKOFF`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooLarge;
 
-/// A part of a body, ready to be judged.
-#[derive(Debug, PartialEq, Eq)]
+/// A part of a body, ready to be judged: a document, and the body's bytes it covers, which
+/// may go on once the document passed.
+#[derive(Debug)]
 pub struct Segment {
-    /// The document to judge, when it is not `release` itself.
-    doc: Option<Vec<u8>>,
-    /// The body's bytes this part covers, in order: they may go on once [`Segment::doc`]
-    /// passed.
-    pub release: Vec<u8>,
+    /// The document is `buf[doc]`; the body's bytes are `buf[body]`, inside it or not.
+    buf: Vec<u8>,
+    doc: Range<usize>,
+    body: Range<usize>,
+    /// Where the body's bytes hold a `,` that the cut before left at the part's start: the
+    /// document reads it as a space, and it goes on as it came.
+    blanked: Option<usize>,
+    /// Bytes that go on instead of `buf[body]`: a compressed body's encoded bytes, where
+    /// the document was cut from the decoded ones.
+    encoded: Option<Vec<u8>>,
+    /// Kept items ([`judged`]) the body's reader found in the document, by where they start
+    /// in it.
+    located: Vec<LocatedItem>,
 }
 
 impl Segment {
     /// A part judged as it is.
     pub fn whole(release: Vec<u8>) -> Self {
-        Segment { doc: None, release }
+        Self::prefix(release, usize::MAX)
     }
 
-    /// A part judged by `doc` (a prefix of it, say).
-    pub fn judged_by(doc: Vec<u8>, release: Vec<u8>) -> Self {
+    /// A part of which the first `judged` bytes are judged.
+    pub fn prefix(release: Vec<u8>, judged: usize) -> Self {
+        let len = release.len();
         Segment {
-            doc: Some(doc),
-            release,
+            buf: release,
+            doc: 0..judged.min(len),
+            body: 0..len,
+            blanked: None,
+            encoded: None,
+            located: Vec::new(),
         }
     }
 
     /// What to judge: a document in the body's own format.
     pub fn doc(&self) -> &[u8] {
-        self.doc.as_deref().unwrap_or(&self.release)
+        &self.buf[self.doc.clone()]
+    }
+
+    /// Kept items in [`Self::doc`], each checked byte for byte where it starts.
+    pub fn located(&self) -> &[LocatedItem] {
+        &self.located
+    }
+
+    /// How many bytes go on once the document passed.
+    pub fn release_len(&self) -> usize {
+        self.encoded.as_ref().map_or(self.body.len(), Vec::len)
     }
 
     /// The same document, releasing other bytes once it passed (a compressed body's encoded
     /// bytes, where the document was cut from the decoded ones). Moves, never copies.
-    pub fn releasing(self, release: Vec<u8>) -> Self {
-        Segment {
-            doc: Some(self.doc.unwrap_or(self.release)),
-            release,
+    pub fn releasing(mut self, encoded: Vec<u8>) -> Self {
+        self.encoded = Some(encoded);
+        self
+    }
+
+    /// The bytes that go on, as they came.
+    pub fn into_release(mut self) -> Bytes {
+        if let Some(encoded) = self.encoded {
+            return Bytes::from(encoded);
         }
+        if let Some(at) = self.blanked {
+            self.buf[at] = b',';
+        }
+        if self.body == (0..self.buf.len()) {
+            return Bytes::from(self.buf);
+        }
+        Bytes::from(self.buf).slice(self.body)
+    }
+}
+
+impl Segment {
+    /// What [`Segment::into_release`] gives, copied.
+    fn released_copy(&self) -> Vec<u8> {
+        if let Some(encoded) = &self.encoded {
+            return encoded.clone();
+        }
+        let mut body = self.buf[self.body.clone()].to_vec();
+        if let Some(at) = self.blanked {
+            body[at - self.body.start] = b',';
+        }
+        body
+    }
+}
+
+impl PartialEq for Segment {
+    /// Two parts are equal when they judge the same document and release the same bytes.
+    fn eq(&self, other: &Self) -> bool {
+        self.doc() == other.doc() && self.released_copy() == other.released_copy()
     }
 }
 
@@ -93,11 +160,13 @@ enum Mode {
 pub struct BodySegments {
     mode: Mode,
     window: usize,
-    /// Received and not yet released.
-    pending: Vec<u8>,
     /// What opens the next document (the containers around its start, a form field's
-    /// name, the overlap).
-    opening: Vec<u8>,
+    /// name, the overlap), then the body's bytes received and not yet released.
+    pending: Vec<u8>,
+    /// Where the body's bytes start in `pending`.
+    head: usize,
+    /// Body bytes still to come, when the body's length was announced.
+    expected: Option<usize>,
     /// Whether a document was emitted yet (if not, the body may go whole as it came).
     cut_before: bool,
     json: JsonLexer,
@@ -124,11 +193,39 @@ impl BodySegments {
             mode,
             window: window.max(2 * OVERLAP),
             pending: Vec::new(),
-            opening: Vec::new(),
+            head: 0,
+            expected: None,
             cut_before: false,
             json: JsonLexer::default(),
             form_name: None,
         }
+    }
+
+    /// The body's announced length: a window's buffer is then sized once, not grown (and
+    /// copied) as chunks come.
+    pub fn announce_length(&mut self, length: Option<u64>) {
+        self.expected = length.and_then(|n| usize::try_from(n).ok());
+    }
+
+    /// The body's bytes held.
+    fn body(&self) -> &[u8] {
+        &self.pending[self.head..]
+    }
+
+    /// Room for `more` bytes: the rest of the window at once when the body's length is
+    /// known.
+    fn reserve(&mut self, more: usize) {
+        let room = self.pending.capacity() - self.pending.len();
+        if room >= more {
+            return;
+        }
+        let held = self.pending.len() - self.head;
+        let window_rest = self.window.saturating_sub(held) + WINDOW_SLACK;
+        let wanted = match self.expected {
+            Some(expected) => expected.saturating_sub(held).min(window_rest).max(more),
+            None => more,
+        };
+        self.pending.reserve(wanted);
     }
 
     /// Takes a chunk of the body; returns the parts that are ready to be judged.
@@ -141,18 +238,19 @@ impl BodySegments {
                 _ => Mode::Text,
             };
         }
+        self.reserve(chunk.len());
         self.pending.extend_from_slice(chunk);
         // The lexer finds where JSON may be cut: a body that fits one window is never cut,
         // so it reads only once a window is full (from where it stopped, so nothing is read
         // twice). A megabyte of JSON read this way cost half a millisecond for nothing.
-        if self.mode == Mode::Json && self.pending.len() >= self.window {
-            self.json.scan(&self.pending);
+        if self.mode == Mode::Json && self.body().len() >= self.window {
+            self.json.scan(&self.pending[self.head..]);
             if self.json.invalid {
-                self.mode = Mode::Text;
+                self.read_as_text();
             }
         }
         let mut out = Vec::new();
-        while self.pending.len() >= self.window {
+        while self.body().len() >= self.window {
             out.push(self.cut()?);
         }
         Ok(out)
@@ -160,19 +258,19 @@ impl BodySegments {
 
     /// The body ended: the last part.
     pub fn finish(&mut self) -> Option<Segment> {
-        if self.pending.is_empty() && self.cut_before {
-            return None;
-        }
-        let release = std::mem::take(&mut self.pending);
         if !self.cut_before {
-            return Some(Segment { doc: None, release });
+            let mut whole = Segment::whole(std::mem::take(&mut self.pending));
+            whole.located = self.json.take_located(usize::MAX, 0);
+            return Some(whole);
         }
-        let mut doc = std::mem::take(&mut self.opening);
-        doc.extend_from_slice(skip_separator(&release, self.mode));
-        Some(Segment {
-            doc: Some(doc),
-            release,
-        })
+        let held = self.body().len();
+        (held > 0).then(|| self.emit(held, &[], Vec::new()))
+    }
+
+    /// JSON that cannot be cut, or is not JSON after all: judged as text from here on.
+    fn read_as_text(&mut self) {
+        self.mode = Mode::Text;
+        self.json.located.clear();
     }
 
     /// Cuts what is pending where the format allows.
@@ -185,101 +283,111 @@ impl BodySegments {
             Mode::Json => match self.cut_json() {
                 Some(segment) => Ok(segment),
                 None => {
-                    self.mode = Mode::Text;
+                    self.read_as_text();
                     Ok(self.cut_text())
                 }
             },
         }
     }
 
-    /// Splits off `pending[..at]` as the released bytes.
-    fn release(&mut self, at: usize) -> Vec<u8> {
-        let rest = self.pending.split_off(at);
+    /// The part of the body's first `at` bytes: its document is what re-opened the part,
+    /// those bytes, and `closing`. The bytes after them go on in a buffer of their own,
+    /// after `opening` (what re-opens the next part).
+    fn emit(&mut self, at: usize, closing: &[u8], opening: Vec<u8>) -> Segment {
+        let after_cut = self.cut_before;
+        let split = self.head + at;
+        let rest = self.pending.len() - split;
+        if let Some(expected) = self.expected.as_mut() {
+            *expected = expected.saturating_sub(at);
+        }
+        let mut next = opening;
+        let head = next.len();
+        next.reserve(match self.expected {
+            Some(expected) => expected.min(self.window + WINDOW_SLACK).max(rest),
+            None => rest,
+        });
+        next.extend_from_slice(&self.pending[split..]);
+        let mut buf = std::mem::replace(&mut self.pending, next);
+        buf.truncate(split);
+        let body = self.head..split;
+        self.head = head;
         self.cut_before = true;
-        std::mem::replace(&mut self.pending, rest)
-    }
-
-    fn cut_text(&mut self) -> Segment {
-        let at = utf8_boundary_at_or_before(&self.pending, self.pending.len());
-        let at = if at == 0 { self.pending.len() } else { at };
-        let release = self.release(at);
-        let mut doc = std::mem::take(&mut self.opening);
-        doc.extend_from_slice(&release);
-        self.opening = overlap_of(&release, |_, _| true);
+        let blanked = (after_cut && self.mode == Mode::Json)
+            .then(|| separator_at(&buf[body.clone()]))
+            .flatten()
+            .map(|i| body.start + i);
+        if let Some(at) = blanked {
+            buf[at] = b' ';
+        }
+        buf.extend_from_slice(closing);
         Segment {
-            doc: Some(doc),
-            release,
+            doc: 0..buf.len(),
+            located: self.json.take_located(at, body.start),
+            body,
+            blanked,
+            encoded: None,
+            buf,
         }
     }
 
+    fn cut_text(&mut self) -> Segment {
+        let body = self.body();
+        let at = utf8_boundary_at_or_before(body, body.len());
+        let at = if at == 0 { body.len() } else { at };
+        let opening = overlap_of(&body[..at], |_, _| true);
+        self.emit(at, &[], opening)
+    }
+
     fn cut_form(&mut self) -> Result<Segment, TooLarge> {
-        if let Some(amp) = memchr::memrchr(b'&', &self.pending) {
-            let release = self.release(amp + 1);
-            let mut doc = std::mem::take(&mut self.opening);
-            doc.extend_from_slice(&release);
+        if let Some(amp) = memchr::memrchr(b'&', self.body()) {
             self.form_name = None;
-            return Ok(Segment {
-                doc: Some(doc),
-                release,
-            });
+            return Ok(self.emit(amp + 1, &[], Vec::new()));
         }
         // One value longer than a window: judged in windows under its name.
         // The field's name is at the start of what is pending (the pair began after the last
         // cut, at a `&`), unless an earlier window of this value found it.
+        let body = &self.pending[self.head..];
         let name = self.form_name.take().unwrap_or_else(|| {
-            let head = &self.pending[..self.pending.len().min(MAX_KEY)];
+            let head = &body[..body.len().min(MAX_KEY)];
             memchr::memchr(b'=', head).map_or_else(Vec::new, |eq| head[..=eq].to_vec())
         });
-        let at = safe_cut(&self.pending, self.pending.len(), form_cut_ok).ok_or(TooLarge)?;
-        let release = self.release(at);
-        let mut doc = std::mem::take(&mut self.opening);
-        doc.extend_from_slice(&release);
+        let at = safe_cut(body, body.len(), form_cut_ok).ok_or(TooLarge)?;
         let mut opening = name.clone();
-        opening.extend_from_slice(&overlap_of(&release, form_cut_ok));
-        self.opening = opening;
+        opening.extend_from_slice(&overlap_of(&body[..at], form_cut_ok));
         self.form_name = Some(name);
-        Ok(Segment {
-            doc: Some(doc),
-            release,
-        })
+        Ok(self.emit(at, &[], opening))
     }
 
     /// `None` when the JSON cannot be cut (a key too long): it is judged as text then.
     fn cut_json(&mut self) -> Option<Segment> {
         let lexer = &mut self.json;
+        let body = &self.pending[self.head..];
         if let Some(cut) = lexer.cut.take().filter(|c| c.at > 0) {
-            let closers = closers(&lexer.stack[..cut.depth]);
-            let context = opening_between(&lexer.stack[..cut.depth]);
+            let closing = closers(&lexer.stack[..cut.depth]);
+            let opening = opening_between(&lexer.stack[..cut.depth]);
             lexer.rebase(cut.at);
-            let release = self.release(cut.at);
-            let mut doc = std::mem::replace(&mut self.opening, context);
-            doc.extend_from_slice(skip_separator(&release, Mode::Json));
-            doc.extend_from_slice(&closers);
-            return Some(Segment {
-                doc: Some(doc),
-                release,
-            });
+            return Some(self.emit(cut.at, &closing, opening));
         }
-        let (at, suffix, reopen) = match lexer.state {
+        let (at, closing, reopen) = match lexer.state {
             // Inside one string longer than a window: cut in it, under its key.
             Lex::Str if !lexer.in_key => {
                 let from = lexer.str_start.map_or(0, |s| s + 1);
-                let at = string_cut_before(&self.pending, from, self.pending.len());
+                let at = string_cut_before(body, from, body.len());
                 if at == 0 {
                     return None;
                 }
-                let mut suffix = vec![b'"'];
-                suffix.extend_from_slice(&closers(&lexer.stack));
+                let mut closing = vec![b'"'];
+                closing.extend_from_slice(&closers(&lexer.stack));
                 let mut reopen = opening_inside(&lexer.stack);
                 reopen.push(b'"');
-                (at, suffix, reopen)
+                (at, closing, reopen)
             }
             // Between two tokens (whitespace padding): cut where the reading stands.
             Lex::Value | Lex::ValueOrClose | Lex::KeyOrClose | Lex::Key | Lex::Colon
-                if lexer.scanned == self.pending.len() =>
+                if lexer.scanned == body.len() =>
             {
                 let in_object = lexer.stack.last().is_some_and(|f| f.object);
-                let (suffix, reopen) = match lexer.state {
+                let (closing, reopen) = match lexer.state {
                     // After `"key":`, the value is still to come.
                     Lex::Value if in_object => (b"null".to_vec(), opening_inside(&lexer.stack)),
                     // After `"key"`, the colon is still to come.
@@ -294,47 +402,30 @@ impl BodySegments {
                     }
                     _ => (Vec::new(), opening_between(&lexer.stack)),
                 };
-                let mut suffix = suffix;
-                suffix.extend_from_slice(&closers(&lexer.stack));
-                (self.pending.len(), suffix, reopen)
+                let mut closing = closing;
+                closing.extend_from_slice(&closers(&lexer.stack));
+                (body.len(), closing, reopen)
             }
             _ => return None,
         };
         let string_from = lexer.str_start.map_or(0, |s| s + 1);
         lexer.rebase(at);
         lexer.str_start = None;
-        let string_cut = lexer.state == Lex::Str;
-        let release = self.release(at);
-        let mut doc = std::mem::take(&mut self.opening);
-        doc.extend_from_slice(skip_separator(&release, Mode::Json));
-        doc.extend_from_slice(&suffix);
         let mut opening = reopen;
-        if string_cut {
-            let from =
-                string_cut_after(&release, string_from, release.len().saturating_sub(OVERLAP));
-            opening.extend_from_slice(&release[from..]);
+        // A string cut in two: the next window starts with the end of this one.
+        if lexer.state == Lex::Str {
+            let released = &body[..at];
+            let from = string_cut_after(released, string_from, at.saturating_sub(OVERLAP));
+            opening.extend_from_slice(&released[from..]);
         }
-        self.opening = opening;
-        Some(Segment {
-            doc: Some(doc),
-            release,
-        })
+        Some(self.emit(at, &closing, opening))
     }
 }
 
-/// A part that starts after a cut may start with the separator the cut left behind.
-fn skip_separator(part: &[u8], mode: Mode) -> &[u8] {
-    if mode != Mode::Json {
-        return part;
-    }
-    let start = part
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(part.len());
-    match part.get(start) {
-        Some(b',') => &part[start + 1..],
-        _ => part,
-    }
+/// Where a part that starts after a cut holds the separator the cut left behind.
+fn separator_at(part: &[u8]) -> Option<usize> {
+    let start = part.iter().position(|b| !b.is_ascii_whitespace())?;
+    (part[start] == b',').then_some(start)
 }
 
 /// The last [`OVERLAP`] bytes of `part`, from a point where a cut is allowed.
@@ -492,6 +583,8 @@ struct JsonLexer {
     invalid: bool,
     /// The path of the items of the array being read (`messages[]`), made anew for each.
     item_path: String,
+    /// Kept items stepped over and not yet released, by where they start.
+    located: Vec<LocatedItem>,
 }
 
 impl JsonLexer {
@@ -499,6 +592,20 @@ impl JsonLexer {
     fn rebase(&mut self, by: usize) {
         self.scanned -= by;
         self.str_start = self.str_start.and_then(|s| s.checked_sub(by));
+    }
+
+    /// The kept items found before `at`, now released, placed at `base` on; those after
+    /// it move back by `at`.
+    fn take_located(&mut self, at: usize, base: usize) -> Vec<LocatedItem> {
+        let before = self.located.partition_point(|l| l.at < at);
+        let mut taken: Vec<LocatedItem> = self.located.drain(..before).collect();
+        for l in &mut taken {
+            l.at += base;
+        }
+        for l in &mut self.located {
+            l.at -= at;
+        }
+        taken
     }
 
     fn value_ended(&mut self, at: usize) {
@@ -509,12 +616,13 @@ impl JsonLexer {
         });
     }
 
-    /// At an item of an array that is a member of the root object (`messages[]`): its
-    /// length, if it is an item the WAFs judged and kept ([`judged`](super::judged)). A kept
-    /// item is one complete JSON value, so it is stepped over as one: an agent's request
-    /// past a window is mostly its conversation sent again, and reading its structure
-    /// byte by byte cost more than judging what it stepped over did.
-    fn known_item(&mut self, rest: &[u8]) -> Option<usize> {
+    /// At an item of an array that is a member of the root object (`messages[]`): the kept
+    /// item it is, if the WAFs judged and kept it ([`judged`](super::judged)). A kept item
+    /// is one complete JSON value, so it is stepped over as one: an agent's request past a
+    /// window is mostly its conversation sent again, and reading its structure byte by byte
+    /// cost more than judging what it stepped over did. Where it lies goes with the part, so
+    /// the WAF's walk need not compare its bytes again.
+    fn known_item(&mut self, rest: &[u8]) -> Option<KeptItem> {
         let [root, array] = self.stack.as_slice() else {
             return None;
         };
@@ -586,8 +694,10 @@ impl JsonLexer {
             if matches!(self.state, Lex::Value | Lex::ValueOrClose)
                 && matches!(b, b'{' | b'[' | b'"')
             {
-                if let Some(len) = self.known_item(&s[i..]) {
-                    i += len;
+                if let Some(item) = self.known_item(&s[i..]) {
+                    let at = i;
+                    i += item.len();
+                    self.located.push(LocatedItem { at, item });
                     self.value_ended(i);
                     continue;
                 }
@@ -659,8 +769,20 @@ mod tests {
 
     /// Every part of `body` fed in `chunk`-sized pieces with a small window.
     fn segments(ct: &[u8], body: &[u8], window: usize, chunk: usize) -> Vec<Segment> {
+        announced(ct, body, window, chunk, None)
+    }
+
+    /// The same, the body's length announced as `length` (rightly or not).
+    fn announced(
+        ct: &[u8],
+        body: &[u8],
+        window: usize,
+        chunk: usize,
+        length: Option<u64>,
+    ) -> Vec<Segment> {
         let mut s = BodySegments::new(ct, "/", window);
         s.window = window;
+        s.announce_length(length);
         let mut out = Vec::new();
         for piece in body.chunks(chunk.max(1)) {
             out.extend(s.push(piece).expect("cuttable"));
@@ -670,7 +792,7 @@ mod tests {
     }
 
     fn released(parts: &[Segment]) -> Vec<u8> {
-        parts.iter().flat_map(|p| p.release.clone()).collect()
+        parts.iter().flat_map(Segment::released_copy).collect()
     }
 
     /// (path, value) of every scalar in the documents, long values as they were judged.
@@ -721,17 +843,29 @@ mod tests {
         }
         let at = body.find(&messages[5]).expect("in the body");
         assert_eq!(
-            store.kept_at("messages[]", &body.as_bytes()[at..]),
+            store
+                .kept_at("messages[]", &body.as_bytes()[at..])
+                .map(|k| k.len()),
             Some(messages[5].len())
         );
         let stepped = segments(b"application/json", body.as_bytes(), window, 700);
         assert_eq!(stepped, read);
+        // Each part names the kept items in it, where they lie in its document.
+        assert!(read.iter().all(|p| p.located().is_empty()));
+        let mut located = 0;
+        for part in &stepped {
+            for l in part.located() {
+                let there = &part.doc()[l.at..l.at + l.item.len()];
+                assert!(messages.iter().any(|m| m.as_bytes() == there));
+                located += 1;
+            }
+        }
+        assert!(located > 60, "{located} items located");
         // Under another array, or not from an item's first byte, nothing is stepped over.
-        assert_eq!(store.kept_at("tools[]", &body.as_bytes()[at..]), None);
-        assert_eq!(
-            store.kept_at("messages[]", &body.as_bytes()[at + 1..]),
-            None
-        );
+        assert!(store.kept_at("tools[]", &body.as_bytes()[at..]).is_none());
+        assert!(store
+            .kept_at("messages[]", &body.as_bytes()[at + 1..])
+            .is_none());
     }
 
     #[test]
@@ -740,7 +874,7 @@ mod tests {
         let parts = segments(b"application/json", body, 1 << 20, 7);
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].doc(), body);
-        assert_eq!(parts[0].release, body);
+        assert_eq!(released(&parts), body);
     }
 
     #[test]
@@ -749,10 +883,7 @@ mod tests {
         let body = format!(
             r#"{{"model":"m","messages":[{{"role":"system","content":"{pad}"}},{{"role":"user","content":"{pad}","name":"n"}}],"tools":[{{"function":{{"name":"f","description":"{pad}"}}}}],"user":"' OR 1=1--"}}"#
         );
-        let whole = values(&[Segment {
-            doc: None,
-            release: body.clone().into_bytes(),
-        }]);
+        let whole = values(&[Segment::whole(body.clone().into_bytes())]);
         for chunk in [1, 7, 100, 5000] {
             let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, chunk);
             // Read in small pieces, the body is cut before its end (in one piece past the
@@ -927,7 +1058,17 @@ mod tests {
             gen.json(0, &mut body);
             body.push('}');
             let chunk = 1 + gen.next(5000) as usize;
-            let parts = segments(b"application/json", body.as_bytes(), 2 * OVERLAP, chunk);
+            // How a window's buffer is sized never changes what is cut: the length may be
+            // announced, wrongly too.
+            let len = body.len() as u64;
+            let length = [None, Some(len), Some(len / 2), Some(len * 3)][round % 4];
+            let parts = announced(
+                b"application/json",
+                body.as_bytes(),
+                2 * OVERLAP,
+                chunk,
+                length,
+            );
             assert_eq!(released(&parts), body.as_bytes(), "round {round}");
             cut_rounds += usize::from(parts.len() > 1);
             for p in &parts {

@@ -64,6 +64,7 @@ pub fn outside_request<'a>(
         headers,
         consumed: &[],
         body,
+        body_items: &[],
         identity: None,
         inspections: None,
     }
