@@ -154,6 +154,8 @@ pub struct RequestCtx {
 /// Pingora's retry buffer holds this much: a body up to this size with a known length is
 /// read whole before the upstream is even chosen, and replayed to it from the buffer.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+/// A body read whole is judged in pieces of this size, the size of Pingora's reads.
+const WHOLE_BODY_FEED: usize = 64 * 1024;
 /// Matches in count mode kept per request for its access-log line (the metrics count all).
 const COUNTED_KEPT: usize = 8;
 
@@ -487,16 +489,27 @@ impl RampartProxy {
             return self.judge_body_part(session, ctx, path, body, &[]).await;
         }
         let content_type = content_type(session.req_header());
-        let mut held = HeldBody::new(path.to_string(), policy, content_type, None);
-        let parts = held.take(Some(body.clone()), true).map_err(|problem| {
-            let (status, rule) = problem.refusal();
-            ("proxy", Deny::new(status, rule))
-        })?;
-        for part in parts {
-            if let Part::Judge(segment) = part {
-                self.judge_body_part(session, ctx, path, segment.doc(), segment.located())
-                    .await?;
+        let mut held = HeldBody::new(path.to_string(), policy, content_type, None)
+            .expecting(Some(body.len() as u64));
+        // Fed as it would have come, so that each window is cut once it is full: handed
+        // over in one piece, what follows each cut would be moved again at every cut.
+        let mut from = 0;
+        while from < body.len() {
+            let to = body.len().min(from + WHOLE_BODY_FEED);
+            let last = to == body.len();
+            let parts = held
+                .take(Some(body.slice(from..to)), last)
+                .map_err(|problem| {
+                    let (status, rule) = problem.refusal();
+                    ("proxy", Deny::new(status, rule))
+                })?;
+            for part in parts {
+                if let Part::Judge(segment) = part {
+                    self.judge_body_part(session, ctx, path, segment.doc(), segment.located())
+                        .await?;
+                }
             }
+            from = to;
         }
         Ok(())
     }
