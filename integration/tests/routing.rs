@@ -393,13 +393,23 @@ async fn pooled_connections_are_closed_before_the_upstream_would_close_them() {
     let gap = Duration::from_millis(1_200);
     // Kept past the upstream's keep-alive, the pooled connection is reset under the next
     // POST, which cannot be sent again: the failure the setting is for.
-    let lax = StrictKeepAlive::start(keep_alive).await;
-    let statuses = posts_through_a_pool(&lax, 60_000, gap).await;
-    assert_eq!(statuses[0], 200);
+    // This half shows the test can see the failure; on a loaded machine a POST now and
+    // then goes out on a new connection instead of the pooled one, so it gets three tries.
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let lax = StrictKeepAlive::start(keep_alive).await;
+        let statuses = posts_through_a_pool(&lax, 60_000, gap).await;
+        assert_eq!(statuses[0], 200);
+        let reset = statuses[1..].contains(&502) && lax.counts().1 >= 1;
+        seen.push((statuses, lax.counts()));
+        if reset {
+            break;
+        }
+    }
     assert!(
-        statuses[1..].contains(&502) && lax.counts().1 >= 1,
-        "a connection kept past the upstream's keep-alive was not reset: {statuses:?}, (answered, reset) {:?}",
-        lax.counts()
+        seen.iter()
+            .any(|(statuses, (_, reset))| statuses.contains(&502) && *reset >= 1),
+        "a connection kept past the upstream's keep-alive was never reset: {seen:?} (statuses, (answered, reset))"
     );
     // Closed by rampart after 300 ms idle, each POST goes on a new connection.
     let strict = StrictKeepAlive::start(keep_alive).await;
