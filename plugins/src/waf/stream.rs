@@ -121,9 +121,7 @@ impl Segment {
         }
         Bytes::from(self.buf).slice(self.body)
     }
-}
 
-impl Segment {
     /// What [`Segment::into_release`] gives, copied.
     fn released_copy(&self) -> Vec<u8> {
         if let Some(encoded) = &self.encoded {
@@ -216,16 +214,22 @@ impl BodySegments {
     /// known.
     fn reserve(&mut self, more: usize) {
         let room = self.pending.capacity() - self.pending.len();
-        if room >= more {
-            return;
+        if room < more {
+            let wanted = self.room_past(self.pending.len() - self.head, more);
+            self.pending.reserve(wanted);
         }
-        let held = self.pending.len() - self.head;
-        let window_rest = self.window.saturating_sub(held) + WINDOW_SLACK;
-        let wanted = match self.expected {
-            Some(expected) => expected.saturating_sub(held).min(window_rest).max(more),
+    }
+
+    /// What a window's buffer asks for past `held` body bytes: what is still to come, up to
+    /// the window's end and its slack, when the body's length is known; `more` at least.
+    fn room_past(&self, held: usize, more: usize) -> usize {
+        match self.expected {
+            Some(expected) => expected
+                .saturating_sub(held)
+                .min(self.window.saturating_sub(held) + WINDOW_SLACK)
+                .max(more),
             None => more,
-        };
-        self.pending.reserve(wanted);
+        }
     }
 
     /// Takes a chunk of the body; returns the parts that are ready to be judged.
@@ -258,10 +262,10 @@ impl BodySegments {
 
     /// The body ended: the last part.
     pub fn finish(&mut self) -> Option<Segment> {
+        // Nothing is located before a cut: the lexer reads only once a window is full, and
+        // a full window is always cut.
         if !self.cut_before {
-            let mut whole = Segment::whole(std::mem::take(&mut self.pending));
-            whole.located = self.json.take_located(usize::MAX, 0);
-            return Some(whole);
+            return Some(Segment::whole(std::mem::take(&mut self.pending)));
         }
         let held = self.body().len();
         (held > 0).then(|| self.emit(held, &[], Vec::new()))
@@ -302,10 +306,7 @@ impl BodySegments {
         }
         let mut next = opening;
         let head = next.len();
-        next.reserve(match self.expected {
-            Some(expected) => expected.min(self.window + WINDOW_SLACK).max(rest),
-            None => rest,
-        });
+        next.reserve(rest + self.room_past(rest, 0));
         next.extend_from_slice(&self.pending[split..]);
         let mut buf = std::mem::replace(&mut self.pending, next);
         buf.truncate(split);
