@@ -198,6 +198,61 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert_eq!(closes(&rampart, "idle_timeout").await, 1.0);
 }
 
+/// A keep-alive connection waits for its next request without a buffer, and is given one
+/// with the first bytes that arrive: however the next head comes (larger than that first
+/// read, or a byte at a time), it reaches the upstream whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_reads_its_next_head_whole_however_it_arrives() {
+    let (up, rampart) = start().await;
+    let mut conn = connect_from(rampart.addr("web"), "127.0.0.1").await;
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_answer(&mut conn).await.0.split(' ').nth(1),
+        Some("200")
+    );
+
+    // Larger than the first read (4 KiB), within the caps (lines of 2 KiB, 8 KiB in all).
+    let values: Vec<String> = (0..3)
+        .map(|i| format!("{i}{}", "v".repeat(1_900)))
+        .collect();
+    let mut large = String::from("GET /large HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\n");
+    for (i, value) in values.iter().enumerate() {
+        large.push_str(&format!("X-Long-{i}: {value}\r\n"));
+    }
+    large.push_str("\r\n");
+    assert!(large.len() > 4096 && large.len() < 8192);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    conn.write_all(large.as_bytes()).await.expect("write");
+    assert_eq!(
+        read_answer(&mut conn).await.0.split(' ').nth(1),
+        Some("200")
+    );
+
+    // A byte at a time, well within the head's deadline.
+    let trickled = b"GET /trickled HTTP/1.1\r\nHost: a\r\nUser-Agent: t/1\r\n\r\n";
+    for byte in trickled {
+        conn.write_all(std::slice::from_ref(byte))
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        read_answer(&mut conn).await.0.split(' ').nth(1),
+        Some("200")
+    );
+
+    let seen = up.requests();
+    let uris: Vec<&str> = seen.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, ["/first", "/large", "/trickled"]);
+    for (i, value) in values.iter().enumerate() {
+        let name = format!("x-long-{i}");
+        let got = seen[1].headers.iter().find(|(k, _)| *k == name);
+        assert_eq!(got.map(|(_, v)| v), Some(value), "{name}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_hold_more_than_its_share_of_connections() {
     let (_up, rampart) = start().await;

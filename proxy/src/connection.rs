@@ -23,10 +23,13 @@
 //! every answer sent from here gets an access-log line like any other request.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -36,7 +39,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::access_log;
 use crate::config::ClientLimits;
@@ -438,6 +441,37 @@ impl HeadScan {
 /// Pingora reads a head into a buffer of this size; so does this module, which hands it on.
 const HEAD_BUFFER: usize = 4096;
 
+thread_local! {
+    /// Where a waiting keep-alive connection's first read lands, before it has a buffer of its
+    /// own: used only within one poll, so one per worker thread serves all its connections.
+    static FIRST_READ: RefCell<[u8; HEAD_BUFFER]> = const { RefCell::new([0; HEAD_BUFFER]) };
+}
+
+/// Reads what has arrived into `buf`. A buffer without room (a keep-alive connection waiting
+/// for its next request holds none) is given one only once bytes are here: they are read
+/// into [`FIRST_READ`] and copied, one read where a small first buffer would need two.
+async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.capacity() > buf.len() {
+        return stream.read_buf(buf).await;
+    }
+    std::future::poll_fn(|cx| {
+        FIRST_READ.with_borrow_mut(|scratch| {
+            let mut read = ReadBuf::new(scratch);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let arrived = read.filled();
+                    buf.reserve(HEAD_BUFFER.max(arrived.len()));
+                    buf.extend_from_slice(arrived);
+                    Poll::Ready(Ok(arrived.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
+
 /// Reads one request head (and whatever followed it in the same reads), within the
 /// deadlines: `wait` for its first byte, then `header_timeout` from that byte (or, for a
 /// new connection, from the accept) for the rest.
@@ -452,9 +486,9 @@ async fn read_head(
         Some(accepted) => accepted + header_timeout,
         None => Instant::now() + Duration::from_millis(limits.idle_timeout_ms),
     };
-    // A keep-alive connection may wait a long while for its next request: it waits with a
-    // buffer of a few bytes (the first read reserves them), and the head's buffer is made
-    // once the request begins. A new connection's request is on its way: the whole buffer.
+    // A keep-alive connection may wait a long while for its next request: it waits without a
+    // buffer, and the head's buffer is made once the request begins (`read_some`). A new
+    // connection's request is on its way: the whole buffer.
     let mut buf = match fresh {
         Some(_) => BytesMut::with_capacity(HEAD_BUFFER),
         None => BytesMut::new(),
@@ -464,7 +498,7 @@ async fn read_head(
         let waiting = buf.is_empty();
         let read = tokio::select! {
             biased;
-            read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)) => read,
+            read = tokio::time::timeout_at(deadline.into(), read_some(stream, &mut buf)) => read,
             // Draining: a keep-alive connection between requests is closed at once. A new
             // one was accepted to be served: its first request is awaited as usual.
             _ = shutdown.changed(), if waiting && fresh.is_none() => {
@@ -486,7 +520,6 @@ async fn read_head(
         if waiting && fresh.is_none() {
             // The first byte of a new request: from now on, the head's own deadline.
             deadline = Instant::now() + header_timeout;
-            buf.reserve(HEAD_BUFFER);
         }
         match scan.feed(&buf, limits) {
             Ok(Some(_end)) => return Ok(buf),
