@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::registry::{BuildContext, BuildError};
 use crate::waf::inspect::KnownItems;
 use crate::waf::judged::{self, Judge, JudgedItems};
-use crate::waf::{BodyProblem, FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
+use crate::waf::{ActiveRules, BodyProblem, FieldMemo, Inspection, Profile, RuleMatch, RuleSet};
 use crate::waf::{Source, Target};
 use crate::{Deny, Finding, Plugin, RequestView, Verdict};
 
@@ -198,6 +198,8 @@ pub fn traces_profile() -> Profile {
 pub struct Waf {
     name: &'static str,
     rules: Arc<RuleSet>,
+    /// The rules run: at or below `paranoia`, not switched off everywhere.
+    active: ActiveRules,
     paranoia: u8,
     threshold: u32,
     overrides: HashMap<String, RuleAction>,
@@ -310,9 +312,20 @@ impl Waf {
             })?;
             route_profiles.insert(route.clone(), RouteReading::of(p.clone(), waf));
         }
+        // A rule switched off by its id or group is off on every route: never run.
+        let active = rules.active(config.paranoia, |r| {
+            matches!(
+                config
+                    .overrides
+                    .get(&r.id)
+                    .or_else(|| config.overrides.get(&r.group)),
+                Some(RuleAction::Off)
+            )
+        });
         Ok(Waf {
             name,
             rules,
+            active,
             paranoia: config.paranoia,
             threshold: config.threshold,
             overrides: config.overrides,
@@ -369,18 +382,10 @@ impl Waf {
             .get(req.route)
             .unwrap_or(&self.default_profile);
         let profile = &route.profile;
-        let off_everywhere = |r: &crate::waf::rules::Rule| {
-            matches!(
-                self.overrides
-                    .get(&r.id)
-                    .or_else(|| self.overrides.get(&r.group)),
-                Some(RuleAction::Off)
-            )
-        };
         let evaluate = |inspection: &Inspection| {
-            let evaluation =
-                self.rules
-                    .evaluate(inspection, self.paranoia, &off_everywhere, Some(&self.memo));
+            let evaluation = self
+                .rules
+                .evaluate(inspection, &self.active, Some(&self.memo));
             // A body in which nothing counts on this route: its large items are judged
             // clean, and a later request that sends them again is not judged on them again.
             let counts = |hit: &crate::waf::rules::BodyHit| {

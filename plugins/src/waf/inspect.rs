@@ -394,16 +394,18 @@ impl Inspection {
             if profile.excludes(hname) || req.consumed.contains(name) || verified {
                 continue;
             }
+            // One copy of the name for the fields of this header.
+            let shared_name: Arc<str> = Arc::from(hname);
             fields.push(Field::new(
                 Target::HeaderNames,
                 Source::Header,
-                hname,
+                shared_name.clone(),
                 hname.as_bytes().to_vec(),
             ));
             fields.push(Field::new(
                 Target::Headers,
                 Source::Header,
-                hname,
+                shared_name.clone(),
                 value.as_bytes().to_vec(),
             ));
             if matches!(
@@ -413,7 +415,7 @@ impl Inspection {
                 fields.push(Field::new(
                     Target::Filenames,
                     Source::Header,
-                    hname,
+                    shared_name,
                     value.as_bytes().to_vec(),
                 ));
             }

@@ -19,7 +19,7 @@ pub use inspect::{
     BodyFormat, BodyProblem, Inspection, Inspections, Profile, Source, Target, Transform,
 };
 pub use memo::FieldMemo;
-pub use rules::{RuleError, RuleMatch, RuleSet, Severity};
+pub use rules::{ActiveRules, RuleError, RuleMatch, RuleSet, Severity};
 
 /// A quick test of whether a text holds any of `words`, which never misses one (it may
 /// answer yes for a text whose only match an exact search would reject).

@@ -190,6 +190,16 @@ impl Rule {
 /// A phrase's owner: the rule, and whether the phrase must stand on word boundaries.
 type PhraseOwner = (usize, bool);
 
+/// Which of a rule set's rules are run, by index (see [`RuleSet::active`]).
+#[derive(Debug, Clone, Default)]
+pub struct ActiveRules(Vec<bool>);
+
+impl ActiveRules {
+    fn contains(&self, rule: usize) -> bool {
+        self.0.get(rule).copied().unwrap_or(false)
+    }
+}
+
 /// What a rule set found in a request.
 #[derive(Debug, Default)]
 pub struct Evaluation {
@@ -578,7 +588,18 @@ impl RuleSet {
         })
     }
 
-    /// Every rule (at or below `paranoia`, not `disabled`) that matches, once each; a rule
+    /// The rules a WAF runs: those at or below `paranoia` that `off` does not switch off.
+    /// Fixed by the WAF's configuration, so worked out once when it is built, not per request.
+    pub fn active(&self, paranoia: u8, off: impl Fn(&Rule) -> bool) -> ActiveRules {
+        ActiveRules(
+            self.rules
+                .iter()
+                .map(|r| r.paranoia <= paranoia && !off(r))
+                .collect(),
+        )
+    }
+
+    /// Every `active` rule that matches, once each; a rule
     /// that matched a URL found in prose may come a second time, for where it matched first
     /// outside prose. A route may switch a rule off for prose's URLs alone (a link in a prompt
     /// is not fetched): its hit there must not stand for, and hide, a hit in a field the
@@ -586,8 +607,7 @@ impl RuleSet {
     pub fn evaluate(
         &self,
         insp: &Inspection,
-        paranoia: u8,
-        disabled: &dyn Fn(&Rule) -> bool,
+        active: &ActiveRules,
         memo: Option<&FieldMemo>,
     ) -> Evaluation {
         // Per rule, the places it matched already (reported once each); and the same for
@@ -595,20 +615,14 @@ impl RuleSet {
         let mut hit = vec![0u8; self.rules.len()];
         let mut in_body = vec![0u8; self.rules.len()];
         let mut out = Vec::new();
-        let active: Vec<bool> = self
-            .rules
-            .iter()
-            .map(|r| r.paranoia <= paranoia && !disabled(r))
-            .collect();
-        let active = |i: usize| active[i];
         let mut found = Vec::new();
         for field in &insp.fields {
             found.clear();
             match memo {
                 Some(memo) => memo.hits(field, &mut found, |found| {
-                    self.field_hits(field, &active, found)
+                    self.field_hits(field, active, found)
                 }),
-                None => self.field_hits(field, &active, &mut found),
+                None => self.field_hits(field, active, &mut found),
             }
             let place = place_of(field);
             for h in &found {
@@ -631,7 +645,7 @@ impl RuleSet {
             }
         }
         for &i in &self.others {
-            if hit[i] != 0 || !active(i) {
+            if hit[i] != 0 || !active.contains(i) {
                 continue;
             }
             let rule = &self.rules[i];
@@ -723,9 +737,11 @@ impl RuleSet {
                 });
             }
         }
+        // Most requests' bodies hit nothing (a GET has none): one pass over the bytes.
         let body_hits = in_body
             .iter()
             .enumerate()
+            .filter(|(_, &places)| places != 0)
             .flat_map(|(rule, &places)| {
                 [(IN_URL, true), (ELSEWHERE, false)]
                     .into_iter()
@@ -765,7 +781,7 @@ impl RuleSet {
 
     /// Every active rule that matches `field` on its own, once each, in the order the
     /// matchers find them.
-    fn field_hits(&self, field: &Field, active: &dyn Fn(usize) -> bool, out: &mut Vec<FieldHit>) {
+    fn field_hits(&self, field: &Field, active: &ActiveRules, out: &mut Vec<FieldHit>) {
         let start = out.len();
         let push = |out: &mut Vec<FieldHit>, i: usize, at: usize, len: usize, why| {
             if !out[start..].iter().any(|h| h.rule as usize == i) {
@@ -811,7 +827,7 @@ impl RuleSet {
                     || run
                         .iter()
                         .any(|(g, _)| self.regexes[*g].transform == rule.transform);
-                if searched && active(i) && rule.reads(field) {
+                if searched && active.contains(i) && rule.reads(field) {
                     push(out, i, 0, input.len().min(EXCERPT), None);
                 }
             }
@@ -826,7 +842,7 @@ impl RuleSet {
             }
             for m in set.automaton.find_overlapping_iter(input) {
                 let (i, boundary) = set.owners[m.pattern().as_usize()];
-                if !active(i) || !self.rules[i].reads(field) {
+                if !active.contains(i) || !self.rules[i].reads(field) {
                     continue;
                 }
                 if boundary && !at_boundary(input, m.start(), m.end()) {
@@ -836,7 +852,7 @@ impl RuleSet {
             }
         }
         for &i in &self.detectors {
-            if !active(i) || !self.rules[i].reads(field) {
+            if !active.contains(i) || !self.rules[i].reads(field) {
                 continue;
             }
             let input = field.form(self.rules[i].transform);
@@ -945,7 +961,7 @@ mod tests {
         };
         let insp = Inspection::new(&view, &Default::default());
         let mut ids: Vec<String> = rules
-            .evaluate(&insp, 1, &|_| false, None)
+            .evaluate(&insp, &rules.active(1, |_| false), None)
             .matches
             .into_iter()
             .map(|m| rules.rules[m.rule].id.clone())
