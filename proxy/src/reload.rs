@@ -59,6 +59,17 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// A gateway on a rules directory holding `gateway_toml` alone, for unit tests. The
+    /// directory must outlive the gateway.
+    #[cfg(test)]
+    pub(crate) fn for_test(gateway_toml: &str) -> (tempfile::TempDir, Arc<Self>) {
+        let rules = tempfile::tempdir().expect("tmp");
+        std::fs::write(rules.path().join("gateway.toml"), gateway_toml).expect("write rules");
+        let metrics = crate::metrics::Metrics::new().expect("metrics");
+        let gateway = Gateway::start(rules.path(), metrics).expect("gateway");
+        (rules, Arc::new(gateway))
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
