@@ -3,7 +3,8 @@
 //! resets the read timer, and a keep-alive connection waits forever for its next request).
 //!
 //! Each listener's Pingora proxy runs behind a [`GuardedHttp`], which owns the connection
-//! between requests:
+//! between requests, in a task of its own (Pingora's task for the accepted connection ends
+//! at once: it holds the TLS handshake's state, which a waiting connection does not need):
 //!
 //! ```text
 //!  accept ─► connection caps ─────────── listener / peer address full ─► 503, close

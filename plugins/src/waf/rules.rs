@@ -953,6 +953,11 @@ mod tests {
 
     /// Ids of the rules `rules` finds in the query argument `q=<value>`.
     fn found_in_query(rules: &RuleSet, value: &str) -> Vec<String> {
+        found_in_query_by(rules, &rules.active(1, |_| false), value)
+    }
+
+    /// The same, with only the `active` rules run.
+    fn found_in_query_by(rules: &RuleSet, active: &ActiveRules, value: &str) -> Vec<String> {
         let req = crate::plugins::testing::TestRequest::new("127.0.0.1", "/");
         let query = format!("q={value}");
         let view = crate::request::RequestView {
@@ -961,13 +966,45 @@ mod tests {
         };
         let insp = Inspection::new(&view, &Default::default());
         let mut ids: Vec<String> = rules
-            .evaluate(&insp, &rules.active(1, |_| false), None)
+            .evaluate(&insp, active, None)
             .matches
             .into_iter()
             .map(|m| rules.rules[m.rule].id.clone())
             .collect();
         ids.sort();
         ids
+    }
+
+    #[test]
+    fn only_active_rules_run_whatever_their_matcher() {
+        // A regex, a phrase and a length rule each, at paranoia 1 and 2; one of each kind
+        // is switched off by its id.
+        let mut text = String::from("[group]\nid = \"t\"\n");
+        for (kind, matcher) in [
+            ("regex", "regex = 'attack'"),
+            ("phrase", "phrases = [\"attack\"]"),
+            ("length", "max_bytes = 4"),
+        ] {
+            for (level, paranoia) in [("p1", 1), ("p2", 2), ("off", 1)] {
+                text += &format!(
+                    "[[rule]]\nid = \"{kind}-{level}\"\nseverity = \"critical\"\n\
+                     targets = [\"args\"]\nparanoia = {paranoia}\n{matcher}\n"
+                );
+            }
+        }
+        let rules = RuleSet::compile(&[("t.toml".into(), text)]).expect("compiles");
+        let everything = rules.active(4, |_| false);
+        assert_eq!(
+            found_in_query_by(&rules, &everything, "attack").len(),
+            9,
+            "every rule matches when all run"
+        );
+        let configured = rules.active(1, |r| r.id.ends_with("-off"));
+        assert_eq!(
+            found_in_query_by(&rules, &configured, "attack"),
+            ["length-p1", "phrase-p1", "regex-p1"]
+        );
+        assert!(found_in_query_by(&rules, &rules.active(1, |_| true), "attack").is_empty());
     }
 
     #[test]
