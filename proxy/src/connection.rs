@@ -811,7 +811,7 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let (_rules, gateway) = Gateway::for_test(crate::proxy::phase_future_sizes::ONE_ROUTE);
+            let (_rules, gateway) = Gateway::for_test(crate::reload::ONE_ROUTE);
             let conf = Arc::new(pingora_core::server::configuration::ServerConf::default());
             let proxy = pingora_proxy::http_proxy(&conf, RampartProxy::new("web", gateway.clone()));
             let guarded = Arc::new(GuardedHttp::new("web", gateway, proxy));

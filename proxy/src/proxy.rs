@@ -1278,17 +1278,13 @@ mod tests {
 /// paid by every GET, so the large ones (the provider path, a decoded body judged whole) are
 /// boxed where they are awaited.
 #[cfg(test)]
-pub(crate) mod phase_future_sizes {
+mod phase_future_sizes {
     use super::*;
     use pingora_core::apps::HttpServerApp;
     use pingora_core::protocols::l4::stream::Stream;
     use std::mem::size_of_val;
 
     const PHASE_FUTURE_BUDGET: usize = 4 * 1024;
-    /// One listener whose one route goes to an upstream that refuses connections.
-    pub(crate) const ONE_ROUTE: &str = "[upstreams.app]\naddrs = [\"127.0.0.1:1\"]\n\
-        [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
-        [[listeners.routes]]\nprefix = \"/\"\nupstream = \"app\"\n";
     /// Pingora's own request future is about 13 KiB with an empty context (`bare_pingora`):
     /// rampart's context adds to it, inline.
     const CONTEXT_BUDGET: usize = 512;
@@ -1300,7 +1296,7 @@ pub(crate) mod phase_future_sizes {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let (_rules, gateway) = Gateway::for_test(ONE_ROUTE);
+            let (_rules, gateway) = Gateway::for_test(crate::reload::ONE_ROUTE);
             let proxy = RampartProxy::new("web", gateway.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await

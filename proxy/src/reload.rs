@@ -32,6 +32,13 @@ pub struct Gateway {
     pub metrics: Metrics,
 }
 
+/// For unit tests: one listener, `web`, whose one route goes to an upstream that refuses
+/// connections.
+#[cfg(test)]
+pub(crate) const ONE_ROUTE: &str = "[upstreams.app]\naddrs = [\"127.0.0.1:1\"]\n\
+    [[listeners]]\nname = \"web\"\nlisten = \"127.0.0.1:0\"\n\
+    [[listeners.routes]]\nprefix = \"/\"\nupstream = \"app\"\n";
+
 impl Gateway {
     /// Loads the rules for the first time; an error here stops the start-up.
     pub fn start(rules_dir: &Path, metrics: Metrics) -> Result<Self, ConfigError> {
@@ -59,7 +66,8 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// A gateway on a rules directory holding `gateway_toml` alone, for unit tests. The
+    /// A gateway on a rules directory holding `gateway_toml` alone (such as [`ONE_ROUTE`]),
+    /// for unit tests. The
     /// directory must outlive the gateway.
     #[cfg(test)]
     pub(crate) fn for_test(gateway_toml: &str) -> (tempfile::TempDir, Arc<Self>) {
