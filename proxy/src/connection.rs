@@ -461,7 +461,8 @@ async fn read_some(stream: &mut Stream, buf: &mut BytesMut) -> std::io::Result<u
             match Pin::new(&mut *stream).poll_read(cx, &mut read) {
                 Poll::Ready(Ok(())) => {
                     let arrived = read.filled();
-                    buf.reserve(HEAD_BUFFER.max(arrived.len()));
+                    // `arrived` fits: the scratch buffer is HEAD_BUFFER long.
+                    buf.reserve(HEAD_BUFFER);
                     buf.extend_from_slice(arrived);
                     Poll::Ready(Ok(arrived.len()))
                 }
@@ -555,7 +556,7 @@ impl ServerApp for GuardedHttp {
 
 impl GuardedHttp {
     /// One client connection, from its admission to its close: every request it sends.
-    async fn serve(self: Arc<Self>, mut stream: Stream, shutdown: ShutdownWatch) {
+    async fn serve(self: Arc<Self>, mut stream: Stream, mut shutdown: ShutdownWatch) {
         let accepted = Instant::now();
         let _process_wide = ProcessWide::enter();
         let peer = stream
@@ -593,7 +594,6 @@ impl GuardedHttp {
             return;
         }
 
-        let mut shutdown = shutdown;
         let mut fresh = Some(accepted);
         let mut persistent = None;
         loop {

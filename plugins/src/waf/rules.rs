@@ -191,7 +191,7 @@ impl Rule {
 type PhraseOwner = (usize, bool);
 
 /// Which of a rule set's rules are run, by index (see [`RuleSet::active`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct ActiveRules(Vec<bool>);
 
 impl ActiveRules {
@@ -599,11 +599,10 @@ impl RuleSet {
         )
     }
 
-    /// Every `active` rule that matches, once each; a rule
-    /// that matched a URL found in prose may come a second time, for where it matched first
-    /// outside prose. A route may switch a rule off for prose's URLs alone (a link in a prompt
-    /// is not fetched): its hit there must not stand for, and hide, a hit in a field the
-    /// route does judge.
+    /// Every `active` rule that matches, once each; a rule that matched a URL found in prose
+    /// may come a second time, for where it matched first outside prose. A route may switch
+    /// a rule off for prose's URLs alone (a link in a prompt is not fetched): its hit there
+    /// must not stand for, and hide, a hit in a field the route does judge.
     pub fn evaluate(
         &self,
         insp: &Inspection,
